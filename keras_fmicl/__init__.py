@@ -1,0 +1,28 @@
+"""keras_fmicl: f-MICL contrastive learning for Keras 3 (TensorFlow, JAX, PyTorch).
+
+f-MICL (Lu, Zhang, Sun, Guo, Yu, TMLR 2023) generalises InfoNCE: the KL
+mutual information becomes any f-divergence and cosine similarity gives way
+to the f-Gaussian similarity.
+"""
+
+from keras_fmicl import contrast
+from keras_fmicl import data
+from keras_fmicl import divergences
+from keras_fmicl import losses
+from keras_fmicl import similarities
+from keras_fmicl.divergences import Divergence
+from keras_fmicl.divergences import JensenShannon
+from keras_fmicl.divergences import KullbackLeibler
+from keras_fmicl.divergences import Pearson
+from keras_fmicl.divergences import SquaredHellinger
+from keras_fmicl.divergences import Tsallis
+from keras_fmicl.divergences import VinczeLeCam
+from keras_fmicl.losses import ContrastiveLoss
+from keras_fmicl.losses import FMICLLoss
+from keras_fmicl.losses import InfoNCELoss
+from keras_fmicl.losses import fmicl
+from keras_fmicl.losses import info_nce
+from keras_fmicl.similarities import Cosine
+from keras_fmicl.similarities import Gaussian
+from keras_fmicl.similarities import Similarity
+from keras_fmicl.version import __version__

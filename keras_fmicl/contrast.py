@@ -1,0 +1,367 @@
+"""Which embeddings contrast with which: the positives and negatives of a batch.
+
+A batch holds N samples seen in V >= 2 views, an `(N, V, d)` tensor. The
+M = N V embeddings are anchors (contract section 4). For anchor `a = (i, v)`:
+
+* positives: the other views `(i, w)`, `w != v`; with labels also every view
+  of every sample `j != i` with `y_j == y_i`;
+* negatives: every view of every other sample `j != i` (with labels: only
+  those with `y_j != y_i`).
+
+With a momentum encoder the anchors are the queries and the candidates are
+keys: the positives of query `(i, v)` are the keys `(i, w)`, `w != v`; the
+in-batch negatives are the keys `(j, w)` of the other samples for `w != v`
+(MoCo v3: for two views, query 1 against the keys of view 2); a queue of `K`
+earlier keys adds `K` negatives (MoCo v2).
+
+`ContrastiveBatch` holds the cosine similarities of these pairs, computed
+from matmuls of normalised embeddings (never an `(M, M, d)` tensor), with
+boolean masks built by `where`, so that each loss evaluates its own scores on
+them. The positives of a sample come from an `(N, V, V)` batched matmul, so
+that the self-supervised case never evaluates positive scores on the full
+`(M, M)` matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_fmicl.similarities import l2_normalize
+from keras_fmicl.similarities import row_dot
+
+
+def compute_dtype(x: Any) -> str:
+    """Dtype in which the loss is computed: half precision goes to float32."""
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if dtype in ("float16", "bfloat16") or not dtype.startswith("float"):
+        return "float32"
+    return dtype
+
+
+def _static_shape(x: Any) -> tuple:
+    return tuple(None if d is None else int(d) for d in x.shape)
+
+
+class ContrastiveBatch:
+    """Cosines and masks of the positive and negative pairs of a batch.
+
+    Attributes:
+        num_samples: N (a Python int when static, else a scalar tensor).
+        num_views: V (always static).
+        positive_cosine: `(N, V, V)`: cosine of query `(i, v)` and key `(i, w)`.
+        positive_mask: `(V, V)` numpy bool, `w != v`.
+        batch_cosine: `(M, M)`: cosine of every query and every key, or
+            `None` when the batch holds no negatives nor label positives.
+        batch_positive_mask: `(M, M)` bool: other samples with the same
+            label (supervised only), else `None`.
+        batch_negative_mask: `(M, M)` bool, or `None` without in-batch
+            negatives.
+        queue_cosine: `(M, K)`: cosine of every query and every queue entry,
+            or `None`.
+        queue_mask: `(K,)` bool of the valid queue entries, or `None` (all).
+        positive_count: positives per anchor, `(N, V)` or a scalar.
+        negative_count: negatives per anchor, `(N, V)` or a scalar.
+    """
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    def reshape_rows(self, x: Any) -> Any:
+        """`(M,)` per-anchor values to `(N, V)`."""
+        return ops.reshape(x, (-1, self.num_views))
+
+
+def check_embeddings(x: Any, argument: str) -> Any:
+    """Validates an `(N, V, d)` tensor of embeddings and returns it as a tensor."""
+    if x is None:
+        raise ValueError(
+            f"`{argument}` must be an (N, V, d) tensor of embeddings: N samples "
+            f"seen in V >= 2 views. Received: {argument}=None"
+        )
+    x = ops.convert_to_tensor(x)
+    shape = _static_shape(x)
+    if len(shape) != 3:
+        raise ValueError(
+            f"`{argument}` must have rank 3, shape (N, V, d): N samples seen "
+            f"in V >= 2 views, each a d-dimensional embedding. Received: "
+            f"{argument}.shape={shape}"
+        )
+    if shape[1] is None:
+        raise ValueError(
+            f"The number of views (axis 1 of `{argument}`) must be known "
+            f"statically. Received: {argument}.shape={shape}"
+        )
+    if shape[1] < 2:
+        raise ValueError(
+            f"`{argument}` must hold V >= 2 views of each sample (axis 1): a "
+            f"single view has no positive. Received: {argument}.shape={shape}"
+        )
+    return x
+
+
+def check_labels(labels: Any, num_samples: int | None, argument: str = "y_true") -> Any:
+    """Validates integer class labels of shape `(N,)` (or `(N, 1)`)."""
+    if labels is None:
+        return None
+    labels = ops.convert_to_tensor(labels)
+    shape = _static_shape(labels)
+    if len(shape) == 2 and shape[1] == 1:
+        labels = ops.reshape(labels, (-1,))
+        shape = shape[:1]
+    if len(shape) != 1 or (
+        shape[0] is not None and num_samples is not None and shape[0] != num_samples
+    ):
+        raise ValueError(
+            f"`{argument}` must be None (self-supervised) or integer class "
+            f"labels of shape (N,) = ({num_samples},), one per sample of "
+            f"y_pred. Received: {argument}.shape={shape}"
+        )
+    dtype = keras.backend.standardize_dtype(labels.dtype)
+    if dtype.startswith("float"):
+        labels = ops.cast(ops.round(labels), "int32")
+    elif dtype != "int32":
+        labels = ops.cast(labels, "int32")
+    return labels
+
+
+def build(
+    queries: Any,
+    keys: Any | None = None,
+    queue: Any | None = None,
+    queue_mask: Any | None = None,
+    labels: Any | None = None,
+    in_batch_negatives: bool = True,
+    query_argument: str = "y_pred",
+) -> ContrastiveBatch:
+    """Builds the `ContrastiveBatch` of queries against keys (and a queue).
+
+    Args:
+        queries: `(N, V, d)` anchor embeddings.
+        keys: `(N, V, d)` key embeddings (momentum encoder), or `None` to
+            contrast the queries with themselves (SimCLR).
+        queue: `(K, d)` extra negatives (MoCo v2 queue), or `None`.
+        queue_mask: `(K,)` bool marking the filled queue entries, or `None`.
+        labels: `(N,)` integer labels for supervised contrast, or `None`.
+        in_batch_negatives: whether the other samples of the batch are
+            negatives (False: MoCo v2, only the queue).
+        query_argument: the argument name used in error messages.
+    """
+    queries = check_embeddings(queries, query_argument)
+    dtype = compute_dtype(queries)
+    queries = ops.cast(queries, dtype)
+    n_static, num_views, dim = _static_shape(queries)
+    self_contrast = keys is None
+    if not self_contrast:
+        keys = ops.cast(check_embeddings(keys, "keys"), dtype)
+        k_shape = _static_shape(keys)
+        if any(a is not None and b is not None and a != b for a, b in zip(k_shape, (n_static, num_views, dim))):
+            raise ValueError(
+                "`keys` must have the shape of the queries (N, V, d) = "
+                f"{(n_static, num_views, dim)}. Received: keys.shape={k_shape}"
+            )
+    if queue is not None:
+        queue = ops.cast(ops.convert_to_tensor(queue), dtype)
+        q_shape = _static_shape(queue)
+        if len(q_shape) != 2 or (q_shape[1] is not None and dim is not None and q_shape[1] != dim):
+            raise ValueError(
+                f"`queue` must have shape (K, d) with d = {dim}. Received: "
+                f"queue.shape={q_shape}"
+            )
+    has_queue = queue is not None
+    if n_static == 1 and not has_queue:
+        raise ValueError(
+            f"`{query_argument}` must hold at least 2 samples (axis 0): with a "
+            "batch of one there are no negatives. Received: "
+            f"{query_argument}.shape={(n_static, num_views, dim)}"
+        )
+    labels = check_labels(labels, n_static)
+    if not in_batch_negatives and not has_queue:
+        raise ValueError(
+            "With `in_batch_negatives=False` a `queue` of negatives is "
+            "required. Received: queue=None"
+        )
+
+    num_samples = n_static if n_static is not None else ops.shape(queries)[0]
+    num_anchors = num_samples * num_views
+
+    queries = l2_normalize(queries)
+    keys = queries if self_contrast else l2_normalize(keys)
+
+    positive_cosine = ops.einsum("nvd,nwd->nvw", queries, keys)
+    positive_mask = ~np.eye(num_views, dtype=bool)
+    positive_count = float(num_views - 1)
+    batch_cosine = batch_positive_mask = batch_negative_mask = None
+    negative_count = 0.0
+
+    if in_batch_negatives or labels is not None:
+        flat_queries = ops.reshape(queries, (-1, ops.shape(queries)[-1]))
+        flat_keys = flat_queries if self_contrast else ops.reshape(keys, (-1, ops.shape(keys)[-1]))
+        batch_cosine = row_dot(flat_queries, flat_keys)
+        index = ops.arange(num_anchors, dtype="int32")
+        sample = index // num_views
+        other_sample = ops.not_equal(sample[:, None], sample[None, :])
+        other_view = None
+        if not self_contrast:
+            view = index % num_views
+            other_view = ops.not_equal(view[:, None], view[None, :])
+        if labels is None:
+            negatives = other_sample
+            if other_view is not None:
+                negatives = ops.logical_and(negatives, other_view)
+            per_other_sample = num_views if self_contrast else num_views - 1
+            negative_count = ops.cast(
+                (num_samples - 1) * per_other_sample, dtype
+            )
+        else:
+            anchor_labels = ops.repeat(labels, num_views, axis=0)
+            same_label = ops.equal(anchor_labels[:, None], anchor_labels[None, :])
+            negatives = ops.logical_not(same_label)
+            positives = ops.logical_and(same_label, other_sample)
+            if other_view is not None:
+                negatives = ops.logical_and(negatives, other_view)
+                positives = ops.logical_and(positives, other_view)
+            batch_positive_mask = positives
+            positive_count = positive_count + ops.reshape(
+                ops.sum(ops.cast(positives, dtype), axis=1), (-1, num_views)
+            )
+            negative_count = ops.reshape(
+                ops.sum(ops.cast(negatives, dtype), axis=1), (-1, num_views)
+            )
+        if in_batch_negatives:
+            batch_negative_mask = negatives
+        else:
+            negative_count = 0.0
+
+    queue_cosine = None
+    if has_queue:
+        flat_queries = ops.reshape(queries, (-1, ops.shape(queries)[-1]))
+        queue_cosine = row_dot(flat_queries, l2_normalize(queue))
+        if queue_mask is not None:
+            queue_mask = ops.cast(ops.convert_to_tensor(queue_mask), "bool")
+            negative_count = negative_count + ops.sum(ops.cast(queue_mask, dtype))
+        else:
+            negative_count = negative_count + ops.cast(ops.shape(queue)[0], dtype)
+
+    return ContrastiveBatch(
+        num_samples=num_samples,
+        num_views=num_views,
+        dtype=dtype,
+        positive_cosine=positive_cosine,
+        positive_mask=positive_mask,
+        positive_count=positive_count,
+        batch_cosine=batch_cosine,
+        batch_positive_mask=batch_positive_mask,
+        batch_negative_mask=batch_negative_mask,
+        queue_cosine=queue_cosine,
+        queue_mask=queue_mask,
+        negative_count=negative_count,
+    )
+
+
+def masked_sum(values: Any, mask: Any | None, axis: int = -1) -> Any:
+    """Sum of `values` where `mask` is true (everything when `mask` is None)."""
+    if mask is not None:
+        values = ops.where(mask, values, ops.zeros_like(values))
+    return ops.sum(values, axis=axis)
+
+
+def positive_sum(batch: ContrastiveBatch, score_fn, anchor_stat=None) -> Any:
+    """Per-anchor `(N, V)` sum of `score_fn(cosine[, anchor_stat])` over positives.
+
+    Args:
+        batch: the `ContrastiveBatch`.
+        score_fn: `score_fn(cosine)` or, with `anchor_stat`,
+            `score_fn(cosine, stat)` elementwise.
+        anchor_stat: optional `(N, V)` per-anchor value broadcast to the pairs.
+    """
+    if anchor_stat is None:
+        block = score_fn(batch.positive_cosine)
+    else:
+        block = score_fn(batch.positive_cosine, anchor_stat[:, :, None])
+    total = masked_sum(block, batch.positive_mask)
+    if batch.batch_positive_mask is not None:
+        if anchor_stat is None:
+            cross = score_fn(batch.batch_cosine)
+        else:
+            cross = score_fn(batch.batch_cosine, ops.reshape(anchor_stat, (-1, 1)))
+        total = total + batch.reshape_rows(masked_sum(cross, batch.batch_positive_mask))
+    return total
+
+
+def negative_sum(batch: ContrastiveBatch, score_fn) -> Any:
+    """Per-anchor `(N, V)` sum of `score_fn(cosine)` over the negatives."""
+    total = None
+    if batch.batch_negative_mask is not None:
+        total = batch.reshape_rows(
+            masked_sum(score_fn(batch.batch_cosine), batch.batch_negative_mask)
+        )
+    if batch.queue_cosine is not None:
+        queue_total = batch.reshape_rows(
+            masked_sum(score_fn(batch.queue_cosine), batch.queue_mask)
+        )
+        total = queue_total if total is None else total + queue_total
+    return total
+
+
+def negative_logsumexp(batch: ContrastiveBatch, log_ratio_fn) -> tuple[Any, Any]:
+    """Per-anchor `(N, V)` log-sum-exp of the log ratios of the negatives.
+
+    Returns:
+        `(lse, has_negatives)`; `lse` is 0 (not -inf) where an anchor has no
+        negative, so that values and gradients stay finite.
+    """
+    parts = []
+    if batch.batch_negative_mask is not None:
+        parts.append((log_ratio_fn(batch.batch_cosine), batch.batch_negative_mask))
+    if batch.queue_cosine is not None:
+        mask = None if batch.queue_mask is None else batch.queue_mask[None, :]
+        parts.append((log_ratio_fn(batch.queue_cosine), mask))
+    neg_inf = ops.cast(float("-inf"), batch.dtype)
+    maxima = []
+    for log_ratio, mask in parts:
+        masked = log_ratio if mask is None else ops.where(mask, log_ratio, neg_inf)
+        maxima.append(ops.max(masked, axis=-1))
+    shift = maxima[0]
+    for m in maxima[1:]:
+        shift = ops.where(m > shift, m, shift)
+    shift = ops.stop_gradient(shift)
+    has_negatives = ops.isfinite(shift)
+    shift = ops.where(has_negatives, shift, ops.zeros_like(shift))
+    total = 0.0
+    for log_ratio, mask in parts:
+        total = total + masked_sum(ops.exp(log_ratio - shift[:, None]), mask)
+    safe_total = ops.where(has_negatives, total, ops.ones_like(total))
+    lse = ops.where(has_negatives, ops.log(safe_total) + shift, ops.zeros_like(shift))
+    return batch.reshape_rows(lse), batch.reshape_rows(has_negatives)
+
+
+def embedding_metrics(batch: ContrastiveBatch) -> dict:
+    """Alignment and uniformity of the batch (Wang & Isola 2020), no gradient.
+
+    * alignment: mean over positive pairs of `||z^_a - z^_p||^2 = 2 - 2 cos`;
+    * uniformity: `log` of the mean over negative pairs of
+      `exp(-2 ||z^_a - z^_n||^2) = exp(4 cos - 4)`.
+    """
+    sg = ops.stop_gradient
+    distance = lambda c: 2.0 - 2.0 * sg(c)  # noqa: E731
+    pos_total = ops.sum(positive_sum(batch, distance))
+    pos_count = ops.sum(batch.positive_count * ops.ones((batch.num_samples, batch.num_views), batch.dtype))
+    alignment = pos_total / pos_count
+    lse, has_negatives = negative_logsumexp(batch, lambda c: 4.0 * sg(c) - 4.0)
+    neg_count = batch.negative_count * ops.ones((batch.num_samples, batch.num_views), batch.dtype)
+    # log of the mean over all negative pairs of the batch
+    lse_flat = ops.reshape(lse, (-1,))
+    has_flat = ops.reshape(has_negatives, (-1,))
+    neg_inf = ops.cast(float("-inf"), batch.dtype)
+    total_lse = ops.logsumexp(ops.where(has_flat, lse_flat, neg_inf))
+    total_count = ops.sum(neg_count)
+    uniformity = ops.where(
+        total_count > 0,
+        total_lse - ops.log(ops.maximum(total_count, 1.0)),
+        ops.zeros_like(total_lse),
+    )
+    return {"alignment": alignment, "uniformity": uniformity}

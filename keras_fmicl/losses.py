@@ -1,0 +1,422 @@
+"""The f-MICL loss and the InfoNCE baseline, as Keras losses and functions.
+
+Both take `y_pred` of shape `(N, V, d)`: N samples seen in V >= 2 views.
+`y_true` is `None` (self-supervised) or integer labels of shape `(N,)`
+(supervised contrast). Both return one value per sample, the mean over its
+V views of the per-anchor loss, reduced like any Keras loss.
+
+f-MICL (contract section 4), for anchor `a` with positives `P(a)` and
+negatives `N(a)`, log density ratio `l` from the similarity and an
+f-divergence `f`:
+
+    loss(a) = - mean_{p in P(a)} f'(e^l(a,p))
+              + alpha * mean_{n in N(a)} f*(f'(e^l(a,n)))
+
+InfoNCE (contract section 5), with the cosine similarity `l = cos / tau`:
+
+    loss(a) = mean_{p in P(a)} [ -l(a,p) + log sum_{b in {p} U N(a)} e^l(a,b) ]
+
+An anchor without negatives contributes 0, never NaN.
+
+Reference:
+    Lu, Zhang, Sun, Guo, Yu. "f-MICL: Understanding and Generalizing
+    InfoNCE-based Contrastive Learning", TMLR 2023.
+    van den Oord, Li, Vinyals. "Representation Learning with Contrastive
+    Predictive Coding", 2018 (InfoNCE); Chen et al. "A Simple Framework for
+    Contrastive Learning of Visual Representations", ICML 2020 (NT-Xent).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from keras_fmicl import contrast
+from keras_fmicl import divergences
+from keras_fmicl import similarities
+from keras_fmicl.similarities import _check_positive
+
+_PACKAGE = "keras_fmicl"
+DEFAULT_ALPHA = 1.0
+DEFAULT_INFONCE_TEMPERATURE = 0.2
+
+
+def _mean_views(anchor_values: Any) -> Any:
+    # sum / V rather than `ops.mean`, which JAX's Keras backend computes in
+    # float32 even for float64 input.
+    return ops.sum(anchor_values, axis=1) / anchor_values.shape[1]
+
+
+def _fmicl_anchor_losses(
+    batch: contrast.ContrastiveBatch,
+    divergence: divergences.Divergence,
+    similarity: similarities.Similarity,
+    alpha: float,
+) -> tuple[Any, Any]:
+    """Per-anchor `(N, V)` f-MICL loss and f-MI estimate (alpha = 1)."""
+    log_ratio = similarity.log_ratio_from_cosine
+    positive = contrast.positive_sum(
+        batch, lambda c: divergence.positive_score(log_ratio(c))
+    )
+    positive_mean = positive / batch.positive_count
+    negative = contrast.negative_sum(
+        batch, lambda c: divergence.negative_score(log_ratio(c))
+    )
+    if negative is None:
+        negative_mean = ops.zeros_like(positive_mean)
+    else:
+        count = batch.negative_count
+        negative_mean = negative / ops.where(count > 0, count, 1.0)
+    anchor_loss = alpha * negative_mean - positive_mean
+    return anchor_loss, positive_mean - negative_mean
+
+
+def _info_nce_anchor_losses(
+    batch: contrast.ContrastiveBatch,
+    similarity: similarities.Similarity,
+) -> tuple[Any, Any]:
+    """Per-anchor `(N, V)` InfoNCE loss and the bound `log(1 + |N(a)|) - loss`."""
+    log_ratio = similarity.log_ratio_from_cosine
+    lse, has_negatives = contrast.negative_logsumexp(batch, log_ratio)
+    # -l + log(e^l + sum_n e^l_n) = softplus(lse_n - l)
+    terms = contrast.positive_sum(
+        batch, lambda c, s: ops.softplus(s - log_ratio(c)), anchor_stat=lse
+    )
+    anchor_loss = ops.where(
+        has_negatives, terms / batch.positive_count, ops.zeros_like(terms)
+    )
+    bound = ops.log(1.0 + batch.negative_count) - anchor_loss
+    return anchor_loss, bound
+
+
+def fmicl(
+    y_true: Any,
+    y_pred: Any,
+    divergence: Any = "kl",
+    similarity: Any = "gaussian",
+    sigma: float | None = None,
+    temperature: float | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    *,
+    keys: Any | None = None,
+    queue: Any | None = None,
+    queue_mask: Any | None = None,
+    in_batch_negatives: bool = True,
+) -> Any:
+    """Per-sample f-MICL loss (functional form of `FMICLLoss`).
+
+    Args:
+        y_true: `None`, or integer labels of shape `(N,)` (supervised).
+        y_pred: `(N, V, d)` embeddings, or the queries when `keys` is given.
+        divergence: name or `keras_fmicl.Divergence` (see `FMICLLoss`).
+        similarity: `"gaussian"`, `"cosine"` or a `keras_fmicl.Similarity`.
+        sigma: Gaussian bandwidth (used with `similarity="gaussian"`).
+        temperature: cosine temperature (used with `similarity="cosine"`).
+        alpha: weight of the negative (uniformity) term, `> 0`.
+        keys: optional `(N, V, d)` momentum-encoder keys: the queries are
+            then contrasted with the keys of the other views.
+        queue: optional `(K, d)` extra negatives (MoCo queue).
+        queue_mask: optional `(K,)` bool of the valid queue entries.
+        in_batch_negatives: whether the other samples of the batch are
+            negatives (set False for MoCo v2, where only the queue is).
+
+    Returns:
+        A `(N,)` tensor: each sample's loss, averaged over its views.
+    """
+    divergence = divergences.get(divergence)
+    similarity = similarities.get(similarity, sigma=sigma, temperature=temperature)
+    alpha = _check_positive("alpha", alpha)
+    batch = contrast.build(
+        y_pred,
+        keys=keys,
+        queue=queue,
+        queue_mask=queue_mask,
+        labels=y_true,
+        in_batch_negatives=in_batch_negatives,
+    )
+    anchor_loss, _ = _fmicl_anchor_losses(batch, divergence, similarity, alpha)
+    return _mean_views(anchor_loss)
+
+
+def info_nce(
+    y_true: Any,
+    y_pred: Any,
+    temperature: float = DEFAULT_INFONCE_TEMPERATURE,
+    similarity: Any = "cosine",
+    sigma: float | None = None,
+    *,
+    keys: Any | None = None,
+    queue: Any | None = None,
+    queue_mask: Any | None = None,
+    in_batch_negatives: bool = True,
+) -> Any:
+    """Per-sample InfoNCE / NT-Xent loss (functional form of `InfoNCELoss`).
+
+    Args: as `fmicl`, without the divergence and alpha.
+
+    Returns:
+        A `(N,)` tensor: each sample's loss, averaged over its views.
+    """
+    similarity = similarities.get(similarity, sigma=sigma, temperature=temperature)
+    batch = contrast.build(
+        y_pred,
+        keys=keys,
+        queue=queue,
+        queue_mask=queue_mask,
+        labels=y_true,
+        in_batch_negatives=in_batch_negatives,
+    )
+    anchor_loss, _ = _info_nce_anchor_losses(batch, similarity)
+    return _mean_views(anchor_loss)
+
+
+class ContrastiveLoss(keras.losses.Loss):
+    """Base class of the contrastive losses of `keras_fmicl`.
+
+    A subclass defines `anchor_losses(batch)`, the per-anchor loss and
+    mutual-information estimate of a `contrast.ContrastiveBatch`. This
+    class gives it the Keras `Loss` interface (`loss(y_true, y_pred)`, with
+    `y_true=None` allowed) and `contrast()`, the entry point of
+    `ContrastiveModel` for queries, keys and queues.
+    """
+
+    def __init__(
+        self,
+        similarity: Any,
+        sigma: float | None,
+        temperature: float | None,
+        name: str | None = None,
+        reduction: str | None = "sum_over_batch_size",
+        dtype: Any = None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.similarity = similarities.get(similarity, sigma=sigma, temperature=temperature)
+        self.sigma = None if sigma is None else _check_positive("sigma", sigma)
+        self.temperature = (
+            None if temperature is None else _check_positive("temperature", temperature)
+        )
+
+    def anchor_losses(self, batch: contrast.ContrastiveBatch) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        # Keras converts `y_true` to a tensor; `None` (self-supervised) has no
+        # tensor form, so it travels as an empty structure.
+        return super().__call__(() if y_true is None else y_true, y_pred, sample_weight)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        labels = None if isinstance(y_true, tuple) and not y_true else y_true
+        return self.contrast(y_pred, labels=labels, query_argument="y_pred")
+
+    def contrast(
+        self,
+        queries: Any,
+        keys: Any | None = None,
+        queue: Any | None = None,
+        queue_mask: Any | None = None,
+        labels: Any | None = None,
+        in_batch_negatives: bool = True,
+        return_metrics: bool = False,
+        query_argument: str = "queries",
+    ) -> Any:
+        """Per-sample loss of queries contrasted with keys and a queue.
+
+        Without `keys` this is the loss of `y_pred = queries` (SimCLR). With
+        `keys` (momentum-encoder embeddings of the same samples, shape
+        `(N, V, d)`), query `(i, v)` has positives the keys `(i, w)`,
+        `w != v`, and negatives the keys `(j, w)`, `j != i`, `w != v`
+        (MoCo v3), plus every entry of `queue` (MoCo v2; set
+        `in_batch_negatives=False` to use the queue alone).
+
+        Args:
+            queries: `(N, V, d)` anchor embeddings.
+            keys: `(N, V, d)` keys, or `None`.
+            queue: `(K, d)` extra negatives, or `None`.
+            queue_mask: `(K,)` bool of the filled queue entries, or `None`.
+            labels: `(N,)` integer labels (supervised), or `None`.
+            in_batch_negatives: whether other samples of the batch are
+                negatives.
+            return_metrics: also return a dict of batch metrics:
+                `alignment`, `uniformity` and `mi_estimate`.
+
+        Returns:
+            `(N,)` per-sample losses (unreduced), and the metrics dict when
+            `return_metrics=True`.
+
+        Example:
+
+        ```python
+        loss = keras_fmicl.FMICLLoss("js")
+        per_sample = loss.contrast(queries, keys=keys, queue=queue,
+                                   in_batch_negatives=False)  # MoCo v2
+        scalar = keras.ops.mean(per_sample)
+        ```
+        """
+        batch = contrast.build(
+            queries,
+            keys=keys,
+            queue=queue,
+            queue_mask=queue_mask,
+            labels=labels,
+            in_batch_negatives=in_batch_negatives,
+            query_argument=query_argument,
+        )
+        anchor_loss, mi_estimate = self.anchor_losses(batch)
+        per_sample = _mean_views(anchor_loss)
+        if not return_metrics:
+            return per_sample
+        metrics = contrast.embedding_metrics(batch)
+        metrics["mi_estimate"] = ops.sum(_mean_views(ops.stop_gradient(mi_estimate))) / ops.cast(
+            ops.shape(mi_estimate)[0], batch.dtype
+        )
+        return per_sample, metrics
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["similarity"] = (
+            self.similarity.name
+            if type(self.similarity) in similarities.BUILTIN_SIMILARITIES.values()
+            else similarities.serialize(self.similarity)
+        )
+        config["sigma"] = getattr(self.similarity, "sigma", self.sigma)
+        config["temperature"] = getattr(self.similarity, "temperature", self.temperature)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FMICLLoss(ContrastiveLoss):
+    """f-MICL: contrastive learning with an f-mutual information bound.
+
+    For anchor `a` with positives `P(a)`, negatives `N(a)` and log density
+    ratio `l` given by the similarity:
+
+        loss(a) = - mean_{p in P(a)} f'(e^l(a,p))
+                  + alpha * mean_{n in N(a)} f*(f'(e^l(a,n)))
+
+    A sample's loss is the mean over its views; the default reduction is the
+    mean over samples. With `alpha = 1` the negated loss is a lower-bound
+    estimate of the f-mutual information `I_f` in nats.
+
+    Args:
+        divergence: `"kl"`, `"js"`, `"pearson"`, `"squared_hellinger"`,
+            `"tsallis"`, `"vlc"` (or an alias such as `"chi2"`,
+            `"hellinger"`, `"jensen_shannon"`), or a
+            `keras_fmicl.Divergence` instance such as
+            `keras_fmicl.Tsallis(order=2.0)` or a user-defined subclass.
+            Defaults to `"kl"`.
+        similarity: `"gaussian"` (the f-Gaussian similarity,
+            `l = -||z^_a - z^_b||^2 / (2 sigma^2)`), `"cosine"`
+            (`l = cos / temperature`), or a `keras_fmicl.Similarity`
+            instance. Defaults to `"gaussian"`.
+        sigma: Gaussian bandwidth, `> 0`; defaults to 0.5. Used with
+            `similarity="gaussian"`.
+        temperature: cosine temperature, `> 0`; defaults to 0.2. Used with
+            `similarity="cosine"`.
+        alpha: weight of the negative (uniformity) term, `> 0`. Defaults
+            to 1.0, where the loss is the negated f-MI bound.
+        reduction: Keras reduction; `None` returns the `(N,)` vector.
+        name: name of the loss.
+        dtype: dtype of the computation; defaults to `keras.backend.floatx()`
+            (float32 under mixed precision policies).
+
+    Example:
+
+    ```python
+    loss = keras_fmicl.FMICLLoss("js", sigma=0.5)
+    y_pred = keras.random.normal((8, 2, 16))  # 8 samples, 2 views, d = 16
+    value = loss(None, y_pred)                # self-supervised
+    value = loss(labels, y_pred)              # supervised f-MICL
+    ```
+
+    Reference:
+        Lu, Zhang, Sun, Guo, Yu. "f-MICL: Understanding and Generalizing
+        InfoNCE-based Contrastive Learning", TMLR 2023.
+    """
+
+    def __init__(
+        self,
+        divergence: Any = "kl",
+        similarity: Any = "gaussian",
+        sigma: float | None = None,
+        temperature: float | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        reduction: str | None = "sum_over_batch_size",
+        name: str | None = "fmicl",
+        dtype: Any = None,
+    ):
+        super().__init__(
+            similarity=similarity,
+            sigma=sigma,
+            temperature=temperature,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+        )
+        self.divergence = divergences.get(divergence)
+        self.alpha = _check_positive("alpha", alpha)
+
+    def anchor_losses(self, batch):
+        return _fmicl_anchor_losses(batch, self.divergence, self.similarity, self.alpha)
+
+    def get_config(self):
+        config = super().get_config()
+        config["divergence"] = divergences.serialize(self.divergence)
+        config["alpha"] = self.alpha
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class InfoNCELoss(ContrastiveLoss):
+    """InfoNCE (NT-Xent): the baseline f-MICL generalises.
+
+    For anchor `a` with positives `P(a)` and negatives `N(a)`:
+
+        loss(a) = mean_{p in P(a)} [ -l(a,p) + log sum_{b in {p} U N(a)} e^l(a,b) ]
+
+    with `l = cos / temperature`. Each positive competes only with the
+    negatives, not with the other positives (unlike SupCon's denominator).
+    For two views the per-sample value is half of what
+    `keras_cv.losses.SimCLRLoss(temperature)` returns (that one sums both
+    directions).
+
+    Args:
+        temperature: `> 0`. Defaults to 0.2.
+        similarity: `"cosine"` (default) or `"gaussian"` (then `sigma`).
+        sigma: Gaussian bandwidth when `similarity="gaussian"`.
+        reduction, name, dtype: as `FMICLLoss`.
+
+    Example:
+
+    ```python
+    loss = keras_fmicl.InfoNCELoss(temperature=0.2)
+    value = loss(None, keras.random.normal((8, 2, 16)))
+    ```
+
+    Reference:
+        van den Oord, Li, Vinyals, 2018; Chen, Kornblith, Norouzi, Hinton,
+        "A Simple Framework for Contrastive Learning of Visual
+        Representations", ICML 2020.
+    """
+
+    def __init__(
+        self,
+        temperature: float = DEFAULT_INFONCE_TEMPERATURE,
+        similarity: Any = "cosine",
+        sigma: float | None = None,
+        reduction: str | None = "sum_over_batch_size",
+        name: str | None = "info_nce",
+        dtype: Any = None,
+    ):
+        super().__init__(
+            similarity=similarity,
+            sigma=sigma,
+            temperature=temperature,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+        )
+
+    def anchor_losses(self, batch):
+        return _info_nce_anchor_losses(batch, self.similarity)

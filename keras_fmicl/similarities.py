@@ -1,0 +1,205 @@
+"""Similarities: the log density ratio `l(z_a, z_b)` of two embeddings.
+
+f-MICL models the density ratio `r = p(x, y) / (p(x) p(y))` from the two
+embeddings and works with its logarithm `l = log r` throughout:
+
+| name       | l(z_a, z_b)                                  | parameter        |
+|------------|----------------------------------------------|------------------|
+| `gaussian` | -||z^_a - z^_b||^2 / (2 sigma^2)             | sigma > 0        |
+| `cosine`   | cos(z_a, z_b) / temperature                  | temperature > 0  |
+
+with `z^ = z / ||z||`. For unit vectors `||z^_a - z^_b||^2 = 2 - 2 z^_a . z^_b`,
+so the whole `(M, K)` matrix of log ratios comes from one matmul of the
+normalised embeddings, never from an `(M, K, d)` tensor. A zero vector is
+normalised to zero (cosine 0 with everything, as if orthogonal) instead of
+producing NaN.
+
+Reference:
+    Lu, Zhang, Sun, Guo, Yu. "f-MICL: Understanding and Generalizing
+    InfoNCE-based Contrastive Learning", TMLR 2023 (f-Gaussian similarity).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import keras
+from keras import ops
+
+_PACKAGE = "keras_fmicl"
+# Floor of the squared norm in `l2_normalize`: rows shorter than about 3e-4
+# are scaled by 1 / sqrt(1e-7) instead of 1 / ||z||, which keeps the gradient
+# of a zero vector (about 3e3 times the upstream one) finite in float16.
+_NORM_EPSILON = 1e-7
+
+DEFAULT_SIGMA = 0.5
+DEFAULT_TEMPERATURE = 0.2
+
+
+def l2_normalize(x: Any, axis: int = -1) -> Any:
+    """`x / ||x||` along `axis`; zero vectors stay zero (no NaN)."""
+    x = ops.convert_to_tensor(x)
+    squared_norm = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    squared_norm = ops.where(squared_norm > _NORM_EPSILON, squared_norm, _NORM_EPSILON)
+    return x * ops.rsqrt(squared_norm)
+
+
+def cosine_matrix(x: Any, y: Any | None = None) -> Any:
+    """`(M, K)` matrix of cosine similarities of the rows of `x` and `y`."""
+    x = l2_normalize(x)
+    y = x if y is None else l2_normalize(y)
+    return row_dot(x, y)
+
+
+def row_dot(x: Any, y: Any) -> Any:
+    """`(M, K)` dot products of the rows of `x` `(M, d)` and `y` `(K, d)`."""
+    # einsum, not matmul: Keras' torch matmul computes float64 in float32.
+    return ops.einsum("md,kd->mk", x, y)
+
+
+def _check_positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"`{name}` must be a positive number. Received: {name}={value!r}"
+        )
+    if not value > 0 or value == float("inf"):
+        raise ValueError(
+            f"`{name}` must be a positive number. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Similarity:
+    """Base class: maps embeddings to log density ratios.
+
+    Subclasses implement `log_ratio_from_cosine(cosine)`, an elementwise map
+    of the cosine similarity of two embeddings to `l`. Calling the object on
+    `(M, d)` and `(K, d)` embeddings returns the `(M, K)` matrix of `l`.
+    """
+
+    name: str = "similarity"
+
+    def log_ratio_from_cosine(self, cosine: Any) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, x: Any, y: Any | None = None) -> Any:
+        """Log density-ratio matrix of the rows of `x` against those of `y`.
+
+        Args:
+            x: `(M, d)` embeddings.
+            y: `(K, d)` embeddings; `x` itself when omitted.
+
+        Returns:
+            The `(M, K)` matrix `l(x_m, y_k)`.
+        """
+        return self.log_ratio_from_cosine(cosine_matrix(x, y))
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Similarity":
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted(self.get_config().items()))))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Gaussian(Similarity):
+    """The f-Gaussian similarity: `l = -||z^_a - z^_b||^2 / (2 sigma^2)`.
+
+    Computed as `-relu(2 - 2 cos) / (2 sigma^2)` from the cosine of the two
+    embeddings (the clamp absorbs round-off). `l` lies in `[-2/sigma^2, 0]`.
+
+    Args:
+        sigma: bandwidth `sigma > 0`. Defaults to 0.5, which makes the KL
+            uniformity term the `t = 2` Gaussian potential of Wang & Isola.
+    """
+
+    name = "gaussian"
+
+    def __init__(self, sigma: float = DEFAULT_SIGMA):
+        self.sigma = _check_positive("sigma", sigma)
+
+    def log_ratio_from_cosine(self, cosine):
+        squared_distance = ops.relu(2.0 - 2.0 * cosine)
+        return squared_distance * (-0.5 / self.sigma**2)
+
+    def get_config(self):
+        return {"sigma": self.sigma}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Cosine(Similarity):
+    """InfoNCE's similarity: `l = cos(z_a, z_b) / temperature`.
+
+    Args:
+        temperature: `temperature > 0`. Defaults to 0.2.
+    """
+
+    name = "cosine"
+
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE):
+        self.temperature = _check_positive("temperature", temperature)
+
+    def log_ratio_from_cosine(self, cosine):
+        return cosine * (1.0 / self.temperature)
+
+    def get_config(self):
+        return {"temperature": self.temperature}
+
+
+BUILTIN_SIMILARITIES = {"gaussian": Gaussian, "cosine": Cosine}
+ALIASES = {"f_gaussian": "gaussian", "rbf": "gaussian", "cos": "cosine"}
+
+
+def get(
+    identifier: Any,
+    sigma: float | None = None,
+    temperature: float | None = None,
+) -> Similarity:
+    """Returns a `Similarity` from a name, a config dict or an instance.
+
+    Args:
+        identifier: `"gaussian"` (alias `"f_gaussian"`), `"cosine"`, a config
+            dict, or a `Similarity` instance (returned as is).
+        sigma: bandwidth for `"gaussian"`; its default when `None`.
+        temperature: temperature for `"cosine"`; its default when `None`.
+    """
+    if isinstance(identifier, Similarity):
+        return identifier
+    if isinstance(identifier, dict):
+        obj = keras.saving.deserialize_keras_object(identifier)
+        if not isinstance(obj, Similarity):
+            raise ValueError(
+                "`similarity` config does not describe a keras_fmicl "
+                f"Similarity. Received: similarity={identifier!r}"
+            )
+        return obj
+    if isinstance(identifier, str):
+        key = identifier.strip().lower().replace("-", "_").replace(" ", "_")
+        key = ALIASES.get(key, key)
+        if key == "gaussian":
+            return Gaussian(DEFAULT_SIGMA if sigma is None else sigma)
+        if key == "cosine":
+            return Cosine(DEFAULT_TEMPERATURE if temperature is None else temperature)
+    names = sorted(BUILTIN_SIMILARITIES) + sorted(ALIASES)
+    raise ValueError(
+        "Unknown `similarity`: expected one of "
+        f"{', '.join(repr(n) for n in names)}, or a keras_fmicl.Similarity "
+        f"instance. Received: similarity={identifier!r}"
+    )
+
+
+def serialize(similarity: Similarity) -> dict:
+    return keras.saving.serialize_keras_object(similarity)

@@ -1,0 +1,491 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_fmicl
+from tests import reference
+from tests.utils import to_numpy
+from tests.utils import value_and_grad
+
+NAMES = ["kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc"]
+SIMILARITIES = [("gaussian", 0.6), ("cosine", 0.4)]
+LABELS = np.array([0, 1, 0, 2, 1, 0])
+
+
+def embeddings(n=6, v=2, d=4, seed=0, dtype="float32"):
+    return np.random.default_rng(seed).normal(size=(n, v, d)).astype(dtype)
+
+
+def fmicl_loss(name, similarity, parameter, alpha=1.0, **kwargs):
+    kwargs.setdefault("reduction", None)
+    key = "sigma" if similarity == "gaussian" else "temperature"
+    return keras_fmicl.FMICLLoss(
+        name, similarity=similarity, alpha=alpha, **{key: parameter}, **kwargs
+    )
+
+
+def scale_tolerance(expected, rtol):
+    return rtol * max(1.0, float(np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("similarity, parameter", SIMILARITIES)
+@pytest.mark.parametrize("views", [2, 3])
+@pytest.mark.parametrize("supervised", [False, True])
+def test_fmicl_matches_reference_float32(name, similarity, parameter, views, supervised):
+    y_pred = embeddings(v=views)
+    labels = LABELS if supervised else None
+    expected = reference.fmicl_loss(
+        y_pred, labels, name, similarity, parameter, alpha=1.3
+    )
+    loss = fmicl_loss(name, similarity, parameter, alpha=1.3)
+    got = to_numpy(loss(labels, y_pred))
+    assert got.shape == (6,)
+    np.testing.assert_allclose(
+        got, expected, rtol=1e-4, atol=scale_tolerance(expected, 1e-5)
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("similarity, parameter", SIMILARITIES)
+@pytest.mark.parametrize("views, supervised", [(2, False), (3, True)])
+def test_fmicl_matches_reference_float64(name, similarity, parameter, views, supervised, float64):
+    y_pred = embeddings(v=views, dtype="float64")
+    labels = LABELS if supervised else None
+    expected = reference.fmicl_loss(y_pred, labels, name, similarity, parameter, alpha=0.7)
+    got = keras_fmicl.fmicl(
+        labels,
+        y_pred,
+        divergence=name,
+        similarity=similarity,
+        alpha=0.7,
+        **{"sigma" if similarity == "gaussian" else "temperature": parameter},
+    )
+    assert keras.backend.standardize_dtype(got.dtype) == "float64"
+    np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("similarity, parameter", SIMILARITIES)
+@pytest.mark.parametrize("views, supervised", [(2, False), (3, True)])
+def test_fmicl_gradient_matches_reference_finite_differences(
+    name, similarity, parameter, views, supervised, float64
+):
+    n, d = 4, 3
+    y_pred = embeddings(n=n, v=views, d=d, seed=1, dtype="float64")
+    labels = np.array([0, 1, 0, 1]) if supervised else None
+    weights = np.random.default_rng(2).uniform(0.5, 1.5, size=n)
+    key = "sigma" if similarity == "gaussian" else "temperature"
+
+    def objective(y):
+        per_sample = keras_fmicl.fmicl(
+            labels, y, divergence=name, similarity=similarity, alpha=0.8, **{key: parameter}
+        )
+        return ops.sum(per_sample * ops.convert_to_tensor(weights))
+
+    _, (grad,) = value_and_grad(objective, y_pred)
+
+    def reference_objective(y):
+        return np.sum(
+            weights
+            * reference.fmicl_loss(y, labels, name, similarity, parameter, alpha=0.8)
+        )
+
+    numerical = np.zeros_like(y_pred)
+    h = 1e-6
+    for index in np.ndindex(*y_pred.shape):
+        step = np.zeros_like(y_pred)
+        step[index] = h
+        numerical[index] = (
+            reference_objective(y_pred + step) - reference_objective(y_pred - step)
+        ) / (2 * h)
+    np.testing.assert_allclose(grad, numerical, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("views", [2, 3])
+@pytest.mark.parametrize("supervised", [False, True])
+@pytest.mark.parametrize("similarity, parameter", [("cosine", 0.3), ("gaussian", 0.8)])
+def test_info_nce_matches_reference(views, supervised, similarity, parameter):
+    y_pred = embeddings(v=views, seed=3)
+    labels = LABELS if supervised else None
+    expected = reference.info_nce_loss(y_pred, labels, similarity, parameter)
+    loss = keras_fmicl.InfoNCELoss(
+        temperature=parameter if similarity == "cosine" else 0.2,
+        similarity=similarity,
+        sigma=parameter if similarity == "gaussian" else None,
+        reduction=None,
+    )
+    got = to_numpy(loss(labels, y_pred))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("views, supervised", [(2, False), (3, True)])
+def test_info_nce_gradient_matches_reference_finite_differences(views, supervised, float64):
+    n, d = 4, 3
+    y_pred = embeddings(n=n, v=views, d=d, seed=4, dtype="float64")
+    labels = np.array([0, 1, 1, 0]) if supervised else None
+
+    def objective(y):
+        return ops.sum(keras_fmicl.info_nce(labels, y, temperature=0.3))
+
+    _, (grad,) = value_and_grad(objective, y_pred)
+    numerical = np.zeros_like(y_pred)
+    h = 1e-6
+    for index in np.ndindex(*y_pred.shape):
+        step = np.zeros_like(y_pred)
+        step[index] = h
+        numerical[index] = (
+            np.sum(reference.info_nce_loss(y_pred + step, labels, "cosine", 0.3))
+            - np.sum(reference.info_nce_loss(y_pred - step, labels, "cosine", 0.3))
+        ) / (2 * h)
+    np.testing.assert_allclose(grad, numerical, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_queries_against_keys_and_queue_match_reference(name):
+    """MoCo v3 (in-batch keys of the other views) and MoCo v2 (queue only)."""
+    queries = embeddings(n=5, v=2, seed=5)
+    keys = embeddings(n=5, v=2, seed=6)
+    queue = np.random.default_rng(7).normal(size=(9, 4)).astype("float32")
+    queue_mask = np.array([1, 1, 1, 0, 1, 1, 0, 1, 1], bool)
+    loss = fmicl_loss(name, "gaussian", 0.7)
+    v3 = to_numpy(loss.contrast(queries, keys=keys))
+    np.testing.assert_allclose(
+        v3, reference.fmicl_loss(queries, None, name, "gaussian", 0.7, keys=keys), rtol=1e-4, atol=1e-5
+    )
+    v2 = to_numpy(
+        loss.contrast(queries, keys=keys, queue=queue, queue_mask=queue_mask, in_batch_negatives=False)
+    )
+    expected_v2 = reference.fmicl_loss(
+        queries, None, name, "gaussian", 0.7, keys=keys, queue=queue,
+        queue_mask=queue_mask, in_batch_negatives=False,
+    )
+    np.testing.assert_allclose(v2, expected_v2, rtol=1e-4, atol=1e-5)
+    both = to_numpy(loss.contrast(queries, keys=keys, queue=queue))
+    expected_both = reference.fmicl_loss(
+        queries, None, name, "gaussian", 0.7, keys=keys, queue=queue
+    )
+    np.testing.assert_allclose(both, expected_both, rtol=1e-4, atol=1e-5)
+    # the functional form takes the same arguments
+    functional = keras_fmicl.fmicl(
+        None, queries, name, "gaussian", sigma=0.7, keys=keys, queue=queue,
+        queue_mask=queue_mask, in_batch_negatives=False,
+    )
+    np.testing.assert_allclose(to_numpy(functional), expected_v2, rtol=1e-4, atol=1e-5)
+
+
+def test_info_nce_queries_against_keys_and_queue_match_reference():
+    queries = embeddings(n=5, v=2, seed=8)
+    keys = embeddings(n=5, v=2, seed=9)
+    queue = np.random.default_rng(10).normal(size=(7, 4)).astype("float32")
+    loss = keras_fmicl.InfoNCELoss(temperature=0.25, reduction=None)
+    np.testing.assert_allclose(
+        to_numpy(loss.contrast(queries, keys=keys)),
+        reference.info_nce_loss(queries, None, "cosine", 0.25, keys=keys),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        to_numpy(loss.contrast(queries, keys=keys, queue=queue, in_batch_negatives=False)),
+        reference.info_nce_loss(
+            queries, None, "cosine", 0.25, keys=keys, queue=queue, in_batch_negatives=False
+        ),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_kl_gaussian_is_alignment_plus_gaussian_potential():
+    """Contract section 5: loss = mean d_p^2/(2 s^2) - 1 + alpha mean e^{-d_n^2/(2 s^2)}."""
+    y_pred = embeddings(n=5, v=3, seed=11)
+    sigma, alpha = 0.45, 1.7
+    z = reference.normalise(y_pred)
+    n, v, _ = z.shape
+    expected = np.zeros(n)
+    for i in range(n):
+        for a in range(v):
+            pos = [np.sum((z[i, a] - z[i, w]) ** 2) for w in range(v) if w != a]
+            neg = [np.sum((z[i, a] - z[j, w]) ** 2) for j in range(n) if j != i for w in range(v)]
+            expected[i] += (
+                np.mean(pos) / (2 * sigma**2) - 1 + alpha * np.mean(np.exp(-np.array(neg) / (2 * sigma**2)))
+            ) / v
+    got = keras_fmicl.FMICLLoss("kl", sigma=sigma, alpha=alpha, reduction=None)(None, y_pred)
+    np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_info_nce_is_half_of_keras_cv_simclr_loss():
+    keras_cv = pytest.importorskip("keras_cv")
+    y_pred = embeddings(n=8, v=2, d=16, seed=12)
+    for temperature in [0.1, 0.5]:
+        ours = keras_fmicl.InfoNCELoss(temperature=temperature, reduction=None)(None, y_pred)
+        theirs = keras_cv.losses.SimCLRLoss(temperature=temperature, reduction=None)(
+            y_pred[:, 0], y_pred[:, 1]
+        )
+        np.testing.assert_allclose(to_numpy(ours), to_numpy(theirs) / 2.0, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("supervised", [False, True])
+def test_metrics_match_reference(name, supervised):
+    y_pred = embeddings(v=3, seed=13)
+    labels = LABELS if supervised else None
+    loss = fmicl_loss(name, "gaussian", 0.6)
+    per_sample, metrics = loss.contrast(y_pred, labels=labels, return_metrics=True)
+    alignment, uniformity = reference.alignment_uniformity(y_pred, labels)
+    _, estimate = reference.fmicl_loss(
+        y_pred, labels, name, "gaussian", 0.6, alpha=1.0, return_estimate=True
+    )
+    assert float(metrics["alignment"]) == pytest.approx(alignment, rel=1e-5)
+    assert float(metrics["uniformity"]) == pytest.approx(uniformity, rel=1e-5, abs=1e-6)
+    assert float(metrics["mi_estimate"]) == pytest.approx(estimate, rel=1e-4, abs=1e-5)
+    # with alpha = 1 the estimate is the negated loss
+    assert float(metrics["mi_estimate"]) == pytest.approx(-float(ops.mean(per_sample)), rel=1e-5, abs=1e-6)
+
+
+def test_info_nce_mi_estimate_is_the_bound():
+    y_pred = embeddings(n=6, v=2, seed=14)
+    per_sample, metrics = keras_fmicl.InfoNCELoss(reduction=None).contrast(
+        y_pred, return_metrics=True
+    )
+    # 2 (N - 1) = 10 negatives per anchor
+    expected = np.log(11.0) - np.mean(to_numpy(per_sample))
+    assert float(metrics["mi_estimate"]) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_anchor_without_negatives_contributes_zero_negative_term(name):
+    """Every sample shares the label: N(a) is empty, contributing 0, not NaN."""
+    y_pred = embeddings(n=4, v=2, d=3, seed=15)
+    labels = np.zeros(4, "int32")
+    loss = fmicl_loss(name, "gaussian", 0.6)
+    got = to_numpy(loss(labels, y_pred))
+    expected = reference.fmicl_loss(y_pred, labels, name, "gaussian", 0.6)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    _, (grad,) = value_and_grad(lambda y: ops.sum(loss(labels, y)), y_pred)
+    assert np.all(np.isfinite(grad))
+    nce = keras_fmicl.InfoNCELoss(reduction=None)
+    np.testing.assert_allclose(to_numpy(nce(labels, y_pred)), 0.0, atol=1e-7)
+    _, (grad,) = value_and_grad(lambda y: ops.sum(nce(labels, y)), y_pred)
+    assert np.all(np.isfinite(grad))
+
+
+def test_reductions_and_sample_weight():
+    y_pred = embeddings(seed=16)
+    per_sample = to_numpy(keras_fmicl.FMICLLoss("js", reduction=None)(None, y_pred))
+    assert per_sample.shape == (6,)
+    mean = float(keras_fmicl.FMICLLoss("js")(None, y_pred))
+    assert mean == pytest.approx(per_sample.mean(), rel=1e-6)
+    total = float(keras_fmicl.FMICLLoss("js", reduction="sum")(None, y_pred))
+    assert total == pytest.approx(per_sample.sum(), rel=1e-6)
+    weights = np.array([1.0, 0.0, 2.0, 1.0, 0.5, 0.0], "float32")
+    weighted = float(keras_fmicl.FMICLLoss("js")(None, y_pred, sample_weight=weights))
+    assert weighted == pytest.approx(np.sum(per_sample * weights) / 6, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("similarity", ["gaussian", "cosine"])
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_finite_under_mixed_precision(name, similarity, policy):
+    """A model computing in half precision: finite loss and weight gradients."""
+    keras.config.set_dtype_policy(policy)
+    n, v, d = 8, 2, 16
+    model = keras.Sequential(
+        [keras.Input((v, 12)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(d)]
+    )
+    half = "float16" if policy == "mixed_float16" else "bfloat16"
+    assert model.layers[-1].compute_dtype == half
+    x = np.random.default_rng(17).normal(size=(n, v, 12)).astype("float32")
+    x[0, 1] = x[0, 0]  # an identical pair
+    x[1, 1] = 0.0  # and a zero input row
+    loss = keras_fmicl.FMICLLoss(name, similarity=similarity)
+    weights = model.trainable_weights
+
+    def objective(*values):
+        outputs, _ = model.stateless_call(list(values), [], x)
+        assert keras.backend.standardize_dtype(outputs.dtype) == half
+        return loss(None, outputs)
+
+    value, grads = value_and_grad(objective, *[to_numpy(w) for w in weights])
+    assert np.isfinite(value)
+    for grad in grads:
+        assert np.all(np.isfinite(grad))
+
+
+def _extreme_cases():
+    rng = np.random.default_rng(18)
+    base = rng.normal(size=(4, 2, 5)).astype("float32")
+    identical = np.repeat(base[:1, :1], 4, axis=0).repeat(2, axis=1)
+    antipodal = base.copy()
+    antipodal[:, 1] = -antipodal[:, 0]
+    zero = base.copy()
+    zero[2, 0] = 0.0
+    return {
+        "random": base,
+        "identical": identical,
+        "antipodal": antipodal,
+        "zero_vector": zero,
+    }
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", ["random", "identical", "antipodal", "zero_vector"])
+@pytest.mark.parametrize(
+    "similarity, parameter", [("gaussian", 0.1), ("cosine", 0.05), ("gaussian", 0.5)]
+)
+def test_finite_for_extreme_inputs(name, case, similarity, parameter):
+    y_pred = _extreme_cases()[case]
+    loss = fmicl_loss(name, similarity, parameter, reduction="sum_over_batch_size")
+    value, (grad,) = value_and_grad(lambda y: loss(None, y), y_pred)
+    assert np.isfinite(value), (name, case)
+    assert np.all(np.isfinite(grad)), (name, case)
+    nce = keras_fmicl.InfoNCELoss(temperature=0.05)
+    value, (grad,) = value_and_grad(lambda y: nce(None, y), y_pred)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        keras_fmicl.FMICLLoss("js", sigma=0.3, alpha=2.0),
+        keras_fmicl.FMICLLoss(keras_fmicl.Tsallis(order=2.5), similarity="cosine", temperature=0.1),
+        keras_fmicl.FMICLLoss("chi2", reduction=None, name="chi"),
+        keras_fmicl.InfoNCELoss(temperature=0.07),
+        keras_fmicl.InfoNCELoss(similarity="gaussian", sigma=0.4, reduction="sum"),
+    ],
+    ids=["js", "tsallis", "pearson", "infonce", "infonce_gaussian"],
+)
+def test_config_round_trips(loss):
+    y_pred = embeddings(seed=19)
+    expected = to_numpy(loss(None, y_pred))
+    restored = type(loss).from_config(loss.get_config())
+    np.testing.assert_allclose(to_numpy(restored(None, y_pred)), expected, rtol=1e-6)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(restored) is type(loss)
+    assert restored.get_config() == loss.get_config()
+    np.testing.assert_allclose(to_numpy(restored(None, y_pred)), expected, rtol=1e-6)
+
+
+@keras.saving.register_keras_serializable(package="keras_fmicl_tests")
+class ReverseKL(keras_fmicl.Divergence):
+    name = "reverse_kl"
+
+    def f(self, u):
+        return -ops.log(u)
+
+    def f_prime(self, u):
+        return -1.0 / u
+
+
+def test_custom_divergence_through_the_loss():
+    y_pred = embeddings(n=5, v=2, seed=20)
+    loss = keras_fmicl.FMICLLoss(ReverseKL(), sigma=0.7, reduction=None)
+    z = reference.normalise(y_pred)
+    expected = np.zeros(5)
+    for i in range(5):
+        for a in range(2):
+            lp = -np.sum((z[i, a] - z[i, 1 - a]) ** 2) / (2 * 0.49)
+            ln = [-np.sum((z[i, a] - z[j, w]) ** 2) / (2 * 0.49) for j in range(5) if j != i for w in range(2)]
+            # f'(u) = -1/u; f*(f'(u)) = u f'(u) - f(u) = -1 + log u
+            expected[i] += (-(-np.exp(-lp)) + np.mean(-1.0 + np.array(ln))) / 2
+    np.testing.assert_allclose(to_numpy(loss(None, y_pred)), expected, rtol=1e-5, atol=1e-6)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(restored.divergence, ReverseKL)
+
+
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_inside_compile_and_fit_of_a_plain_model(with_labels):
+    n, v, d = 16, 2, 8
+    rng = np.random.default_rng(21)
+    labels = np.arange(64) % 4
+    # two noisy views of each sample; samples of a class share a centre
+    centres = rng.normal(size=(4, 10))
+    base = centres[labels] + 0.7 * rng.normal(size=(64, 10))
+    x = (base[:, None, :] + 0.3 * rng.normal(size=(64, v, 10))).astype("float32")
+    model = keras.Sequential([keras.Input((v, 10)), keras.layers.Dense(d)])
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=keras_fmicl.FMICLLoss("js"))
+    y = labels if with_labels else None
+    history = model.fit(x, y, batch_size=n, epochs=5, verbose=0, shuffle=False)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+    evaluated = model.evaluate(x, y, batch_size=n, verbose=0)
+    assert np.isfinite(evaluated)
+
+
+def test_dynamic_batch_size_in_a_traced_function():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("only TensorFlow traces with an unknown batch size")
+    import tensorflow as tf
+
+    loss = keras_fmicl.FMICLLoss("vlc")
+    fn = tf.function(
+        lambda y: loss(None, y), input_signature=[tf.TensorSpec([None, 2, 4], tf.float32)]
+    )
+    y_pred = embeddings(seed=22)
+    assert float(fn(y_pred)) == pytest.approx(float(loss(None, y_pred)), rel=1e-6)
+
+
+# ----------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"divergence": "kld"}, "divergence='kld'"),
+        ({"similarity": "dot"}, "similarity='dot'"),
+        ({"sigma": 0.0}, "sigma=0.0"),
+        ({"sigma": -1}, "sigma=-1"),
+        ({"temperature": 0}, "temperature=0"),
+        ({"similarity": "cosine", "temperature": -0.1}, "temperature=-0.1"),
+        ({"alpha": 0.0}, "alpha=0.0"),
+        ({"alpha": -2}, "alpha=-2"),
+    ],
+)
+def test_bad_arguments_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        keras_fmicl.FMICLLoss(**kwargs)
+
+
+@pytest.mark.parametrize("order", [1, 0, -1])
+def test_bad_tsallis_order_raises(order):
+    with pytest.raises(ValueError, match=f"order={order}"):
+        keras_fmicl.FMICLLoss(keras_fmicl.Tsallis(order=order))
+
+
+@pytest.mark.parametrize("loss_class", [keras_fmicl.FMICLLoss, keras_fmicl.InfoNCELoss])
+@pytest.mark.parametrize(
+    "y_true, shape, match",
+    [
+        (None, (6, 4), r"rank 3.*y_pred.shape=\(6, 4\)"),
+        (None, (6, 2, 3, 4), r"rank 3.*y_pred.shape=\(6, 2, 3, 4\)"),
+        (None, (6, 1, 4), r"V >= 2 views.*y_pred.shape=\(6, 1, 4\)"),
+        (None, (1, 2, 4), r"at least 2 samples.*y_pred.shape=\(1, 2, 4\)"),
+        (np.zeros(5), (6, 2, 4), r"y_true.shape=\(5,\)"),
+        (np.zeros((6, 3)), (6, 2, 4), r"y_true.shape=\(6, 3\)"),
+    ],
+)
+def test_bad_shapes_raise_value_error(loss_class, y_true, shape, match):
+    y_pred = np.ones(shape, "float32")
+    with pytest.raises(ValueError, match=match):
+        loss_class()(y_true, y_pred)
+
+
+def test_bad_keys_and_queue_raise_value_error():
+    loss = keras_fmicl.FMICLLoss()
+    queries = embeddings(n=4, v=2)
+    with pytest.raises(ValueError, match=r"keys.shape=\(4, 2, 5\)"):
+        loss.contrast(queries, keys=np.ones((4, 2, 5), "float32"))
+    with pytest.raises(ValueError, match=r"queue.shape=\(7, 3\)"):
+        loss.contrast(queries, queue=np.ones((7, 3), "float32"))
+    with pytest.raises(ValueError, match="queue=None"):
+        loss.contrast(queries, in_batch_negatives=False)
+
+
+def test_labels_of_shape_n_by_one_are_accepted():
+    y_pred = embeddings(seed=23)
+    loss = keras_fmicl.FMICLLoss("js", reduction=None)
+    np.testing.assert_allclose(
+        to_numpy(loss(LABELS[:, None], y_pred)), to_numpy(loss(LABELS, y_pred)), rtol=1e-6
+    )

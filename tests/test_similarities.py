@@ -1,0 +1,90 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_fmicl
+from keras_fmicl import similarities
+from tests import reference
+from tests.utils import to_numpy
+from tests.utils import value_and_grad
+
+CASES = [("gaussian", 0.5), ("gaussian", 1.3), ("cosine", 0.2), ("cosine", 1.0)]
+
+
+def make(name, parameter):
+    if name == "gaussian":
+        return keras_fmicl.Gaussian(sigma=parameter)
+    return keras_fmicl.Cosine(temperature=parameter)
+
+
+@pytest.mark.parametrize("name, parameter", CASES)
+@pytest.mark.parametrize("dtype, rtol", [("float32", 2e-5), ("float64", 1e-12)])
+def test_log_ratio_matrix_matches_the_definition(name, parameter, dtype, rtol, float64):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 5)).astype(dtype)
+    y = rng.normal(size=(4, 5)).astype(dtype)
+    expected = np.array(
+        [[reference.log_ratio(a, b, name, parameter) for b in y] for a in x]
+    )
+    got = to_numpy(make(name, parameter)(x, y))
+    assert got.shape == (7, 4)
+    atol = rtol * max(1.0, np.abs(expected).max())
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
+    # with y omitted, the rows are contrasted with themselves
+    self_expected = np.array(
+        [[reference.log_ratio(a, b, name, parameter) for b in x] for a in x]
+    )
+    np.testing.assert_allclose(make(name, parameter)(x), self_expected, rtol=rtol, atol=atol)
+
+
+def test_gaussian_range_and_identity():
+    x = np.array([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]], "float32")
+    l = to_numpy(keras_fmicl.Gaussian(sigma=0.5)(x))
+    np.testing.assert_allclose(np.diag(l), 0.0, atol=1e-6)
+    # antipodal: ||a - b||^2 = 4 -> l = -4 / (2 * 0.25) = -8; orthogonal: -4
+    assert l[0, 2] == pytest.approx(-8.0, rel=1e-6)
+    assert l[0, 1] == pytest.approx(-4.0, rel=1e-6)
+    assert np.all(l <= 0.0)
+
+
+@pytest.mark.parametrize("name, parameter", CASES)
+def test_zero_vector_gives_finite_values_and_gradients(name, parameter):
+    x = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]], "float32")
+    similarity = make(name, parameter)
+    value, (grad,) = value_and_grad(lambda t: keras.ops.sum(similarity(t)), x)
+    assert np.isfinite(value)
+    assert np.all(np.isfinite(grad))
+    l = to_numpy(similarity(x))
+    # a zero vector is treated as orthogonal to everything (cosine 0)
+    np.testing.assert_allclose(l[0, 1:], similarity.log_ratio_from_cosine(0.0), rtol=1e-6)
+
+
+def test_l2_normalize_keeps_zero_rows_zero():
+    x = np.array([[0.0, 0.0], [3.0, 4.0]], "float32")
+    np.testing.assert_allclose(to_numpy(similarities.l2_normalize(x)), [[0, 0], [0.6, 0.8]], atol=1e-7)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "0.5", None])
+def test_bad_parameters_raise_naming_the_argument(value):
+    with pytest.raises(ValueError, match="sigma="):
+        keras_fmicl.Gaussian(sigma=value)
+    with pytest.raises(ValueError, match="temperature="):
+        keras_fmicl.Cosine(temperature=value)
+
+
+def test_get_resolves_names_with_parameters():
+    assert similarities.get("gaussian", sigma=0.3) == keras_fmicl.Gaussian(0.3)
+    assert similarities.get("f_gaussian") == keras_fmicl.Gaussian(similarities.DEFAULT_SIGMA)
+    assert similarities.get("cosine", temperature=0.1) == keras_fmicl.Cosine(0.1)
+    with pytest.raises(ValueError, match="similarity='dot'"):
+        similarities.get("dot")
+
+
+@pytest.mark.parametrize("name, parameter", CASES)
+def test_serialization_round_trip(name, parameter):
+    similarity = make(name, parameter)
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(similarity)
+    )
+    assert restored == similarity
+    assert similarities.get(similarities.serialize(similarity)) == similarity

@@ -1,0 +1,46 @@
+"""Backend-specific helpers for tests: gradients and conversion to numpy."""
+
+import keras
+import numpy as np
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def value_and_grad(fn, *args):
+    """Value of `fn(*args)` (a scalar) and its gradients w.r.t. every arg.
+
+    `args` are numpy arrays; the gradient is taken by the backend's own
+    autodiff, in the dtype of the arrays.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.convert_to_tensor(a) for a in args]
+        with tf.GradientTape() as tape:
+            for t in tensors:
+                tape.watch(t)
+            value = fn(*tensors)
+        grads = tape.gradient(value, tensors)
+        return to_numpy(value), [to_numpy(g) for g in grads]
+    if backend == "jax":
+        import jax
+
+        value, grads = jax.value_and_grad(fn, argnums=tuple(range(len(args))))(
+            *[jax.numpy.asarray(a) for a in args]
+        )
+        return to_numpy(value), [to_numpy(g) for g in grads]
+    if backend == "torch":
+        import torch
+
+        tensors = [torch.tensor(a, requires_grad=True) for a in args]
+        value = fn(*tensors)
+        grads = torch.autograd.grad(value, tensors, allow_unused=True)
+        grads = [
+            np.zeros_like(a) if g is None else g.detach().cpu().numpy()
+            for a, g in zip(args, grads)
+        ]
+        return value.detach().cpu().numpy(), grads
+    raise NotImplementedError(backend)
