@@ -5,11 +5,16 @@ mutual information becomes any f-divergence and cosine similarity gives way
 to the f-Gaussian similarity.
 """
 
+from keras_fmicl import augmentation
 from keras_fmicl import contrast
 from keras_fmicl import data
 from keras_fmicl import divergences
+from keras_fmicl import encoders
+from keras_fmicl import evaluation
 from keras_fmicl import losses
 from keras_fmicl import similarities
+from keras_fmicl.augmentation import RandomResizedCrop
+from keras_fmicl.augmentation import SimCLRAugmentation
 from keras_fmicl.divergences import Divergence
 from keras_fmicl.divergences import JensenShannon
 from keras_fmicl.divergences import KullbackLeibler
@@ -17,6 +22,13 @@ from keras_fmicl.divergences import Pearson
 from keras_fmicl.divergences import SquaredHellinger
 from keras_fmicl.divergences import Tsallis
 from keras_fmicl.divergences import VinczeLeCam
+from keras_fmicl.encoders import resnet18
+from keras_fmicl.encoders import small_cnn
+from keras_fmicl.evaluation import KNNMonitor
+from keras_fmicl.evaluation import alignment
+from keras_fmicl.evaluation import knn_accuracy
+from keras_fmicl.evaluation import linear_evaluation
+from keras_fmicl.evaluation import uniformity
 from keras_fmicl.losses import ContrastiveLoss
 from keras_fmicl.losses import FMICLLoss
 from keras_fmicl.losses import InfoNCELoss

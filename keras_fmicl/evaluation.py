@@ -1,0 +1,782 @@
+"""Evaluation of learned representations: kNN, linear probe, alignment/uniformity.
+
+Self-supervised encoders are judged by how well a simple classifier does on
+their frozen features:
+
+* `knn_accuracy` / `knn_predict`: the weighted k-nearest-neighbour vote of
+  InstDisc (Wu et al. 2018), as used by lightly and solo-learn: cosine
+  similarity of L2-normalised features, the `k` most similar training points
+  each vote for their class with weight `exp(sim / temperature)`.
+* `linear_evaluation` / `linear_probe_accuracy`: a single softmax layer
+  trained on the frozen features (the standard linear protocol).
+* `alignment` / `uniformity`: the two embedding-quality measures of Wang &
+  Isola (2020).
+* `KNNMonitor`: a callback that logs the kNN accuracy during `fit`.
+
+Everything accepts numpy arrays or backend tensors. The heavy math runs in
+`keras.ops`, batched over the query rows, so memory stays bounded by
+`batch_size x num_train` similarities instead of `num_test x num_train`.
+
+Reference:
+    Wu, Xiong, Yu, Lin. "Unsupervised Feature Learning via Non-Parametric
+    Instance Discrimination", CVPR 2018 (weighted kNN monitor).
+    Wang, Isola. "Understanding Contrastive Representation Learning through
+    Alignment and Uniformity on the Hypersphere", ICML 2020.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_fmicl.contrast import compute_dtype
+
+DEFAULT_KNN_K = 200
+DEFAULT_KNN_TEMPERATURE = 0.1
+_NORM_EPSILON = 1e-12
+
+
+# --------------------------------------------------------------------------
+# Argument checks and conversions
+# --------------------------------------------------------------------------
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def _check_non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(
+            f"`{name}` must be a non-negative integer. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def _check_positive_float(name: str, value: Any) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0 < value < float("inf")
+    ):
+        raise ValueError(
+            f"`{name}` must be a positive finite number. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _check_non_negative_float(name: str, value: Any) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0 <= value < float("inf")
+    ):
+        raise ValueError(
+            f"`{name}` must be a non-negative finite number. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _as_features(x: Any, argument: str) -> Any:
+    """Rank-2 floating tensor; half precision and integers go to float32."""
+    if isinstance(x, (list, tuple)):
+        x = np.asarray(x)
+    x = ops.convert_to_tensor(x)
+    if len(x.shape) != 2:
+        raise ValueError(
+            f"`{argument}` must have shape (num_samples, num_features). "
+            f"Received: {argument}.shape={tuple(x.shape)}"
+        )
+    dtype = compute_dtype(x)
+    if keras.backend.standardize_dtype(x.dtype) != dtype:
+        x = ops.cast(x, dtype)
+    return x
+
+
+def _as_labels(y: Any, argument: str, num_samples: int | None = None) -> np.ndarray:
+    """Integer class labels as a numpy `(N,)` array; `(N, 1)` is accepted."""
+    labels = np.asarray(ops.convert_to_numpy(y) if ops.is_tensor(y) else y)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(
+            f"`{argument}` must be integer class labels of shape (num_samples,). "
+            f"Received: {argument}.shape={labels.shape}"
+        )
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        if not (
+            np.issubdtype(labels.dtype, np.floating)
+            and np.all(np.isfinite(labels))
+            and np.all(labels == np.round(labels))
+        ):
+            raise ValueError(
+                f"`{argument}` must hold integer class labels. "
+                f"Received: {argument} of dtype {labels.dtype}"
+            )
+    labels = labels.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError(
+            f"`{argument}` must hold non-negative class labels. "
+            f"Received: a label {labels.min()} in {argument}"
+        )
+    if num_samples is not None and labels.shape[0] != num_samples:
+        raise ValueError(
+            f"`{argument}` must have one label per sample ({num_samples}). "
+            f"Received: {argument}.shape={labels.shape}"
+        )
+    return labels
+
+
+def _resolve_num_classes(num_classes: int | None, *label_sets: np.ndarray) -> int:
+    largest = max((int(labels.max()) for labels in label_sets if labels.size), default=-1)
+    if num_classes is None:
+        return max(largest + 1, 1)
+    num_classes = _check_positive_int("num_classes", num_classes)
+    if largest >= num_classes:
+        raise ValueError(
+            "`num_classes` must exceed every label. "
+            f"Received: num_classes={num_classes} with a label {largest}"
+        )
+    return num_classes
+
+
+def _unit_rows(x: Any) -> Any:
+    """Rows scaled to unit L2 norm; rows of norm below 1e-6 become zero.
+
+    Written with `where` and `rsqrt` only: on the JAX and PyTorch backends,
+    Keras 3 promotes `ops.maximum(float64, python float)` and the accumulator
+    of `ops.mean` to float32, which would silently drop float64 precision.
+    """
+    squared_norm = ops.sum(ops.square(x), axis=-1, keepdims=True)
+    is_nonzero = squared_norm > _NORM_EPSILON
+    safe = ops.where(is_nonzero, squared_norm, ops.ones_like(squared_norm))
+    return ops.where(is_nonzero, x * ops.rsqrt(safe), ops.zeros_like(x))
+
+
+def _row_block(x: Any, start: int, size: int) -> Any:
+    """`x[start : start + size]` as a dynamic slice (one XLA program per size on JAX)."""
+    return ops.slice(x, (start,) + (0,) * (len(x.shape) - 1), (size,) + tuple(x.shape[1:]))
+
+
+def _num_rows(x: Any) -> int:
+    return int(x.shape[0])
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+# --------------------------------------------------------------------------
+# Weighted kNN
+# --------------------------------------------------------------------------
+
+
+def knn_predict(
+    train_features: Any,
+    train_labels: Any,
+    test_features: Any,
+    k: int = DEFAULT_KNN_K,
+    temperature: float = DEFAULT_KNN_TEMPERATURE,
+    num_classes: int | None = None,
+    batch_size: int = 1024,
+    return_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Weighted kNN prediction on cosine similarity (InstDisc protocol).
+
+    For each test point, the `k` training points of highest cosine
+    similarity `s` (`k` is clipped to the training-set size) vote for their
+    class with weight `exp(s / temperature)`; the class with the largest
+    total weight wins. Ties between classes go to the smallest class index.
+    Ties in similarity at the k-th place are broken by the backend's
+    `top_k`, which may differ between backends.
+
+    The test set is processed `batch_size` rows at a time: memory peaks at a
+    `(batch_size, num_train)` similarity matrix plus the normalised training
+    features.
+
+    Args:
+        train_features: `(N, F)` training (memory bank) features.
+        train_labels: `(N,)` integer labels of the training features.
+        test_features: `(M, F)` query features.
+        k: number of neighbours, a positive integer.
+        temperature: positive temperature of the vote weights.
+        num_classes: number of classes; inferred from `train_labels` if
+            `None`.
+        batch_size: number of test rows handled at once.
+        return_scores: also return the `(M, num_classes)` vote shares (class
+            weights normalised to sum to 1 per test point).
+
+    Returns:
+        `(M,)` int64 numpy array of predicted labels, and with
+        `return_scores=True` also the `(M, num_classes)` numpy vote shares.
+
+    Example:
+
+    >>> train = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> knn_predict(train, [0, 1], np.array([[0.9, 0.1]]), k=1)
+    array([0])
+    """
+    k = _check_positive_int("k", k)
+    temperature = _check_positive_float("temperature", temperature)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    train = _as_features(train_features, "train_features")
+    num_train = _num_rows(train)
+    if num_train == 0:
+        raise ValueError(
+            "`train_features` must hold at least one sample. "
+            f"Received: train_features.shape={tuple(train.shape)}"
+        )
+    labels = _as_labels(train_labels, "train_labels", num_train)
+    num_classes = _resolve_num_classes(num_classes, labels)
+    test = _as_features(test_features, "test_features")
+    if test.shape[1] != train.shape[1]:
+        raise ValueError(
+            "`test_features` and `train_features` must have the same number of "
+            f"features. Received: test_features.shape={tuple(test.shape)}, "
+            f"train_features.shape={tuple(train.shape)}"
+        )
+    num_test = _num_rows(test)
+    k = min(k, num_train)
+
+    bank = ops.transpose(_unit_rows(train))  # (F, N)
+    test = _unit_rows(test)
+    bank_labels = ops.convert_to_tensor(labels.astype(np.int32))
+    scores = []
+    for start in range(0, num_test, batch_size):
+        rows = min(batch_size, num_test - start)
+        queries = _row_block(test, start, rows)
+        similarity = ops.einsum("bf,fn->bn", queries, bank)  # (B, N)
+        top_similarity, top_index = ops.top_k(similarity, k)  # sorted, descending
+        # exp(s / T) up to a per-row factor exp(-s_max / T): the vote is unchanged
+        # and no weight overflows, even for a tiny temperature.
+        weights = ops.exp((top_similarity - top_similarity[:, :1]) / temperature)
+        neighbour_labels = ops.take(bank_labels, top_index)  # (B, k)
+        slots = ops.arange(rows, dtype="int32")[:, None] * num_classes + neighbour_labels
+        votes = ops.segment_sum(
+            ops.reshape(weights, (-1,)),
+            ops.reshape(slots, (-1,)),
+            num_segments=rows * num_classes,
+        )
+        scores.append(_to_numpy(ops.reshape(votes, (rows, num_classes))))
+    if scores:
+        scores = np.concatenate(scores, axis=0).astype(np.float64)
+    else:
+        scores = np.zeros((0, num_classes))
+    predictions = np.argmax(scores, axis=1).astype(np.int64)
+    if return_scores:
+        return predictions, scores / np.sum(scores, axis=1, keepdims=True)
+    return predictions
+
+
+def knn_accuracy(
+    train_features: Any,
+    train_labels: Any,
+    test_features: Any,
+    test_labels: Any,
+    k: int = DEFAULT_KNN_K,
+    temperature: float = DEFAULT_KNN_TEMPERATURE,
+    num_classes: int | None = None,
+    batch_size: int = 1024,
+) -> float:
+    """Top-1 accuracy of the weighted kNN classifier (see `knn_predict`).
+
+    Args:
+        train_features: `(N, F)` training features.
+        train_labels: `(N,)` integer training labels.
+        test_features: `(M, F)` test features, `M >= 1`.
+        test_labels: `(M,)` integer test labels.
+        k: number of neighbours (clipped to `N`).
+        temperature: positive temperature of the vote weights.
+        num_classes: number of classes; inferred from the labels if `None`.
+        batch_size: number of test rows handled at once.
+
+    Returns:
+        The fraction of test points whose predicted label is right, a float.
+
+    Example:
+
+    >>> train = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> knn_accuracy(train, [0, 1], train, [0, 1], k=1)
+    1.0
+
+    Reference:
+        Wu et al. "Unsupervised Feature Learning via Non-Parametric Instance
+        Discrimination", CVPR 2018.
+    """
+    test_features = _as_features(test_features, "test_features")
+    num_test = _num_rows(test_features)
+    if num_test == 0:
+        raise ValueError(
+            "`test_features` must hold at least one sample. "
+            f"Received: test_features.shape={tuple(test_features.shape)}"
+        )
+    test_labels = _as_labels(test_labels, "test_labels", num_test)
+    if num_classes is not None:
+        num_classes = _resolve_num_classes(num_classes, test_labels)
+    predictions = knn_predict(
+        train_features,
+        train_labels,
+        test_features,
+        k=k,
+        temperature=temperature,
+        num_classes=num_classes,
+        batch_size=batch_size,
+    )
+    return float(np.mean(predictions == test_labels))
+
+
+# --------------------------------------------------------------------------
+# Frozen features and the linear probe
+# --------------------------------------------------------------------------
+
+
+def extract_features(
+    encoder: Any, images: Any, batch_size: int = 256, verbose: int = 0
+) -> np.ndarray:
+    """Features of a frozen encoder, computed in inference mode and in batches.
+
+    A `keras.Model` runs through `predict` (compiled, batched); a
+    `keras.Layer` or any other callable is called on slices of `batch_size`
+    images (layers with `training=False`).
+
+    Args:
+        encoder: model, layer or callable mapping images to `(N, F)` features.
+        images: array or tensor of inputs, first axis the samples.
+        batch_size: number of images per forward pass.
+        verbose: verbosity of `predict` (0 = silent).
+
+    Returns:
+        `(N, F)` numpy array of features.
+    """
+    batch_size = _check_positive_int("batch_size", batch_size)
+    if not callable(encoder):
+        raise ValueError(
+            "`encoder` must be a Keras model, layer or callable mapping images to "
+            f"features. Received: encoder={encoder!r}"
+        )
+    if isinstance(encoder, keras.Model):
+        features = encoder.predict(images, batch_size=batch_size, verbose=verbose)
+    else:
+        outputs = []
+        for start in range(0, int(images.shape[0]), batch_size):
+            batch = images[start : start + batch_size]
+            if isinstance(encoder, keras.Layer):
+                outputs.append(_to_numpy(encoder(batch, training=False)))
+            else:
+                outputs.append(_to_numpy(encoder(batch)))
+        features = np.concatenate(outputs, axis=0) if outputs else np.zeros((0, 0))
+    if isinstance(features, (dict, list, tuple)):
+        raise ValueError(
+            "`encoder` must return a single (N, F) feature tensor. Received an "
+            f"output of type {type(features).__name__}"
+        )
+    features = np.asarray(features)
+    if features.ndim != 2:
+        raise ValueError(
+            "`encoder` must map images to (N, F) features. "
+            f"Received: features of shape {features.shape}"
+        )
+    return features
+
+
+def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = train.mean(axis=0, keepdims=True)
+    std = np.maximum(train.std(axis=0, keepdims=True), 1e-6)
+    return (train - mean) / std, (test - mean) / std
+
+
+def linear_probe_accuracy(
+    train_features: Any,
+    train_labels: Any,
+    test_features: Any,
+    test_labels: Any,
+    num_classes: int | None = None,
+    epochs: int = 100,
+    batch_size: int = 256,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
+    standardize: bool = True,
+    seed: int | None = None,
+    verbose: int = 0,
+) -> dict[str, float]:
+    """Accuracy of a linear softmax classifier trained on fixed features.
+
+    A single `Dense(num_classes)` layer is trained with softmax
+    cross-entropy and Adam (decoupled weight decay on the kernel when
+    `weight_decay > 0`, never on the bias). With `standardize=True` every
+    feature is first centred and scaled by the training-set mean and
+    standard deviation (the test set uses the training statistics).
+
+    Args:
+        train_features: `(N, F)` training features.
+        train_labels: `(N,)` integer training labels.
+        test_features: `(M, F)` test features.
+        test_labels: `(M,)` integer test labels.
+        num_classes: number of classes; inferred from the labels if `None`.
+        epochs: training epochs.
+        batch_size: mini-batch size.
+        learning_rate: Adam learning rate.
+        weight_decay: decoupled weight decay of the kernel, `>= 0`.
+        standardize: standardise features with training statistics.
+        seed: seed of the classifier's initial weights (`None`: random).
+        verbose: verbosity of `fit` (0 = silent).
+
+    Returns:
+        `{"train_accuracy": float, "test_accuracy": float}`, top-1.
+
+    Example:
+
+    >>> x = np.random.normal(size=(64, 8)).astype("float32")
+    >>> y = (x[:, 0] > 0).astype("int64")
+    >>> linear_probe_accuracy(x, y, x, y, epochs=20)["train_accuracy"] > 0.9
+    True
+    """
+    epochs = _check_positive_int("epochs", epochs)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    learning_rate = _check_positive_float("learning_rate", learning_rate)
+    weight_decay = _check_non_negative_float("weight_decay", weight_decay)
+    if seed is not None:
+        seed = _check_non_negative_int("seed", seed)
+    train = _to_numpy(_as_features(train_features, "train_features")).astype(np.float32)
+    test = _to_numpy(_as_features(test_features, "test_features")).astype(np.float32)
+    if train.shape[0] == 0 or test.shape[0] == 0:
+        raise ValueError(
+            "`train_features` and `test_features` must hold at least one sample. "
+            f"Received: shapes {train.shape} and {test.shape}"
+        )
+    if train.shape[1] != test.shape[1]:
+        raise ValueError(
+            "`test_features` and `train_features` must have the same number of "
+            f"features. Received: test_features.shape={test.shape}, "
+            f"train_features.shape={train.shape}"
+        )
+    train_labels = _as_labels(train_labels, "train_labels", train.shape[0])
+    test_labels = _as_labels(test_labels, "test_labels", test.shape[0])
+    num_classes = _resolve_num_classes(num_classes, train_labels, test_labels)
+    if standardize:
+        train, test = _standardize(train, test)
+
+    inputs = keras.Input(shape=(train.shape[1],), name="features")
+    logits = keras.layers.Dense(
+        num_classes,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        dtype="float32",
+        name="linear_classifier",
+    )(inputs)
+    classifier = keras.Model(inputs, logits, name="linear_probe")
+    optimizer = keras.optimizers.Adam(
+        learning_rate=learning_rate, weight_decay=weight_decay or None
+    )
+    if weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
+    classifier.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    classifier.fit(
+        train, train_labels, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=verbose
+    )
+
+    def accuracy(features: np.ndarray, labels: np.ndarray) -> float:
+        scores = classifier.predict(features, batch_size=max(batch_size, 1024), verbose=0)
+        return float(np.mean(np.argmax(scores, axis=1) == labels))
+
+    return {
+        "train_accuracy": accuracy(train, train_labels),
+        "test_accuracy": accuracy(test, test_labels),
+    }
+
+
+def _check_data(data: Any, argument: str) -> tuple[Any, Any]:
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(
+            f"`{argument}` must be a pair (images, labels). "
+            f"Received: {argument} of type {type(data).__name__}"
+        )
+    return data[0], data[1]
+
+
+def linear_evaluation(
+    encoder: Any,
+    train_data: tuple[Any, Any],
+    test_data: tuple[Any, Any],
+    num_classes: int | None = None,
+    epochs: int = 100,
+    batch_size: int = 256,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
+    standardize: bool = True,
+    feature_batch_size: int = 256,
+    seed: int | None = None,
+    verbose: int = 0,
+) -> dict[str, float]:
+    """Linear evaluation of a frozen encoder.
+
+    The encoder runs once over the train and test images in inference mode
+    (`extract_features`, no augmentation, weights untouched); a linear
+    softmax classifier is then trained on the fixed features
+    (`linear_probe_accuracy`).
+
+    Args:
+        encoder: Keras model/layer (or callable) mapping images to `(N, F)`.
+        train_data: `(images, labels)` of the training split.
+        test_data: `(images, labels)` of the test split.
+        num_classes: number of classes; inferred from the labels if `None`.
+        epochs: training epochs of the classifier.
+        batch_size: mini-batch size of the classifier.
+        learning_rate: Adam learning rate.
+        weight_decay: decoupled weight decay of the classifier's kernel.
+        standardize: standardise features with training statistics.
+        feature_batch_size: batch size of the encoder's forward passes.
+        seed: seed of the classifier's initial weights.
+        verbose: verbosity of `fit` (0 = silent).
+
+    Returns:
+        `{"train_accuracy": float, "test_accuracy": float}`, top-1.
+
+    Example:
+
+    >>> encoder = keras_fmicl.encoders.small_cnn()
+    >>> result = linear_evaluation(encoder, (x_train, y_train), (x_test, y_test))
+    >>> result["test_accuracy"]
+    """
+    train_images, train_labels = _check_data(train_data, "train_data")
+    test_images, test_labels = _check_data(test_data, "test_data")
+    train_features = extract_features(encoder, train_images, batch_size=feature_batch_size)
+    test_features = extract_features(encoder, test_images, batch_size=feature_batch_size)
+    return linear_probe_accuracy(
+        train_features,
+        train_labels,
+        test_features,
+        test_labels,
+        num_classes=num_classes,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        standardize=standardize,
+        seed=seed,
+        verbose=verbose,
+    )
+
+
+# --------------------------------------------------------------------------
+# Alignment and uniformity
+# --------------------------------------------------------------------------
+
+
+def alignment(x: Any, y: Any, alpha: float = 2.0) -> Any:
+    """Alignment of paired embeddings: `mean_i ||x^_i - y^_i||_2^alpha`.
+
+    Rows are L2-normalised first (`x^ = x / ||x||`; a zero row stays zero).
+    Lower is better: 0 when every pair coincides, `2^alpha` when every pair
+    is antipodal.
+
+    Args:
+        x: `(N, d)` embeddings.
+        y: `(N, d)` embeddings paired row by row with `x` (positive pairs).
+        alpha: positive exponent of the distance.
+
+    Returns:
+        Scalar tensor (differentiable; `float(...)` gives a Python float).
+
+    Example:
+
+    >>> x = np.eye(3)
+    >>> float(alignment(x, -x))
+    4.0
+
+    Reference:
+        Wang, Isola. "Understanding Contrastive Representation Learning
+        through Alignment and Uniformity on the Hypersphere", ICML 2020.
+    """
+    alpha = _check_positive_float("alpha", alpha)
+    x = _as_features(x, "x")
+    y = _as_features(y, "y")
+    if tuple(x.shape) != tuple(y.shape):
+        raise ValueError(
+            "`x` and `y` must have the same shape (paired rows). "
+            f"Received: x.shape={tuple(x.shape)}, y.shape={tuple(y.shape)}"
+        )
+    if _num_rows(x) == 0:
+        raise ValueError("`x` must hold at least one sample. Received: 0 samples")
+    if x.dtype != y.dtype:
+        y = ops.cast(y, x.dtype)
+    squared = ops.sum(ops.square(_unit_rows(x) - _unit_rows(y)), axis=-1)
+    distance = squared if alpha == 2.0 else ops.power(ops.relu(squared), alpha / 2.0)
+    # sum / N rather than ops.mean, which accumulates float64 in float32 on JAX/torch
+    return ops.sum(distance) / _num_rows(x)
+
+
+def uniformity(x: Any, t: float = 2.0, batch_size: int = 1024) -> Any:
+    """Uniformity: `log mean_{i != j} exp(-t ||x^_i - x^_j||_2^2)`.
+
+    Rows are L2-normalised first. Lower is better; 0 when all embeddings
+    coincide. The mean runs over the `N (N - 1)` ordered pairs of distinct
+    rows (the same value as over the unordered pairs of `torch.pdist`). It is
+    computed as a log-sum-exp, `batch_size` rows at a time: memory peaks at
+    a `(batch_size, N)` matrix, never an `(N, N, d)` tensor.
+
+    Args:
+        x: `(N, d)` embeddings, `N >= 2`.
+        t: positive scale of the Gaussian potential.
+        batch_size: rows handled at once.
+
+    Returns:
+        Scalar tensor (differentiable; `float(...)` gives a Python float).
+
+    Example:
+
+    >>> float(uniformity(np.eye(4), t=2.0))  # orthonormal: ||.||^2 = 2
+    -4.0
+
+    Reference:
+        Wang, Isola. "Understanding Contrastive Representation Learning
+        through Alignment and Uniformity on the Hypersphere", ICML 2020.
+    """
+    t = _check_positive_float("t", t)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    x = _as_features(x, "x")
+    num_samples = _num_rows(x)
+    if num_samples < 2:
+        raise ValueError(
+            "`x` must hold at least two samples (uniformity is a mean over "
+            f"distinct pairs). Received: x.shape={tuple(x.shape)}"
+        )
+    unit = _unit_rows(x)
+    squared_norms = ops.sum(ops.square(unit), axis=-1)  # 1, or 0 for a zero row
+    columns = ops.arange(num_samples, dtype="int32")
+    block_lse = []
+    for start in range(0, num_samples, batch_size):
+        size = min(batch_size, num_samples - start)
+        rows = _row_block(unit, start, size)
+        squared_distance = (
+            _row_block(squared_norms, start, size)[:, None]
+            + squared_norms[None, :]
+            - 2.0 * ops.einsum("bd,nd->bn", rows, unit)
+        )
+        log_kernel = -t * ops.relu(squared_distance)
+        diagonal = (ops.arange(size, dtype="int32") + start)[:, None] == columns[None, :]
+        log_kernel = ops.where(diagonal, float("-inf"), log_kernel)
+        block_lse.append(ops.logsumexp(log_kernel))
+    total = ops.logsumexp(ops.stack(block_lse))
+    return total - math.log(num_samples * (num_samples - 1))
+
+
+# --------------------------------------------------------------------------
+# Callback
+# --------------------------------------------------------------------------
+
+
+class KNNMonitor(keras.callbacks.Callback):
+    """Logs the weighted kNN accuracy of the encoder's features during `fit`.
+
+    At the end of every `every_n_epochs`-th epoch, and of the last epoch, the
+    features of `train_data` and `test_data` are computed with the feature
+    extractor (inference mode) and the kNN accuracy (`knn_accuracy`) is
+    written into the epoch `logs` under `name`. Every callback that runs
+    after this one sees it: the `History` returned by `fit` (Keras appends
+    it after the user's callbacks) and, when placed AFTER this callback in
+    the `callbacks` list, `keras.callbacks.TensorBoard` (scalar
+    `epoch_<name>`, in the train writer unless `name` starts with `val_`),
+    `CSVLogger`, `ModelCheckpoint(monitor=name)`, `EarlyStopping`, ...
+
+    ```python
+    model.fit(x, epochs=100, callbacks=[
+        KNNMonitor((x_train, y_train), (x_test, y_test), every_n_epochs=5),
+        keras.callbacks.TensorBoard("logs"),  # after the monitor
+    ])
+    ```
+
+    On epochs where it is not computed the key is absent from the logs, so
+    `history.history[name]` holds one value per evaluated epoch only; the
+    callback's `results` dict maps each evaluated epoch index to its
+    accuracy. `CSVLogger` fixes its columns at the first epoch, so it
+    records the key only with `every_n_epochs=1`; `EarlyStopping` and
+    `ModelCheckpoint` monitoring `name` warn and skip the epochs without it.
+
+    Args:
+        train_data: `(images, labels)` of the kNN memory bank.
+        test_data: `(images, labels)` to classify.
+        every_n_epochs: evaluation period in epochs.
+        k: number of neighbours.
+        temperature: temperature of the vote weights.
+        feature_extractor: model or layer mapping images to `(N, F)`
+            features. Default: `self.model.encoder` if the trained model has
+            an `encoder` attribute, else the trained model itself.
+        batch_size: batch size of the feature extraction.
+        name: key of the accuracy in the logs.
+    """
+
+    def __init__(
+        self,
+        train_data: tuple[Any, Any],
+        test_data: tuple[Any, Any],
+        every_n_epochs: int = 1,
+        k: int = DEFAULT_KNN_K,
+        temperature: float = DEFAULT_KNN_TEMPERATURE,
+        feature_extractor: Any | None = None,
+        batch_size: int = 256,
+        name: str = "knn_accuracy",
+    ):
+        super().__init__()
+        self.train_data = _check_data(train_data, "train_data")
+        self.test_data = _check_data(test_data, "test_data")
+        self.every_n_epochs = _check_positive_int("every_n_epochs", every_n_epochs)
+        self.k = _check_positive_int("k", k)
+        self.temperature = _check_positive_float("temperature", temperature)
+        if feature_extractor is not None and not callable(feature_extractor):
+            raise ValueError(
+                "`feature_extractor` must be a Keras model or layer (or None). "
+                f"Received: feature_extractor={feature_extractor!r}"
+            )
+        self.feature_extractor = feature_extractor
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
+        self.name = name
+        self.results: dict[int, float] = {}
+
+    def _extractor(self) -> Any:
+        if self.feature_extractor is not None:
+            return self.feature_extractor
+        encoder = getattr(self.model, "encoder", None)
+        return encoder if encoder is not None else self.model
+
+    def _is_due(self, epoch: int) -> bool:
+        last_epoch = (self.params or {}).get("epochs")
+        is_last = last_epoch is not None and epoch + 1 == last_epoch
+        return (epoch + 1) % self.every_n_epochs == 0 or is_last
+
+    def evaluate(self) -> float:
+        """kNN accuracy of the current features (usable outside `fit`)."""
+        extractor = self._extractor()
+        train_images, train_labels = self.train_data
+        test_images, test_labels = self.test_data
+        train_features = extract_features(extractor, train_images, self.batch_size)
+        test_features = extract_features(extractor, test_images, self.batch_size)
+        return knn_accuracy(
+            train_features,
+            train_labels,
+            test_features,
+            test_labels,
+            k=self.k,
+            temperature=self.temperature,
+        )
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self._is_due(epoch):
+            return
+        accuracy = self.evaluate()
+        self.results[epoch] = accuracy
+        if logs is not None:
+            logs[self.name] = accuracy
