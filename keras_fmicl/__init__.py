@@ -7,14 +7,18 @@ to the f-Gaussian similarity.
 
 from keras_fmicl import augmentation
 from keras_fmicl import contrast
+from keras_fmicl import contrastive_model
 from keras_fmicl import data
 from keras_fmicl import divergences
 from keras_fmicl import encoders
 from keras_fmicl import evaluation
+from keras_fmicl import heads
 from keras_fmicl import losses
+from keras_fmicl import schedules
 from keras_fmicl import similarities
 from keras_fmicl.augmentation import RandomResizedCrop
 from keras_fmicl.augmentation import SimCLRAugmentation
+from keras_fmicl.contrastive_model import ContrastiveModel
 from keras_fmicl.divergences import Divergence
 from keras_fmicl.divergences import JensenShannon
 from keras_fmicl.divergences import KullbackLeibler
@@ -29,11 +33,14 @@ from keras_fmicl.evaluation import alignment
 from keras_fmicl.evaluation import knn_accuracy
 from keras_fmicl.evaluation import linear_evaluation
 from keras_fmicl.evaluation import uniformity
+from keras_fmicl.heads import PredictionHead
+from keras_fmicl.heads import ProjectionHead
 from keras_fmicl.losses import ContrastiveLoss
 from keras_fmicl.losses import FMICLLoss
 from keras_fmicl.losses import InfoNCELoss
 from keras_fmicl.losses import fmicl
 from keras_fmicl.losses import info_nce
+from keras_fmicl.schedules import CosineMomentum
 from keras_fmicl.similarities import Cosine
 from keras_fmicl.similarities import Gaussian
 from keras_fmicl.similarities import Similarity

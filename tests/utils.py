@@ -24,7 +24,9 @@ def value_and_grad(fn, *args):
                 tape.watch(t)
             value = fn(*tensors)
         grads = tape.gradient(value, tensors)
-        return to_numpy(value), [to_numpy(g) for g in grads]
+        # a disconnected input has gradient None: zero, as on the other backends
+        grads = [np.zeros_like(a) if g is None else to_numpy(g) for a, g in zip(args, grads)]
+        return to_numpy(value), grads
     if backend == "jax":
         import jax
 

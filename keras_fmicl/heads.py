@@ -1,0 +1,202 @@
+"""Projection and prediction heads: the batch-norm MLPs of SimCLR and MoCo v3.
+
+A projection head maps encoder features to the embedding the contrastive
+loss sees; a prediction head (MoCo v3, BYOL) maps the online projection to
+a prediction of the momentum encoder's projection.
+
+    ProjectionHead(hidden_dim, output_dim, num_layers=2):
+        [Dense(hidden_dim) -> BatchNorm -> ReLU] x (num_layers - 1)
+        -> Dense(output_dim) [-> BatchNorm without scale/offset]
+
+Reference:
+    Chen, Kornblith, Norouzi, Hinton. "A Simple Framework for Contrastive
+    Learning of Visual Representations", ICML 2020 (SimCLR head).
+    Chen, Xie, He. "An Empirical Study of Training Self-Supervised Vision
+    Transformers", ICCV 2021 (MoCo v3 projector and predictor).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import keras
+
+_PACKAGE = "keras_fmicl"
+
+
+def _check_dim(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(
+            f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ProjectionHead(keras.layers.Layer):
+    """The SimCLR / MoCo v3 projection MLP with batch normalisation.
+
+    `num_layers - 1` blocks of `Dense(hidden_dim, use_bias=not batch_norm)
+    -> BatchNormalization -> ReLU`, then `Dense(output_dim)`, optionally
+    followed by a `BatchNormalization` without scale and offset (MoCo v3's
+    projector).
+
+    Args:
+        hidden_dim: width of the hidden layers.
+        output_dim: dimension of the embedding.
+        num_layers: number of Dense layers, `>= 1` (1 is a linear head).
+            Defaults to 2 (SimCLR); MoCo v3 uses 3.
+        batch_norm: batch normalisation after each hidden Dense layer.
+        output_batch_norm: batch normalisation (no scale, no offset) of the
+            output, as MoCo v3's projector. Defaults to False.
+        synchronized: use cross-replica batch statistics under a
+            `tf.distribute` strategy (`BatchNormalization(synchronized=True)`;
+            ignored by the other backends). Defaults to False.
+
+    Example:
+
+    ```python
+    head = keras_fmicl.ProjectionHead(hidden_dim=512, output_dim=128)
+    embeddings = head(features)  # (N, 128)
+    ```
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        output_dim: int,
+        num_layers: int = 2,
+        batch_norm: bool = True,
+        output_batch_norm: bool = False,
+        synchronized: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = _check_dim("hidden_dim", hidden_dim)
+        self.output_dim = _check_dim("output_dim", output_dim)
+        self.num_layers = _check_dim("num_layers", num_layers)
+        self.batch_norm = bool(batch_norm)
+        self.output_batch_norm = bool(output_batch_norm)
+        self.synchronized = bool(synchronized)
+        self.hidden_layers = []
+        for index in range(self.num_layers - 1):
+            self.hidden_layers.append(
+                keras.layers.Dense(
+                    self.hidden_dim,
+                    use_bias=not self.batch_norm,
+                    dtype=self.dtype_policy,
+                    name=f"dense_{index}",
+                )
+            )
+            if self.batch_norm:
+                self.hidden_layers.append(self._batch_normalization(f"batch_norm_{index}"))
+            self.hidden_layers.append(
+                keras.layers.ReLU(dtype=self.dtype_policy, name=f"relu_{index}")
+            )
+        self.output_dense = keras.layers.Dense(
+            self.output_dim,
+            use_bias=not self.output_batch_norm,
+            dtype=self.dtype_policy,
+            name="output_dense",
+        )
+        self.output_norm = (
+            self._batch_normalization("output_batch_norm", center=False, scale=False)
+            if self.output_batch_norm
+            else None
+        )
+
+    def _batch_normalization(self, name: str, **kwargs) -> keras.layers.Layer:
+        if self.synchronized and keras.backend.backend() == "tensorflow":
+            kwargs["synchronized"] = True
+        return keras.layers.BatchNormalization(dtype=self.dtype_policy, name=name, **kwargs)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.hidden_layers:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        self.output_dense.build(shape)
+        shape = self.output_dense.compute_output_shape(shape)
+        if self.output_norm is not None:
+            self.output_norm.build(shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for layer in self.hidden_layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                x = layer(x, training=training)
+            else:
+                x = layer(x)
+        x = self.output_dense(x)
+        if self.output_norm is not None:
+            x = self.output_norm(x, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "output_dim": self.output_dim,
+                "num_layers": self.num_layers,
+                "batch_norm": self.batch_norm,
+                "output_batch_norm": self.output_batch_norm,
+                "synchronized": self.synchronized,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PredictionHead(ProjectionHead):
+    """The MoCo v3 / BYOL predictor: `Dense -> BatchNorm -> ReLU -> Dense`.
+
+    A `ProjectionHead` with two layers by default and no output
+    normalisation, applied to the online projection.
+
+    Args:
+        hidden_dim: width of the hidden layer (MoCo v3: 4096; small models:
+            a few times the output dimension).
+        output_dim: the projection dimension it predicts.
+        num_layers: number of Dense layers. Defaults to 2.
+        batch_norm: batch normalisation after the hidden layer.
+        synchronized: see `ProjectionHead`.
+
+    Example:
+
+    ```python
+    model = keras_fmicl.ContrastiveModel(
+        encoder, projector=keras_fmicl.ProjectionHead(512, 128, num_layers=3),
+        predictor=keras_fmicl.PredictionHead(512, 128), momentum=0.99)
+    ```
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        output_dim: int,
+        num_layers: int = 2,
+        batch_norm: bool = True,
+        synchronized: bool = False,
+        **kwargs,
+    ):
+        kwargs.pop("output_batch_norm", None)
+        super().__init__(
+            hidden_dim=hidden_dim,
+            output_dim=output_dim,
+            num_layers=num_layers,
+            batch_norm=batch_norm,
+            output_batch_norm=False,
+            synchronized=synchronized,
+            **kwargs,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("output_batch_norm")
+        return config

@@ -1,0 +1,81 @@
+"""Schedules of the momentum of a momentum (key) encoder.
+
+BYOL and solo-learn raise the EMA momentum of the key encoder from its base
+value `m` to 1 over training along a half cosine:
+
+    m(step) = final - (final - initial) * (cos(pi * min(step, T) / T) + 1) / 2
+
+Reference:
+    Grill et al. "Bootstrap Your Own Latent", NeurIPS 2020.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import keras
+from keras import ops
+
+_PACKAGE = "keras_fmicl"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CosineMomentum(keras.optimizers.schedules.LearningRateSchedule):
+    """Momentum rising from `initial_momentum` to `final_momentum` (cosine).
+
+    Args:
+        initial_momentum: momentum at step 0, in `[0, 1)`. E.g. 0.99.
+        decay_steps: number of steps over which it rises (usually the total
+            number of training steps, `epochs * steps_per_epoch`).
+        final_momentum: momentum from `decay_steps` on. Defaults to 1.0.
+
+    Example:
+
+    ```python
+    steps = epochs * (len(x_train) // batch_size)
+    model = keras_fmicl.ContrastiveModel(
+        encoder, projector=head, momentum=keras_fmicl.CosineMomentum(0.99, steps),
+        queue_size=4096)
+    ```
+    """
+
+    def __init__(
+        self,
+        initial_momentum: float,
+        decay_steps: int,
+        final_momentum: float = 1.0,
+        name: str = "cosine_momentum",
+    ):
+        for arg, value in (("initial_momentum", initial_momentum), ("final_momentum", final_momentum)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+                raise ValueError(
+                    f"`{arg}` must be a number in [0, 1]. Received: {arg}={value!r}"
+                )
+        if initial_momentum == 1:
+            raise ValueError(
+                "`initial_momentum` must be below 1 (at 1 the key encoder never "
+                f"learns). Received: initial_momentum={initial_momentum!r}"
+            )
+        if isinstance(decay_steps, bool) or not isinstance(decay_steps, numbers.Integral) or decay_steps < 1:
+            raise ValueError(
+                f"`decay_steps` must be a positive integer. Received: decay_steps={decay_steps!r}"
+            )
+        self.initial_momentum = float(initial_momentum)
+        self.decay_steps = int(decay_steps)
+        self.final_momentum = float(final_momentum)
+        self.name = name
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        progress = ops.minimum(step / float(self.decay_steps), 1.0)
+        cosine = 0.5 * (ops.cos(math.pi * progress) + 1.0)
+        return self.final_momentum - (self.final_momentum - self.initial_momentum) * cosine
+
+    def get_config(self):
+        return {
+            "initial_momentum": self.initial_momentum,
+            "decay_steps": self.decay_steps,
+            "final_momentum": self.final_momentum,
+            "name": self.name,
+        }

@@ -1,0 +1,376 @@
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_fmicl
+from tests.utils import to_numpy
+from tests.utils import value_and_grad
+
+IMAGE = (8, 8, 1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    images, labels = keras_fmicl.data.load("digits", "train")
+    return images[:256].astype("float32") / 255.0, labels[:256]
+
+
+def make_model(mode="simclr", num_classes=10, seed=0, momentum=0.9, queue_size=128, augmenter=True):
+    keras.utils.set_random_seed(seed)
+    kwargs = dict(
+        encoder=keras_fmicl.small_cnn(IMAGE, width=8),
+        projector=keras_fmicl.ProjectionHead(32, 16),
+        augmenter=keras_fmicl.SimCLRAugmentation(
+            8, crop_scale=(0.4, 1.0), flip=False, value_range=(0, 1), seed=seed
+        )
+        if augmenter
+        else None,
+        num_classes=num_classes,
+    )
+    if mode == "moco":
+        kwargs.update(momentum=momentum, queue_size=queue_size)
+    elif mode == "mocov3":
+        kwargs.update(momentum=momentum, predictor=keras_fmicl.PredictionHead(32, 16))
+    return keras_fmicl.ContrastiveModel(**kwargs)
+
+
+def compile_model(model, loss=None, learning_rate=3e-3, optimizer=None):
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(learning_rate),
+        loss=loss or keras_fmicl.FMICLLoss("kl", sigma=0.5),
+    )
+    return model
+
+
+def views_of(images, num_views=2, seed=0):
+    """Views drawn outside the model: independent noisy copies."""
+    rng = np.random.default_rng(seed)
+    stacked = np.repeat(images[:, None], num_views, axis=1)
+    return (stacked + 0.05 * rng.normal(size=stacked.shape)).astype("float32")
+
+
+@pytest.mark.parametrize("mode", ["simclr", "moco", "mocov3"])
+def test_each_mode_trains_with_falling_loss_and_reports_metrics(mode, digits):
+    images, labels = digits
+    model = compile_model(make_model(mode))
+    assert model.mode == mode
+    history = model.fit(images, labels, batch_size=32, epochs=4, verbose=0, shuffle=False)
+    logs = history.history
+    for key in ["loss", "alignment", "uniformity", "mi_estimate", "probe_loss", "probe_accuracy"]:
+        assert key in logs, key
+        assert np.all(np.isfinite(logs[key])), (key, logs[key])
+    assert logs["loss"][-1] < logs["loss"][0]
+    contrastive = np.array(logs["loss"]) - np.array(logs["probe_loss"])
+    assert contrastive[-1] < contrastive[0]
+    evaluated = model.evaluate(images, labels, batch_size=32, verbose=0, return_dict=True)
+    assert set(evaluated) >= {"loss", "alignment", "uniformity", "mi_estimate", "probe_accuracy"}
+    assert np.isfinite(evaluated["loss"])
+    features = model.predict(images[:10], verbose=0)
+    assert features.shape == (10, 32)
+    np.testing.assert_allclose(
+        features, to_numpy(model.encoder(images[:10], training=False)), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_fit_on_views_from_tf_data_and_arrays(digits):
+    images, labels = digits
+    dataset = keras_fmicl.data.multiview_dataset(
+        (images * 255).astype("uint8"),
+        labels,
+        augmenter=keras.layers.RandomFlip("horizontal", seed=1),
+        batch_size=32,
+        seed=2,
+    )
+    model = compile_model(make_model("simclr", augmenter=False))
+    history = model.fit(dataset, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert "probe_accuracy" in history.history
+    # pre-drawn views as a plain (N, V, H, W, C) array, no labels, no probe
+    model = compile_model(make_model("mocov3", num_classes=None, augmenter=False))
+    history = model.fit(views_of(images), epochs=2, batch_size=32, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert "probe_accuracy" not in history.history
+
+
+def test_fit_on_a_py_dataset_of_raw_images(digits):
+    images, _ = digits
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return len(images) // 32
+
+        def __getitem__(self, index):
+            return images[index * 32 : (index + 1) * 32]
+
+    model = compile_model(make_model("moco", num_classes=None))
+    history = model.fit(Batches(), epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+def _key_and_online(model):
+    keys, online = [], []
+    for index, layer in enumerate(model._online_layers()):
+        trainable, _ = model._key_state(index)
+        keys += [to_numpy(v.value).copy() for v in trainable]
+        online += [to_numpy(v.value).copy() for v in layer.trainable_variables]
+    return keys, online
+
+
+@pytest.mark.parametrize("schedule", [False, True])
+def test_key_weights_are_the_ema_of_the_online_weights(schedule, digits):
+    images, _ = digits
+    momentum = keras_fmicl.CosineMomentum(0.8, decay_steps=10) if schedule else 0.8
+    model = compile_model(make_model("moco", num_classes=None, momentum=momentum))
+    model.build(images[:32].shape)
+    keys, online = _key_and_online(model)
+    for key, value in zip(keys, online):
+        np.testing.assert_array_equal(key, value)  # the key network starts as a copy
+    for step in range(3):
+        keys, online = _key_and_online(model)
+        model.train_on_batch(images[32 * step : 32 * (step + 1)])
+        m = float(momentum(step)) if schedule else 0.8
+        new_keys, new_online = _key_and_online(model)
+        assert any(not np.allclose(a, b) for a, b in zip(online, new_online))
+        for old_key, old_online, new_key in zip(keys, online, new_keys):
+            np.testing.assert_allclose(new_key, m * old_key + (1 - m) * old_online, rtol=1e-5, atol=1e-6)
+    assert int(to_numpy(model.training_steps.value)) == 3
+
+
+def test_queue_holds_the_most_recent_keys_in_order(digits):
+    images, _ = digits
+    batch, queue_size, steps = 8, 40, 4  # 16 keys a step: the ring wraps
+    model = compile_model(make_model("moco", num_classes=None, momentum=0.0, queue_size=queue_size, augmenter=False))
+    views = views_of(images[: batch * steps])
+    model.build(views[:batch].shape)
+    written = []
+    for step in range(steps):
+        chunk = views[batch * step : batch * (step + 1)]
+        # momentum 0: the keys are the online network (training mode) before the step
+        flat = chunk.reshape((-1,) + IMAGE)
+        x = flat
+        for layer in model._online_layers():
+            x, _ = layer.stateless_call(
+                [v.value for v in layer.trainable_variables],
+                [v.value for v in layer.non_trainable_variables],
+                x,
+                training=True,
+            )
+        written.append(to_numpy(x))
+        model.train_on_batch(chunk)
+    written = np.concatenate(written)  # (64, 16), sample-major within a batch
+    pointer = int(to_numpy(model.queue_pointer.value))
+    assert pointer == (batch * 2 * steps) % queue_size
+    assert int(to_numpy(model.queue_count.value)) == queue_size
+    ordered = np.roll(to_numpy(model.queue.value), -pointer, axis=0)
+    np.testing.assert_allclose(ordered, written[-queue_size:], rtol=1e-4, atol=1e-5)
+
+
+def test_queue_is_masked_until_filled(digits):
+    images, _ = digits
+    model = compile_model(make_model("moco", num_classes=None, queue_size=64, augmenter=False))
+    model.build((16, 2) + IMAGE)
+    assert int(to_numpy(model.queue_count.value)) == 0
+    model.train_on_batch(views_of(images[:16]))
+    assert int(to_numpy(model.queue_count.value)) == 32
+    assert int(to_numpy(model.queue_pointer.value)) == 32
+    assert np.all(to_numpy(model.queue.value)[32:] == 0.0)
+
+
+def test_probe_gradient_never_reaches_the_encoder(digits):
+    images, labels = digits
+    model = compile_model(make_model("simclr"))
+    model.build(images[:16].shape)
+    encoder = model.encoder
+    variables = encoder.trainable_variables
+    views = views_of(images[:16])
+    flat = views.reshape((-1,) + IMAGE)
+
+    def probe_only(*values):
+        features, _ = encoder.stateless_call(
+            list(values), [v.value for v in encoder.non_trainable_variables], flat, training=True
+        )
+        features = ops.reshape(features, (16, 2, -1))
+        return model._probe_loss(labels[:16], features, None)
+
+    value, grads = value_and_grad(probe_only, *[to_numpy(v.value) for v in variables])
+    assert value > 0
+    for grad in grads:
+        np.testing.assert_array_equal(grad, 0.0)
+    # and one training step with a frozen contrastive term leaves the probe
+    # gradient out of the encoder: the probe weights change, as they must
+    before = to_numpy(model.probe.kernel.value).copy()
+    model.train_on_batch(images[:16], labels[:16])
+    assert not np.allclose(before, to_numpy(model.probe.kernel.value))
+
+
+@pytest.mark.parametrize("mode", ["simclr", "moco"])
+def test_save_and_load_restore_every_variable(mode, digits, tmp_path):
+    images, labels = digits
+    model = compile_model(make_model(mode))
+    model.fit(images[:128], labels[:128], batch_size=32, epochs=1, verbose=0, shuffle=False)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored, keras_fmicl.ContrastiveModel)
+    assert isinstance(restored.loss, keras_fmicl.FMICLLoss)
+    assert restored.mode == mode
+    assert len(restored.variables) == len(model.variables)
+    for a, b in zip(model.variables, restored.variables):
+        np.testing.assert_array_equal(to_numpy(a.value), to_numpy(b.value), err_msg=a.path)
+    assert len(restored.optimizer.variables) == len(model.optimizer.variables)
+    for a, b in zip(model.optimizer.variables, restored.optimizer.variables):
+        np.testing.assert_array_equal(to_numpy(a.value), to_numpy(b.value), err_msg=a.path)
+    np.testing.assert_allclose(
+        model.predict(images[:20], verbose=0), restored.predict(images[:20], verbose=0), rtol=1e-6
+    )
+    # the next training step is the same (same views: the augmenter's seed
+    # state is a saved variable)
+    first = model.train_on_batch(images[128:160], labels[128:160], return_dict=True)
+    second = restored.train_on_batch(images[128:160], labels[128:160], return_dict=True)
+    for key in first:
+        assert first[key] == pytest.approx(second[key], rel=1e-5, abs=1e-6), key
+    for a, b in zip(model.variables, restored.variables):
+        np.testing.assert_allclose(to_numpy(a.value), to_numpy(b.value), rtol=1e-5, atol=1e-6, err_msg=a.path)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_resumes_with_identical_losses(digits, tmp_path):
+    images, labels = digits
+    data = (images[:128], labels[:128])
+
+    def fresh():
+        model = compile_model(make_model("moco", seed=3))
+        model.build(data[0][:32].shape)
+        return model
+
+    reference = fresh().fit(*data, batch_size=32, epochs=4, verbose=0, shuffle=False).history
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fresh().fit(*data, batch_size=32, epochs=4, verbose=0, shuffle=False, callbacks=[backup, _Interrupt()])
+    resumed = fresh().fit(*data, batch_size=32, epochs=4, verbose=0, shuffle=False, callbacks=[backup]).history
+    assert len(resumed["loss"]) == 2  # epochs 3 and 4
+    for key in ["loss", "alignment", "uniformity", "probe_accuracy"]:
+        np.testing.assert_allclose(resumed[key], reference[key][2:], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_labels_without_probe_and_probe_without_labels_warn_and_train(digits):
+    images, labels = digits
+    model = compile_model(make_model("simclr", num_classes=None))
+    with pytest.warns(UserWarning, match="no probe"):
+        history = model.fit(images[:64], labels[:64], batch_size=32, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    model = compile_model(make_model("simclr", num_classes=10))
+    with pytest.warns(UserWarning, match="holds no labels"):
+        history = model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_info_nce_and_every_divergence_compile(digits):
+    images, _ = digits
+    for loss in [keras_fmicl.InfoNCELoss(0.2), keras_fmicl.FMICLLoss("vlc", similarity="cosine")]:
+        model = compile_model(make_model("mocov3", num_classes=None), loss=loss)
+        history = model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+
+
+def test_fit_under_mixed_precision(digits):
+    images, _ = digits
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = compile_model(make_model("moco", num_classes=None))
+    history = model.fit(images[:64], batch_size=32, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+def test_tensorboard_and_csv_logger_record_the_metrics(digits, tmp_path):
+    pytest.importorskip("tensorboard")
+    images, _ = digits
+    model = compile_model(make_model("simclr", num_classes=None))
+    csv_path = tmp_path / "log.csv"
+    model.fit(
+        images[:64],
+        batch_size=32,
+        epochs=1,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.TensorBoard(str(tmp_path / "tb")),
+            keras.callbacks.CSVLogger(str(csv_path)),
+        ],
+    )
+    header = csv_path.read_text().splitlines()[0].split(",")
+    assert {"loss", "alignment", "uniformity", "mi_estimate"} <= set(header)
+    assert any(name.startswith("events") for _, _, files in os.walk(tmp_path / "tb") for name in files)
+
+
+def test_config_round_trip():
+    model = make_model("mocov3", momentum=keras_fmicl.CosineMomentum(0.99, 100))
+    config = model.get_config()
+    restored = keras_fmicl.ContrastiveModel.from_config(config)
+    assert restored.get_config() == config
+    assert isinstance(restored.momentum, keras_fmicl.CosineMomentum)
+    assert isinstance(restored.predictor, keras_fmicl.PredictionHead)
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def _encoder():
+    return keras_fmicl.small_cnn(IMAGE, width=8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_views": 1}, "num_views=1"),
+        ({"num_views": 2.0}, "num_views=2.0"),
+        ({"momentum": 1.0}, "momentum=1.0"),
+        ({"momentum": -0.1}, "momentum=-0.1"),
+        ({"momentum": 1.5}, "momentum=1.5"),
+        ({"momentum": 0.9, "queue_size": -1}, "queue_size=-1"),
+        ({"queue_size": 16}, "queue_size=16 with momentum=None"),
+        ({"predictor": keras_fmicl.PredictionHead(8, 8)}, "needs a momentum"),
+        ({"num_classes": 1}, "num_classes=1"),
+        ({"projector": "mlp"}, "projector='mlp'"),
+    ],
+)
+def test_bad_arguments_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        keras_fmicl.ContrastiveModel(_encoder(), **kwargs)
+
+
+def test_encoder_output_must_be_rank_two():
+    encoder = keras.Sequential([keras.Input(IMAGE), keras.layers.Conv2D(4, 3)])
+    model = keras_fmicl.ContrastiveModel(encoder, augmenter=keras.layers.RandomFlip())
+    with pytest.raises(ValueError, match=r"rank-2 features.*\(None, 6, 6, 4\)"):
+        model.build((4,) + IMAGE)
+
+
+@pytest.mark.parametrize("loss", ["mse", keras.losses.MeanSquaredError(), None])
+def test_loss_must_be_a_contrastive_loss_of_the_package(loss):
+    model = keras_fmicl.ContrastiveModel(_encoder(), augmenter=keras.layers.RandomFlip())
+    with pytest.raises(ValueError, match="contrastive loss of keras_fmicl"):
+        model.compile(optimizer="adam", loss=loss)
+
+
+def test_raw_images_need_an_augmenter():
+    model = keras_fmicl.ContrastiveModel(_encoder())
+    with pytest.raises(ValueError, match="need an `augmenter`"):
+        model.build((4,) + IMAGE)
+    with pytest.raises(ValueError, match="under 'views'"):
+        model.build({"images": (4, 2) + IMAGE})
+
+
+def test_queue_smaller_than_a_batch_of_keys_raises(digits):
+    images, _ = digits
+    model = compile_model(make_model("moco", num_classes=None, queue_size=16, augmenter=False))
+    with pytest.raises(ValueError, match="queue_size"):
+        model.train_on_batch(views_of(images[:16]))
