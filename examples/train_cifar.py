@@ -1,0 +1,404 @@
+"""Pretrain an encoder with f-MICL (or InfoNCE), then evaluate it.
+
+One script for the quick CPU demo and for CIFAR-10 on a GPU:
+
+    # the embedded default: Fashion-MNIST, a small CNN, ~10 minutes on 2 CPU cores
+    python examples/train_cifar.py --backend jax
+
+    # CIFAR-10 with a CIFAR ResNet-18 (download through tensorflow-datasets)
+    python examples/train_cifar.py --backend jax --dataset cifar10
+
+It pretrains on the training split (labels unused, except by the online
+linear probe it reports), then evaluates the frozen encoder on the test
+split with weighted kNN (k=200, T=0.1) and a linear classifier, prints a
+summary table and writes to `--output_dir`:
+
+    results.json     flags, per-epoch history, kNN and linear top-1, timings
+    curves.png       loss, alignment, uniformity and kNN accuracy per epoch
+    encoder.keras    the pretrained encoder (keras.models.load_model)
+
+Every flag left unset takes the preset of the dataset (see `PRESETS`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+BACKENDS = ("tensorflow", "jax", "torch")
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "digits")
+DIVERGENCES = ("kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc")
+
+flags.DEFINE_enum("backend", None, BACKENDS, "Keras backend (default: $KERAS_BACKEND, else tensorflow).")
+flags.DEFINE_enum("dataset", "fashion_mnist", DATASETS, "Dataset to pretrain and evaluate on.")
+flags.DEFINE_enum("loss", "fmicl", ("fmicl", "infonce"), "f-MICL, or the InfoNCE baseline.")
+flags.DEFINE_enum("divergence", "kl", DIVERGENCES, "f-divergence of f-MICL.")
+flags.DEFINE_float("tsallis_order", 1.5, "Order of the Tsallis divergence.")
+flags.DEFINE_enum("similarity", None, ("gaussian", "cosine"), "Similarity (default: gaussian for f-MICL, cosine for InfoNCE).")
+flags.DEFINE_float("sigma", None, "Bandwidth of the f-Gaussian similarity (default: the package's).")
+flags.DEFINE_float("temperature", None, "Temperature of the cosine similarity (default: the package's).")
+flags.DEFINE_float("alpha", None, "Weight of the negative term of f-MICL (default: the package's).")
+flags.DEFINE_enum("mode", "simclr", ("simclr", "moco", "mocov3"), "Contrastive framework.")
+flags.DEFINE_float("momentum", 0.99, "Base EMA momentum of the key encoder (moco, mocov3); rises to 1 (cosine).")
+flags.DEFINE_integer("queue_size", None, "MoCo queue size (default: 16 batches of keys, capped at 8192).")
+flags.DEFINE_enum("encoder", None, ("resnet18", "small_cnn"), "Encoder (default: small_cnn for 28x28/8x8 data, resnet18 otherwise).")
+flags.DEFINE_integer("width", None, "Encoder width (ResNet: 64 is the standard ResNet-18).")
+flags.DEFINE_integer("projection_dim", None, "Output dimension of the projection head.")
+flags.DEFINE_integer("epochs", None, "Pretraining epochs.")
+flags.DEFINE_integer("batch_size", None, "Batch size (samples; each has 2 views).")
+flags.DEFINE_float("learning_rate", None, "Peak learning rate, after a linear warmup, then cosine decay to 0.")
+flags.DEFINE_float("warmup_epochs", None, "Epochs of linear learning-rate warmup.")
+flags.DEFINE_float("weight_decay", None, "Decoupled weight decay.")
+flags.DEFINE_integer("max_train_samples", None, "Use only the first N training images (quick runs).")
+flags.DEFINE_integer("max_test_samples", None, "Use only the first N test images (quick runs).")
+flags.DEFINE_integer("knn_every", None, "Log kNN accuracy on a subset every N epochs (0: only at the end).")
+flags.DEFINE_integer("linear_epochs", None, "Epochs of the linear evaluation.")
+flags.DEFINE_integer("seed", 0, "Random seed (weights, augmentations, data order).")
+flags.DEFINE_string("output_dir", None, "Where results go (default: runs/<dataset>_<loss>_<mode>_<backend>).")
+flags.DEFINE_string("data_dir", None, "Dataset directory (tensorflow-datasets data_dir, or the Fashion-MNIST IDX files).")
+flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+
+FLAGS = flags.FLAGS
+
+# Per-dataset defaults of every flag left unset.
+PRESETS = {
+    "fashion_mnist": dict(
+        encoder="small_cnn", width=32, projection_dim=64, epochs=12, batch_size=256,
+        learning_rate=2e-3, warmup_epochs=1, weight_decay=1e-4, optimizer="adamw",
+        max_train_samples=20000, knn_every=2, linear_epochs=30,
+        crop_scale=(0.3, 1.0), flip=True, color=True,
+    ),
+    "digits": dict(
+        encoder="small_cnn", width=16, projection_dim=32, epochs=10, batch_size=128,
+        learning_rate=3e-3, warmup_epochs=1, weight_decay=1e-4, optimizer="adamw",
+        max_train_samples=None, knn_every=5, linear_epochs=50,
+        crop_scale=(0.4, 1.0), flip=False, color=True,
+    ),
+    "cifar10": dict(
+        encoder="resnet18", width=64, projection_dim=128, epochs=200, batch_size=512,
+        learning_rate=0.06 * 512 / 256, warmup_epochs=10, weight_decay=5e-4, optimizer="sgd",
+        max_train_samples=None, knn_every=10, linear_epochs=100,
+        crop_scale=(0.2, 1.0), flip=True, color=True,
+    ),
+}
+PRESETS["cifar100"] = dict(PRESETS["cifar10"])
+PRESETS["stl10"] = dict(PRESETS["cifar10"], batch_size=256, learning_rate=0.06)
+
+
+class FlagError(ValueError):
+    """A bad flag value: reported as one sentence."""
+
+
+def _setting(name):
+    value = getattr(FLAGS, name)
+    return PRESETS[FLAGS.dataset][name] if value is None else value
+
+
+def check_flags():
+    """Checks the values absl cannot: one sentence per problem."""
+    positive = ["sigma", "temperature", "alpha", "learning_rate", "batch_size", "epochs",
+                "width", "projection_dim", "max_train_samples", "max_test_samples", "linear_epochs"]
+    for name in positive:
+        value = getattr(FLAGS, name)
+        if value is not None and not value > 0:
+            raise FlagError(f"--{name} must be positive, got {value}.")
+    for name in ("warmup_epochs", "weight_decay", "knn_every", "queue_size"):
+        value = getattr(FLAGS, name)
+        if value is not None and value < 0:
+            raise FlagError(f"--{name} must be >= 0, got {value}.")
+    if not 0 <= FLAGS.momentum < 1:
+        raise FlagError(f"--momentum must be in [0, 1), got {FLAGS.momentum}.")
+    if FLAGS.divergence == "tsallis" and (FLAGS.tsallis_order <= 0 or FLAGS.tsallis_order == 1):
+        raise FlagError(f"--tsallis_order must be positive and not 1, got {FLAGS.tsallis_order}.")
+    if FLAGS.loss == "infonce" and FLAGS.alpha is not None:
+        raise FlagError("--alpha weighs the negative term of f-MICL; InfoNCE has none (drop --alpha or use --loss fmicl).")
+    warmup = _setting("warmup_epochs")
+    if warmup >= _setting("epochs"):
+        raise FlagError(f"--warmup_epochs ({warmup}) must be below --epochs ({_setting('epochs')}).")
+
+
+def select_backend():
+    backend = FLAGS.backend or os.environ.get("KERAS_BACKEND", "tensorflow")
+    if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", backend) != backend:
+        raise FlagError("--backend must be chosen before Keras is imported.")
+    os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return backend
+
+
+def load_data(keras_fmicl):
+    name = FLAGS.dataset
+    train_x, train_y = keras_fmicl.data.load(name, "train", data_dir=FLAGS.data_dir)
+    test_x, test_y = keras_fmicl.data.load(name, "test", data_dir=FLAGS.data_dir)
+    limit = _setting("max_train_samples")
+    if limit:
+        train_x, train_y = train_x[:limit], train_y[:limit]
+    if FLAGS.max_test_samples:
+        test_x, test_y = test_x[: FLAGS.max_test_samples], test_y[: FLAGS.max_test_samples]
+    return (train_x, train_y), (test_x, test_y)
+
+
+def build_augmenter(keras_fmicl, image_shape):
+    preset = PRESETS[FLAGS.dataset]
+    return keras_fmicl.SimCLRAugmentation(
+        image_size=image_shape[:2],
+        crop_scale=preset["crop_scale"],
+        flip=preset["flip"],
+        color_jitter_probability=0.8 if preset["color"] else 0.0,
+        grayscale_probability=0.2 if preset["color"] and image_shape[-1] == 3 else 0.0,
+        value_range=(0.0, 1.0),
+        seed=FLAGS.seed,
+    )
+
+
+def build_model(keras_fmicl, image_shape, num_classes, steps_per_epoch):
+    encoder_name = _setting("encoder")
+    width = _setting("width")
+    if encoder_name == "resnet18":
+        encoder = keras_fmicl.resnet18(image_shape, width=width)
+    else:
+        encoder = keras_fmicl.small_cnn(image_shape, width=width)
+    feature_dim = encoder.outputs[0].shape[-1]
+    projection_dim = _setting("projection_dim")
+    mode = FLAGS.mode
+    projector = keras_fmicl.ProjectionHead(
+        hidden_dim=max(2 * feature_dim, projection_dim),
+        output_dim=projection_dim,
+        num_layers=3 if mode == "mocov3" else 2,
+        output_batch_norm=mode == "mocov3",
+    )
+    kwargs = {}
+    if mode in ("moco", "mocov3"):
+        total_steps = _setting("epochs") * steps_per_epoch
+        kwargs["momentum"] = keras_fmicl.CosineMomentum(FLAGS.momentum, max(total_steps, 1))
+    if mode == "moco":
+        queue = FLAGS.queue_size or min(16 * 2 * _setting("batch_size"), 8192)
+        kwargs["queue_size"] = max(queue, 2 * _setting("batch_size"))
+    if mode == "mocov3":
+        kwargs["predictor"] = keras_fmicl.PredictionHead(2 * projection_dim, projection_dim)
+    return keras_fmicl.ContrastiveModel(
+        encoder=encoder,
+        projector=projector,
+        num_views=2,
+        num_classes=num_classes,
+        **kwargs,
+    )
+
+
+def build_loss(keras_fmicl):
+    similarity = FLAGS.similarity or ("gaussian" if FLAGS.loss == "fmicl" else "cosine")
+    if FLAGS.loss == "infonce":
+        return keras_fmicl.InfoNCELoss(
+            temperature=FLAGS.temperature or keras_fmicl.losses.DEFAULT_INFONCE_TEMPERATURE,
+            similarity=similarity,
+            sigma=FLAGS.sigma,
+        )
+    divergence = FLAGS.divergence
+    if divergence == "tsallis":
+        divergence = keras_fmicl.Tsallis(order=FLAGS.tsallis_order)
+    kwargs = {} if FLAGS.alpha is None else {"alpha": FLAGS.alpha}
+    return keras_fmicl.FMICLLoss(
+        divergence, similarity=similarity, sigma=FLAGS.sigma, temperature=FLAGS.temperature, **kwargs
+    )
+
+
+def build_optimizer(keras, steps_per_epoch):
+    epochs = _setting("epochs")
+    warmup = int(round(_setting("warmup_epochs") * steps_per_epoch))
+    total = max(epochs * steps_per_epoch, warmup + 1)
+    peak = _setting("learning_rate")
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else peak,
+        decay_steps=total - warmup,
+        warmup_target=peak if warmup else None,
+        warmup_steps=warmup,
+    )
+    if PRESETS[FLAGS.dataset]["optimizer"] == "sgd":
+        return keras.optimizers.SGD(
+            schedule, momentum=0.9, nesterov=True, weight_decay=_setting("weight_decay")
+        )
+    return keras.optimizers.AdamW(schedule, weight_decay=_setting("weight_decay"))
+
+
+def plot_curves(history, knn_epochs, knn_values, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = range(1, len(history["loss"]) + 1)
+    if "probe_loss" in history:  # plot the contrastive part of the loss
+        history = dict(history)
+        history["loss"] = [a - b for a, b in zip(history["loss"], history["probe_loss"])]
+    figure, axes = plt.subplots(2, 2, figsize=(9, 6.5))
+    panels = [
+        ("loss", "contrastive loss"),
+        ("alignment", "alignment (lower: positives closer)"),
+        ("uniformity", "uniformity (lower: more spread)"),
+    ]
+    for axis, (key, title) in zip(axes.flat, panels):
+        axis.plot(epochs, history.get(key, []), marker="o", markersize=3)
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    axis = axes.flat[3]
+    axis.plot(knn_epochs, [100 * v for v in knn_values], marker="o", color="tab:green")
+    axis.set_title("kNN top-1 (%) on a test subset")
+    axis.set_xlabel("epoch")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def run():
+    check_flags()
+    backend = select_backend()
+    import keras  # noqa: E402 (the backend is set first)
+    import numpy as np
+
+    import keras_fmicl
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    output_dir = FLAGS.output_dir or os.path.join(
+        "runs", f"{FLAGS.dataset}_{FLAGS.loss}_{FLAGS.mode}_{backend}"
+    )
+    os.makedirs(output_dir, exist_ok=True)
+
+    loss = build_loss(keras_fmicl)
+    (train_x, train_y), (test_x, test_y) = load_data(keras_fmicl)
+    image_shape = train_x.shape[1:]
+    num_classes = keras_fmicl.data.NUM_CLASSES[FLAGS.dataset]
+    batch_size = min(_setting("batch_size"), len(train_x))
+    steps_per_epoch = len(train_x) // batch_size
+    augmenter = build_augmenter(keras_fmicl, image_shape)
+    dataset = keras_fmicl.data.multiview_dataset(
+        train_x, train_y, augmenter=augmenter, num_views=2, batch_size=batch_size, seed=FLAGS.seed
+    )
+    model = build_model(keras_fmicl, image_shape, num_classes, steps_per_epoch)
+    model.compile(optimizer=build_optimizer(keras, steps_per_epoch), loss=loss)
+
+    train_images = train_x.astype("float32") / 255.0
+    test_images = test_x.astype("float32") / 255.0
+    knn_every = _setting("knn_every")
+    callbacks = [keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"))]
+    monitor = None
+    if knn_every:
+        subset_train = min(len(train_images), 10000)
+        subset_test = min(len(test_images), 2000)
+        monitor = keras_fmicl.KNNMonitor(
+            (train_images[:subset_train], train_y[:subset_train]),
+            (test_images[:subset_test], test_y[:subset_test]),
+            every_n_epochs=knn_every,
+        )
+        callbacks.insert(0, monitor)
+
+    print(
+        f"Pretraining on {FLAGS.dataset} ({len(train_x)} images, {image_shape}) with "
+        f"{loss.get_config()} in {FLAGS.mode} mode, backend {backend}, "
+        f"{_setting('epochs')} epochs of {steps_per_epoch} steps."
+    )
+    start = time.time()
+    history = model.fit(
+        dataset, epochs=_setting("epochs"), callbacks=callbacks, verbose=FLAGS.verbose, shuffle=False
+    )
+    pretrain_seconds = time.time() - start
+
+    start = time.time()
+    train_features = keras_fmicl.evaluation.extract_features(model.encoder, train_images)
+    test_features = keras_fmicl.evaluation.extract_features(model.encoder, test_images)
+    knn = keras_fmicl.knn_accuracy(train_features, train_y, test_features, test_y, k=200, temperature=0.1)
+    linear = keras_fmicl.evaluation.linear_probe_accuracy(
+        train_features, train_y, test_features, test_y,
+        num_classes=num_classes, epochs=_setting("linear_epochs"), learning_rate=1e-2,
+        batch_size=256, seed=FLAGS.seed,
+    )
+    evaluation_seconds = time.time() - start
+
+    encoder_path = os.path.join(output_dir, "encoder.keras")
+    model.encoder.save(encoder_path)
+    logs = {key: [float(v) for v in values] for key, values in history.history.items()}
+    knn_epochs = sorted(monitor.results) if monitor else []
+    knn_curve = [float(monitor.results[e]) for e in knn_epochs] if monitor else []
+    knn_epochs = [e + 1 for e in knn_epochs]
+    plot_curves(logs, knn_epochs, knn_curve, os.path.join(output_dir, "curves.png"))
+    results = {
+        "flags": {name: getattr(FLAGS, name) for name in FLAGS if name in _OWN_FLAGS},
+        "settings": {name: _setting(name) for name in ("encoder", "width", "projection_dim", "epochs", "batch_size", "learning_rate", "warmup_epochs", "weight_decay", "max_train_samples", "knn_every", "linear_epochs")},
+        "backend": backend,
+        "loss": loss.get_config(),
+        "mode": FLAGS.mode,
+        "train_samples": int(len(train_x)),
+        "test_samples": int(len(test_x)),
+        "history": logs,
+        "knn_curve": {"epochs": knn_epochs, "accuracy": knn_curve},
+        "knn_top1": float(knn),
+        "linear_top1": float(linear["test_accuracy"]),
+        "linear_train_top1": float(linear["train_accuracy"]),
+        "pretrain_seconds": pretrain_seconds,
+        "evaluation_seconds": evaluation_seconds,
+        "versions": {"keras": keras.__version__, "keras_fmicl": keras_fmicl.__version__, "numpy": np.__version__},
+        "outputs": {"encoder": encoder_path, "curves": os.path.join(output_dir, "curves.png")},
+    }
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+
+    rows = [
+        ("dataset", f"{FLAGS.dataset} ({len(train_x)} train / {len(test_x)} test)"),
+        ("backend", backend),
+        ("method", f"{FLAGS.mode}, {loss.name} {loss.get_config().get('divergence', '')} "
+                   f"{loss.similarity.name} {loss.similarity.get_config()}".strip()),
+        ("encoder", f"{_setting('encoder')} (width {_setting('width')})"),
+        ("epochs x steps", f"{_setting('epochs')} x {steps_per_epoch} (batch {batch_size})"),
+        ("final loss", f"{logs['loss'][-1]:.4f}"),
+        ("kNN top-1 (k=200)", f"{100 * knn:.2f} %"),
+        ("linear top-1", f"{100 * linear['test_accuracy']:.2f} %"),
+        ("pretraining time", f"{pretrain_seconds:.0f} s"),
+        ("evaluation time", f"{evaluation_seconds:.0f} s"),
+        ("outputs", output_dir),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n| " + "result".ljust(width) + " | value |")
+    print("|" + "-" * (width + 2) + "|-------|")
+    for key, value in rows:
+        print(f"| {key.ljust(width)} | {value} |")
+    return results
+
+
+_OWN_FLAGS = (
+    "backend", "dataset", "loss", "divergence", "tsallis_order", "similarity", "sigma",
+    "temperature", "alpha", "mode", "momentum", "queue_size", "encoder", "width",
+    "projection_dim", "epochs", "batch_size", "learning_rate", "warmup_epochs",
+    "weight_decay", "max_train_samples", "max_test_samples", "knn_every", "linear_epochs",
+    "seed", "output_dir", "data_dir", "verbose",
+)
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        print(f"train_cifar.py: error: unexpected arguments {argv[1:]}; flags look like --name=value.", file=sys.stderr)
+        return 2
+    try:
+        run()
+    except FlagError as error:
+        print(f"train_cifar.py: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # one sentence for the errors a user can fix
+        from keras_fmicl.data import DatasetNotAvailableError
+
+        if isinstance(error, (DatasetNotAvailableError, ValueError)):
+            print(f"train_cifar.py: error: {error}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,136 @@
+"""The example end to end, as a user runs it: a subprocess per run."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_fmicl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "examples", "train_cifar.py")
+TINY = [
+    "--dataset=digits",
+    "--epochs=2",
+    "--warmup_epochs=0",
+    "--max_train_samples=256",
+    "--max_test_samples=96",
+    "--batch_size=64",
+    "--knn_every=1",
+    "--linear_epochs=3",
+    "--verbose=0",
+]
+
+
+def error_lines(stderr):
+    """stderr without TensorFlow's C++ start-up banner (no env var silences it)."""
+    return [
+        line
+        for line in stderr.strip().splitlines()
+        if line.strip()
+        and not line.startswith("WARNING: All log messages before absl::InitializeLog()")
+        and not re.match(r"^[IWE]\d{4} ", line)
+    ]
+
+
+def run_example(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, SCRIPT, f"--backend={keras.backend.backend()}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def test_tiny_run_writes_every_output(tmp_path):
+    result = run_example(*TINY, f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "kNN top-1 (k=200)" in result.stdout and "linear top-1" in result.stdout
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert results["backend"] == keras.backend.backend()
+    assert results["train_samples"] == 256 and results["test_samples"] == 96
+    for key in ["loss", "alignment", "uniformity", "mi_estimate", "probe_accuracy"]:
+        assert len(results["history"][key]) == 2 and np.all(np.isfinite(results["history"][key]))
+    assert results["knn_curve"]["epochs"] == [1, 2]
+    assert 0.0 <= results["knn_top1"] <= 1.0 and 0.0 <= results["linear_top1"] <= 1.0
+    assert results["loss"]["divergence"] == "kl"
+    assert os.path.getsize(tmp_path / "curves.png") > 10_000
+    with open(tmp_path / "curves.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    encoder = keras.models.load_model(tmp_path / "encoder.keras")
+    features = keras.ops.convert_to_numpy(encoder(np.zeros((2, 8, 8, 1), "float32")))
+    assert features.shape == (2, 64)  # small_cnn width 16: 4 * 16 features
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--mode=moco", "--loss=infonce"],
+        ["--mode=mocov3", "--divergence=tsallis", "--tsallis_order=2", "--similarity=cosine"],
+    ],
+    ids=["moco_infonce", "mocov3_tsallis"],
+)
+def test_other_modes_run(args, tmp_path):
+    result = run_example(*TINY, "--epochs=1", "--knn_every=0", *args, f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert results["mode"] == args[0].split("=")[1]
+    assert np.isfinite(results["history"]["loss"][0])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sigma=-1"], "--sigma must be positive, got -1.0."),
+        (["--momentum=1"], "--momentum must be in [0, 1), got 1.0."),
+        (["--loss=infonce", "--alpha=2"], "--alpha weighs the negative term"),
+        (["--epochs=2", "--warmup_epochs=3"], "--warmup_epochs (3.0) must be below --epochs (2)."),
+        (["--divergence=tsallis", "--tsallis_order=1"], "--tsallis_order must be positive and not 1"),
+    ],
+)
+def test_bad_flags_get_one_clear_sentence(args, message):
+    result = run_example("--dataset=digits", *args, timeout=120)
+    assert result.returncode == 2
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+
+
+def test_unknown_flag_value_is_rejected_by_absl():
+    result = run_example("--mode=byol", timeout=120)
+    assert result.returncode != 0
+    assert "--mode" in result.stderr and "simclr" in result.stderr
+
+
+def test_missing_dataset_gives_one_sentence(tmp_path, monkeypatch):
+    # An empty data_dir: no IDX files, and keras' download is unreachable in
+    # CI; either way the user reads how to get the data.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv("NO_PROXY", "*")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    result = run_example(
+        "--dataset=fashion_mnist", f"--data_dir={tmp_path}", "--epochs=1", "--warmup_epochs=0", timeout=200
+    )
+    if result.returncode == 0:
+        pytest.skip("Fashion-MNIST could be downloaded here")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "Fashion-MNIST" in lines[0] or "fashion_mnist" in lines[0]
+
+
+def test_the_package_exports_what_the_example_uses():
+    for name in ["ContrastiveModel", "FMICLLoss", "InfoNCELoss", "ProjectionHead", "PredictionHead",
+                 "SimCLRAugmentation", "CosineMomentum", "KNNMonitor", "knn_accuracy", "resnet18", "small_cnn"]:
+        assert hasattr(keras_fmicl, name), name
