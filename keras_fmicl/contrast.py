@@ -321,19 +321,23 @@ def negative_logsumexp(batch: ContrastiveBatch, log_ratio_fn) -> tuple[Any, Any]
         mask = None if batch.queue_mask is None else batch.queue_mask[None, :]
         parts.append((log_ratio_fn(batch.queue_cosine), mask))
     neg_inf = ops.cast(float("-inf"), batch.dtype)
-    maxima = []
-    for log_ratio, mask in parts:
-        masked = log_ratio if mask is None else ops.where(mask, log_ratio, neg_inf)
-        maxima.append(ops.max(masked, axis=-1))
-    shift = maxima[0]
-    for m in maxima[1:]:
-        shift = ops.where(m > shift, m, shift)
+    # Exponentiate the masked log ratios (-inf off the mask, exp -> 0): the
+    # excluded pairs (an anchor with itself: l = 1/temperature) would
+    # otherwise overflow and turn the gradient of `where` into 0 * inf = NaN.
+    masked_parts = [
+        log_ratio if mask is None else ops.where(mask, log_ratio, neg_inf)
+        for log_ratio, mask in parts
+    ]
+    shift = None
+    for masked in masked_parts:
+        row_max = ops.max(masked, axis=-1)
+        shift = row_max if shift is None else ops.where(row_max > shift, row_max, shift)
     shift = ops.stop_gradient(shift)
     has_negatives = ops.isfinite(shift)
     shift = ops.where(has_negatives, shift, ops.zeros_like(shift))
     total = 0.0
-    for log_ratio, mask in parts:
-        total = total + masked_sum(ops.exp(log_ratio - shift[:, None]), mask)
+    for masked in masked_parts:
+        total = total + ops.sum(ops.exp(masked - shift[:, None]), axis=-1)
     safe_total = ops.where(has_negatives, total, ops.ones_like(total))
     lse = ops.where(has_negatives, ops.log(safe_total) + shift, ops.zeros_like(shift))
     return batch.reshape_rows(lse), batch.reshape_rows(has_negatives)

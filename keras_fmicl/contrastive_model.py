@@ -277,6 +277,9 @@ class ContrastiveModel(keras.Model):
     def _build_key_network(self):
         """Non-trainable copies of the online encoder's and projector's state."""
         self.key_variables = []
+        # id of an online variable -> index of its key copy: the copies stay
+        # matched if a layer is frozen or unfrozen after build.
+        self._key_index = {}
         for layer in self._online_layers():
             for kind, variables in (
                 ("trainable", layer.trainable_variables),
@@ -292,20 +295,16 @@ class ContrastiveModel(keras.Model):
                     )
                     # a copy, not the same buffer (JAX donates each state buffer)
                     copy.assign(ops.copy(variable.value))
+                    self._key_index[id(variable)] = len(self.key_variables)
                     self.key_variables.append(copy)
 
     def _key_state(self, layer_index: int) -> tuple[list, list]:
-        """The (trainable, non-trainable) key copies of an online layer."""
-        start = 0
-        for index, layer in enumerate(self._online_layers()):
-            num_trainable = len(layer.trainable_variables)
-            num_other = len(layer.non_trainable_variables)
-            if index == layer_index:
-                trainable = self.key_variables[start : start + num_trainable]
-                other = self.key_variables[start + num_trainable : start + num_trainable + num_other]
-                return trainable, other
-            start += num_trainable + num_other
-        raise IndexError(layer_index)
+        """The key copies of an online layer's (trainable, non-trainable) variables."""
+        layer = self._online_layers()[layer_index]
+        copies = self.key_variables
+        trainable = [copies[self._key_index[id(v)]] for v in layer.trainable_variables]
+        other = [copies[self._key_index[id(v)]] for v in layer.non_trainable_variables]
+        return trainable, other
 
     # ------------------------------------------------------------------- call
 
@@ -399,9 +398,9 @@ class ContrastiveModel(keras.Model):
     def compile(self, optimizer="adam", loss=None, **kwargs):
         """Configures training; `loss` is a `FMICLLoss` or `InfoNCELoss`.
 
-        Other arguments are those of `keras.Model.compile`; `loss_weights`
-        and `metrics` on the outputs are not used (the model reports its own
-        metrics).
+        Other arguments are those of `keras.Model.compile` (`optimizer`,
+        `jit_compile`, `steps_per_execution`, ...); `metrics` and
+        `loss_weights` are not taken: the model reports its own metrics.
         """
         if isinstance(loss, dict) and "class_name" in loss:
             loss = keras.losses.deserialize(loss)
@@ -411,7 +410,14 @@ class ContrastiveModel(keras.Model):
                 "keras_fmicl.FMICLLoss(...) or keras_fmicl.InfoNCELoss(...). "
                 f"Received: loss={loss!r}"
             )
-        kwargs.pop("loss_weights", None)
+        for argument in ("loss_weights", "metrics", "weighted_metrics"):
+            if kwargs.get(argument) is not None:
+                raise ValueError(
+                    f"ContrastiveModel reports its own metrics (alignment, "
+                    f"uniformity, mi_estimate, probe_accuracy) and takes no "
+                    f"`{argument}`. Received: {argument}={kwargs[argument]!r}"
+                )
+            kwargs.pop(argument, None)
         super().compile(optimizer=optimizer, loss=None, **kwargs)
         self.loss = loss
         # Saved with the model, so that `load_model` compiles it again.
@@ -449,8 +455,13 @@ class ContrastiveModel(keras.Model):
         )
         total = self._weighted_mean(per_sample, sample_weight)
         self.alignment_tracker.update_state(metrics["alignment"])
-        self.uniformity_tracker.update_state(metrics["uniformity"])
-        self.mi_estimate_tracker.update_state(metrics["mi_estimate"])
+        # Until the MoCo queue holds keys there are no negatives: no
+        # uniformity to measure, and the bound has no negative term.
+        has_negatives = 1.0
+        if self.queue_size > 0:
+            has_negatives = ops.cast(self.queue_count.value > 0, "float32")
+        self.uniformity_tracker.update_state(metrics["uniformity"], sample_weight=has_negatives)
+        self.mi_estimate_tracker.update_state(metrics["mi_estimate"], sample_weight=has_negatives)
         total = total + self._probe_loss(y, y_pred["features"], sample_weight)
         if training and self.queue_size > 0:
             self._enqueue(keys)
@@ -558,6 +569,17 @@ class ContrastiveModel(keras.Model):
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """Encoder features `(N, F)` of raw images (the downstream output)."""
+        rank = self._encoder_input_rank()
+        if isinstance(x, dict) or (
+            rank is not None and hasattr(x, "shape") and len(x.shape) == rank + 1
+        ):
+            shape = tuple(x[VIEWS_KEY].shape) if isinstance(x, dict) and VIEWS_KEY in x else getattr(x, "shape", None)
+            raise ValueError(
+                "`predict` returns the encoder features of raw images, shape "
+                f"(N, H, W, C); it received views (N, V, H, W, C) or a dict. "
+                f"Pass the images, or one view such as views[:, 0]. Received: "
+                f"x of shape {shape}"
+            )
         encoder = self.encoder
         if not isinstance(encoder, keras.Model):
             encoder = keras.Sequential([encoder])

@@ -19,10 +19,11 @@ The built-in divergences (contract table, `shared/fmicl-math.md` section 3):
 
 The right-hand columns are what the loss evaluates: algebraically equal to
 `f'` and `u f' - f`, computed from `l` without forming `u`. Exponentials are
-taken through `capped_exp`, which caps the exponent at half the log of the
-largest finite value of the dtype (44.4 in float32, 354.9 in float64), so
-that values and gradients stay finite for extreme similarities (a tiny sigma
-or temperature); below the cap the result is exact.
+taken through `capped_exp`: exact up to half the log of the largest finite
+value of the dtype (exponent 44.4 in float32, 354.9 in float64) and continued
+linearly beyond, so that values and gradients stay finite for extreme
+similarities (a tiny sigma or temperature). `FMICLLoss` warns when its
+similarity can reach that regime.
 
 Reference:
     Lu, Zhang, Sun, Guo, Yu. "f-MICL: Understanding and Generalizing
@@ -43,19 +44,25 @@ _PACKAGE = "keras_fmicl"
 
 
 def capped_exp(x: Any) -> Any:
-    """`exp(x)` with the exponent capped so that the result stays finite.
+    """`exp(x)`, continued linearly above a cap so that it stays finite.
 
-    The cap is `0.5 * log(finfo(dtype).max)`: about 44.4 for float32 and
-    bfloat16, 354.9 for float64 and 5.5 for float16. Sums of many such terms
-    and their gradients then stay finite too. Below the cap the result is
-    exactly `exp(x)`; above it the gradient is zero.
+    Below the cap `c = 0.5 * log(finfo(dtype).max)` (about 44.4 for float32
+    and bfloat16, 354.9 for float64, 5.5 for float16) the result is exactly
+    `exp(x)`; above it, `exp(c) (1 + x - c)`, the tangent at `c`: values and
+    gradients stay finite (sums of many terms too) and the gradient keeps
+    pushing in the right direction instead of vanishing.
     """
     x = ops.convert_to_tensor(x)
     dtype = keras.backend.standardize_dtype(x.dtype)
-    cap = 0.5 * math.log(float(_finfo_max(dtype)))
-    # `where`, not `minimum`: Keras' binary ops compute float64 in float32 on
-    # some backends, `where` keeps the input dtype everywhere.
-    return ops.exp(ops.where(x < cap, x, cap))
+    cap = max_exponent(dtype)
+    # `where` and `relu`, not `minimum`: Keras' binary ops compute float64
+    # in float32 on some backends; these keep the input dtype everywhere.
+    return ops.exp(ops.where(x < cap, x, cap)) * (1.0 + ops.relu(x - cap))
+
+
+def max_exponent(dtype: str = "float32") -> float:
+    """The exponent above which `capped_exp` continues linearly."""
+    return 0.5 * math.log(float(_finfo_max(keras.backend.standardize_dtype(dtype))))
 
 
 def _finfo_max(dtype: str) -> float:
@@ -95,6 +102,10 @@ class Divergence:
     """
 
     name: str = "divergence"
+    # Coefficients k of the exponentials exp(k l) the scores evaluate (to
+    # tell when a similarity's range can leave the exact regime of
+    # `capped_exp`); the generic path evaluates u = exp(l).
+    exponents: tuple = (1.0,)
 
     def f(self, u: Any) -> Any:
         """The convex generator `f(u)`, with `f(1) = 0`."""
@@ -146,6 +157,7 @@ class KullbackLeibler(Divergence):
     """
 
     name = "kl"
+    exponents = (1.0,)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -173,6 +185,7 @@ class JensenShannon(Divergence):
     """
 
     name = "js"
+    exponents = ()
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -199,6 +212,7 @@ class Pearson(Divergence):
     """
 
     name = "pearson"
+    exponents = (1.0, 2.0)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -225,6 +239,7 @@ class SquaredHellinger(Divergence):
     """
 
     name = "squared_hellinger"
+    exponents = (-0.5, 0.5)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -269,6 +284,7 @@ class Tsallis(Divergence):
                 f"divergence='kl'). Received: order={order!r}"
             )
         self.order = float(order)
+        self.exponents = (self.order - 1.0, self.order)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -302,6 +318,7 @@ class VinczeLeCam(Divergence):
     """
 
     name = "vlc"
+    exponents = ()
 
     def f(self, u):
         u = ops.convert_to_tensor(u)

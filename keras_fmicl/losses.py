@@ -28,6 +28,7 @@ Reference:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
@@ -89,6 +90,23 @@ def _info_nce_anchor_losses(
     )
     bound = ops.log(1.0 + batch.negative_count) - anchor_loss
     return anchor_loss, bound
+
+
+def _warn_if_beyond_exact_range(
+    divergence: divergences.Divergence, similarity: similarities.Similarity
+) -> None:
+    """Warns when the scores can need exponents beyond float32's exact range."""
+    low, high = similarity.log_ratio_range()
+    largest = max([k * low for k in divergence.exponents] + [k * high for k in divergence.exponents] + [0.0])
+    cap = divergences.max_exponent("float32")
+    if largest > cap:
+        warnings.warn(
+            f"With {similarity!r} the {divergence.name} scores can reach "
+            f"exp({largest:.0f}), beyond float32's exact range exp({cap:.1f}): "
+            "past it they are continued linearly (finite, but no longer the "
+            "exact divergence). A larger sigma or temperature avoids this.",
+            stacklevel=3,
+        )
 
 
 def fmicl(
@@ -356,6 +374,7 @@ class FMICLLoss(ContrastiveLoss):
         )
         self.divergence = divergences.get(divergence)
         self.alpha = _check_positive("alpha", alpha)
+        _warn_if_beyond_exact_range(self.divergence, self.similarity)
 
     def anchor_losses(self, batch):
         return _fmicl_anchor_losses(batch, self.divergence, self.similarity, self.alpha)

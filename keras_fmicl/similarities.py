@@ -84,6 +84,12 @@ class Similarity:
     def log_ratio_from_cosine(self, cosine: Any) -> Any:
         raise NotImplementedError
 
+    def log_ratio_range(self) -> tuple[float, float]:
+        """The smallest and largest log ratio the similarity can give."""
+        low = float(ops.convert_to_numpy(self.log_ratio_from_cosine(ops.convert_to_tensor(-1.0))))
+        high = float(ops.convert_to_numpy(self.log_ratio_from_cosine(ops.convert_to_tensor(1.0))))
+        return min(low, high), max(low, high)
+
     def __call__(self, x: Any, y: Any | None = None) -> Any:
         """Log density-ratio matrix of the rows of `x` against those of `y`.
 
@@ -135,6 +141,9 @@ class Gaussian(Similarity):
         squared_distance = ops.relu(2.0 - 2.0 * cosine)
         return squared_distance * (-0.5 / self.sigma**2)
 
+    def log_ratio_range(self):
+        return -2.0 / self.sigma**2, 0.0
+
     def get_config(self):
         return {"sigma": self.sigma}
 
@@ -154,6 +163,9 @@ class Cosine(Similarity):
 
     def log_ratio_from_cosine(self, cosine):
         return cosine * (1.0 / self.temperature)
+
+    def log_ratio_range(self):
+        return -1.0 / self.temperature, 1.0 / self.temperature
 
     def get_config(self):
         return {"temperature": self.temperature}

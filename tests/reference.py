@@ -137,6 +137,7 @@ def info_nce_loss(
     parameter=0.2,
     keys=None,
     queue=None,
+    queue_mask=None,
     in_batch_negatives=True,
 ):
     """Per-sample InfoNCE (contract section 5), shape (N,), by explicit loops."""
@@ -144,7 +145,10 @@ def info_nce_loss(
     n, v, _ = y_pred.shape
     key_mode = keys is not None
     candidates = y_pred if keys is None else np.asarray(keys, dtype=np.float64)
-    queue_rows = [] if queue is None else list(np.asarray(queue, np.float64))
+    queue_rows = []
+    if queue is not None:
+        mask = np.ones(len(queue), bool) if queue_mask is None else np.asarray(queue_mask)
+        queue_rows = [q for q, m in zip(np.asarray(queue, np.float64), mask) if m]
     losses = np.zeros((n, v))
     for (i, a), (positives, negatives) in pair_sets(n, v, labels, key_mode).items():
         anchor = y_pred[i, a]

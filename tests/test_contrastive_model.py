@@ -200,8 +200,7 @@ def test_probe_gradient_never_reaches_the_encoder(digits):
     assert value > 0
     for grad in grads:
         np.testing.assert_array_equal(grad, 0.0)
-    # and one training step with a frozen contrastive term leaves the probe
-    # gradient out of the encoder: the probe weights change, as they must
+    # while a training step does train the probe itself
     before = to_numpy(model.probe.kernel.value).copy()
     model.train_on_batch(images[:16], labels[:16])
     assert not np.allclose(before, to_numpy(model.probe.kernel.value))
@@ -374,3 +373,51 @@ def test_queue_smaller_than_a_batch_of_keys_raises(digits):
     model = compile_model(make_model("moco", num_classes=None, queue_size=16, augmenter=False))
     with pytest.raises(ValueError, match="queue_size"):
         model.train_on_batch(views_of(images[:16]))
+
+
+def test_key_forward_leaves_the_online_batch_norm_statistics_alone(digits):
+    images, _ = digits
+    model = compile_model(make_model("moco", num_classes=None, augmenter=False))
+    views = views_of(images[:16])
+    model.build(views.shape)
+    encoder = model.encoder
+    flat = views.reshape((-1,) + IMAGE)
+    _, expected = encoder.stateless_call(
+        [v.value for v in encoder.trainable_variables],
+        [v.value for v in encoder.non_trainable_variables],
+        flat,
+        training=True,
+    )
+    model(views, training=True)
+    for variable, value in zip(encoder.non_trainable_variables, expected):
+        np.testing.assert_allclose(to_numpy(variable.value), to_numpy(value), rtol=1e-5, atol=1e-6)
+
+
+def test_metrics_skip_the_steps_without_negatives(digits):
+    images, _ = digits
+    model = compile_model(make_model("moco", num_classes=None, augmenter=False))
+    model.train_on_batch(views_of(images[:16]))  # the queue was empty
+    assert float(to_numpy(model.uniformity_tracker.count)) == 0.0
+    assert float(to_numpy(model.alignment_tracker.count)) == 1.0
+
+
+def test_freezing_a_layer_after_build_keeps_the_key_network_matched(digits):
+    images, _ = digits
+    model = compile_model(make_model("moco", num_classes=None))
+    model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
+    model.encoder.layers[1].trainable = False  # the first convolution
+    compile_model(model)
+    history = model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_compile_rejects_metrics_and_predict_rejects_views(digits):
+    images, _ = digits
+    model = make_model("simclr", num_classes=None)
+    with pytest.raises(ValueError, match=r"metrics=\['accuracy'\]"):
+        model.compile(optimizer="adam", loss=keras_fmicl.FMICLLoss(), metrics=["accuracy"])
+    compile_model(model)
+    with pytest.raises(ValueError, match=r"received views.*\(4, 2, 8, 8, 1\)"):
+        model.predict(views_of(images[:4]), verbose=0)
+    with pytest.raises(ValueError, match="received views"):
+        model.predict({"views": views_of(images[:4])}, verbose=0)

@@ -175,11 +175,41 @@ def test_queries_against_keys_and_queue_match_reference(name):
     np.testing.assert_allclose(to_numpy(functional), expected_v2, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["kl", "js", "vlc"])
+def test_keys_with_three_views_and_labels_match_reference(name):
+    queries = embeddings(n=6, v=3, seed=30)
+    keys = embeddings(n=6, v=3, seed=31)
+    loss = fmicl_loss(name, "cosine", 0.5)
+    np.testing.assert_allclose(
+        to_numpy(loss.contrast(queries, keys=keys, labels=LABELS)),
+        reference.fmicl_loss(queries, LABELS, name, "cosine", 0.5, keys=keys),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    nce = keras_fmicl.InfoNCELoss(temperature=0.3, reduction=None)
+    np.testing.assert_allclose(
+        to_numpy(nce.contrast(queries, keys=keys, labels=LABELS)),
+        reference.info_nce_loss(queries, LABELS, "cosine", 0.3, keys=keys),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
 def test_info_nce_queries_against_keys_and_queue_match_reference():
     queries = embeddings(n=5, v=2, seed=8)
     keys = embeddings(n=5, v=2, seed=9)
     queue = np.random.default_rng(10).normal(size=(7, 4)).astype("float32")
+    queue_mask = np.array([1, 0, 1, 1, 0, 1, 1], bool)
     loss = keras_fmicl.InfoNCELoss(temperature=0.25, reduction=None)
+    np.testing.assert_allclose(
+        to_numpy(loss.contrast(queries, keys=keys, queue=queue, queue_mask=queue_mask, in_batch_negatives=False)),
+        reference.info_nce_loss(
+            queries, None, "cosine", 0.25, keys=keys, queue=queue, queue_mask=queue_mask,
+            in_batch_negatives=False,
+        ),
+        rtol=1e-4,
+        atol=1e-5,
+    )
     np.testing.assert_allclose(
         to_numpy(loss.contrast(queries, keys=keys)),
         reference.info_nce_loss(queries, None, "cosine", 0.25, keys=keys),
@@ -329,10 +359,12 @@ def _extreme_cases():
     }
 
 
+@pytest.mark.filterwarnings("ignore:With .* scores can reach")
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("case", ["random", "identical", "antipodal", "zero_vector"])
 @pytest.mark.parametrize(
-    "similarity, parameter", [("gaussian", 0.1), ("cosine", 0.05), ("gaussian", 0.5)]
+    "similarity, parameter",
+    [("gaussian", 0.1), ("gaussian", 0.05), ("cosine", 0.05), ("cosine", 0.01), ("gaussian", 0.5)],
 )
 def test_finite_for_extreme_inputs(name, case, similarity, parameter):
     y_pred = _extreme_cases()[case]
@@ -340,9 +372,48 @@ def test_finite_for_extreme_inputs(name, case, similarity, parameter):
     value, (grad,) = value_and_grad(lambda y: loss(None, y), y_pred)
     assert np.isfinite(value), (name, case)
     assert np.all(np.isfinite(grad)), (name, case)
-    nce = keras_fmicl.InfoNCELoss(temperature=0.05)
-    value, (grad,) = value_and_grad(lambda y: nce(None, y), y_pred)
-    assert np.isfinite(value) and np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("case", ["random", "identical", "antipodal", "zero_vector"])
+@pytest.mark.parametrize(
+    "similarity, parameter",
+    [("cosine", 0.05), ("cosine", 0.01), ("cosine", 0.002), ("gaussian", 0.1), ("gaussian", 0.05)],
+)
+@pytest.mark.parametrize("supervised", [False, True])
+def test_info_nce_finite_for_extreme_inputs(case, similarity, parameter, supervised):
+    y_pred = _extreme_cases()[case]
+    labels = np.array([0, 1, 0, 0]) if supervised else None
+    nce = keras_fmicl.InfoNCELoss(
+        temperature=parameter if similarity == "cosine" else 0.2,
+        similarity=similarity,
+        sigma=parameter if similarity == "gaussian" else None,
+    )
+    value, (grad,) = value_and_grad(lambda y: nce(labels, y), y_pred)
+    assert np.isfinite(value) and np.all(np.isfinite(grad)), (case, similarity, parameter)
+
+
+@pytest.mark.parametrize("loss_class", [keras_fmicl.FMICLLoss, keras_fmicl.InfoNCELoss])
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
+def test_losses_are_invariant_to_the_scale_of_the_embeddings(loss_class, scale):
+    """Embeddings are normalised: any norm above about 3e-4 gives the same loss."""
+    y_pred = embeddings(seed=32)
+    loss = loss_class(reduction=None)
+    np.testing.assert_allclose(
+        to_numpy(loss(None, y_pred * scale)), to_numpy(loss(None, y_pred)), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_warns_when_scores_leave_the_exact_float32_range():
+    with pytest.warns(UserWarning, match=r"pearson scores can reach exp\(100\)"):
+        keras_fmicl.FMICLLoss("pearson", similarity="cosine", temperature=0.02)
+    with pytest.warns(UserWarning, match=r"squared_hellinger scores can reach exp\(100\)"):
+        keras_fmicl.FMICLLoss("hellinger", sigma=0.1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        keras_fmicl.FMICLLoss("pearson", similarity="cosine", temperature=0.05)
+        keras_fmicl.FMICLLoss("js", similarity="cosine", temperature=0.001)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,112 @@
+"""Smoke test of benchmarks/loss_speed.py on the current backend (no timing asserts)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+from benchmarks import loss_speed
+
+BACKEND = keras.backend.backend()
+
+
+def _run_script(arguments, tmp_path, timeout=120):
+    output = tmp_path / "result.json"
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, loss_speed.SCRIPT, *arguments, "--worker-output", str(output)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(output) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def worker_report(tmp_path_factory):
+    """One quick worker run: N in {8, 16}, KL with both similarities, no torch.compile."""
+    tmp_path = tmp_path_factory.mktemp("loss_speed")
+    return _run_script(
+        ["--worker", "--quick", "--divergences", "kl", "--torch-compile", "off"],
+        tmp_path,
+    )
+
+
+def test_worker_report_structure(worker_report):
+    assert worker_report["backend"] == BACKEND
+    assert worker_report["modes"] == [loss_speed.MODES[BACKEND][0]]
+    assert worker_report["versions"]["keras"] == keras.__version__
+    configs = loss_speed.loss_configs(("kl",), loss_speed.SIMILARITIES)
+    assert len(configs) == 3 + 2
+    results = worker_report["results"]
+    expected = {(c, n) for c in configs for n in loss_speed.QUICK_SIZES}
+    assert {(r["config"], r["n"]) for r in results} == expected
+    assert len(results) == len(expected)
+    for record in results:
+        assert record["backend"] == BACKEND
+        assert record["m"] == 2 * record["n"]
+        if record["config"] == loss_speed.SIMCLR and "skipped" in record:
+            continue  # keras-cv not installed
+        assert "error" not in record, record
+        assert record["repeats"] == len(record["times_ms"]) >= 2
+        assert record["min_ms"] <= record["median_ms"]
+        assert all(t > 0 for t in record["times_ms"])
+
+
+def test_worker_values_are_the_losses(worker_report):
+    """The timed functions are the losses: SimCLR (both directions) = 2 InfoNCE."""
+    values = {(r["config"], r["n"]): r.get("value") for r in worker_report["results"]}
+    for n in loss_speed.QUICK_SIZES:
+        assert values[(loss_speed.FLOOR, n)] is None
+        for config in ("info_nce", "fmicl/kl/gaussian", "fmicl/kl/cosine"):
+            assert isinstance(values[(config, n)], float)
+        simclr = values[(loss_speed.SIMCLR, n)]
+        if simclr is not None:
+            assert simclr == pytest.approx(2 * values[("info_nce", n)], rel=1e-4)
+
+
+def test_markdown_tables(worker_report):
+    report = {
+        "date": "today",
+        "machine": {"cpu_count": 2},
+        "settings": {"dim": loss_speed.DIM},
+        "workers": {BACKEND: {}},
+        "results": worker_report["results"],
+        "memory": [],
+    }
+    text = loss_speed.markdown(report)
+    assert f"### {BACKEND}" in text
+    assert "÷SimCLR N=16" in text and "÷floor N=8" in text
+    assert "| fmicl/kl/cosine |" in text
+    assert "Targets" in text
+
+
+def test_memory_worker():
+    """The memory measurement, in this process (the benchmark uses a fresh one)."""
+    record = loss_speed.run_memory_worker("fmicl/kl/cosine", 32, loss_speed.DIM)
+    assert "error" not in record, record
+    assert (record["backend"], record["n"], record["m"]) == (BACKEND, 32, 64)
+    assert record["matrix_bytes"] == 64 * 64 * 4
+    assert record["matrix_d_bytes"] == 64 * 64 * loss_speed.DIM * 4
+    assert record["peak_increase_bytes"] >= 0
+    assert record["peak_maxrss_bytes"] >= record["baseline_maxrss_bytes"]
+    assert isinstance(record["value"], float)
+    table = loss_speed.memory_table({"memory": [record]})
+    assert "| fmicl/kl/cosine | 32 | 64 |" in table
+
+
+def test_parse_args_defaults_and_errors():
+    args = loss_speed.parse_args([])
+    assert args.sizes == list(loss_speed.DEFAULT_SIZES)
+    assert args.backends == list(loss_speed.BACKENDS)
+    assert args.memory_sizes == [8192]
+    quick = loss_speed.parse_args(["--quick"])
+    assert quick.sizes == list(loss_speed.QUICK_SIZES)
+    with pytest.raises(SystemExit):
+        loss_speed.parse_args(["--divergences", "kl,nope"])
