@@ -59,6 +59,8 @@ flags.DEFINE_integer("max_train_samples", None, "Use only the first N training i
 flags.DEFINE_integer("max_test_samples", None, "Use only the first N test images (quick runs).")
 flags.DEFINE_integer("knn_every", None, "Log kNN accuracy on a subset every N epochs (0: only at the end).")
 flags.DEFINE_integer("linear_epochs", None, "Epochs of the linear evaluation.")
+flags.DEFINE_enum("evaluate_on", "test", ("test", "validation"), "Evaluate on the test split, or on a validation split held out from the end of the training split (for tuning; never the test split).")
+flags.DEFINE_integer("validation_samples", 10000, "Size of the validation split held out of the training split (with --evaluate_on validation).")
 flags.DEFINE_integer("seed", 0, "Random seed (weights, augmentations, data order).")
 flags.DEFINE_string("output_dir", None, "Where results go (default: runs/<dataset>_<loss>_<mode>_<backend>).")
 flags.DEFINE_string("data_dir", None, "Dataset directory (tensorflow-datasets data_dir, or the Fashion-MNIST IDX files).")
@@ -102,13 +104,13 @@ def _setting(name):
 
 def check_flags():
     """Checks the values absl cannot: one sentence per problem."""
-    positive = ["sigma", "temperature", "alpha", "learning_rate", "batch_size", "epochs",
+    positive = ["sigma", "temperature", "alpha", "learning_rate", "batch_size",
                 "width", "projection_dim", "max_train_samples", "max_test_samples", "linear_epochs"]
     for name in positive:
         value = getattr(FLAGS, name)
         if value is not None and not value > 0:
             raise FlagError(f"--{name} must be positive, got {value}.")
-    for name in ("warmup_epochs", "weight_decay", "knn_every", "queue_size"):
+    for name in ("epochs", "warmup_epochs", "weight_decay", "knn_every", "queue_size"):
         value = getattr(FLAGS, name)
         if value is not None and value < 0:
             raise FlagError(f"--{name} must be >= 0, got {value}.")
@@ -119,7 +121,7 @@ def check_flags():
     if FLAGS.loss == "infonce" and FLAGS.alpha is not None:
         raise FlagError("--alpha weighs the negative term of f-MICL; InfoNCE has none (drop --alpha or use --loss fmicl).")
     warmup = _setting("warmup_epochs")
-    if warmup >= _setting("epochs"):
+    if _setting("epochs") > 0 and warmup >= _setting("epochs"):
         raise FlagError(f"--warmup_epochs ({warmup}) must be below --epochs ({_setting('epochs')}).")
 
 
@@ -135,7 +137,16 @@ def select_backend():
 def load_data(keras_fmicl):
     name = FLAGS.dataset
     train_x, train_y = keras_fmicl.data.load(name, "train", data_dir=FLAGS.data_dir)
-    test_x, test_y = keras_fmicl.data.load(name, "test", data_dir=FLAGS.data_dir)
+    if FLAGS.evaluate_on == "validation":
+        held_out = FLAGS.validation_samples
+        if not 0 < held_out < len(train_x):
+            raise FlagError(
+                f"--validation_samples must be between 1 and {len(train_x) - 1} for {name}, got {held_out}."
+            )
+        test_x, test_y = train_x[-held_out:], train_y[-held_out:]
+        train_x, train_y = train_x[:-held_out], train_y[:-held_out]
+    else:
+        test_x, test_y = keras_fmicl.data.load(name, "test", data_dir=FLAGS.data_dir)
     limit = _setting("max_train_samples")
     if limit:
         train_x, train_y = train_x[:limit], train_y[:limit]
@@ -305,9 +316,12 @@ def run():
         f"{_setting('epochs')} epochs of {steps_per_epoch} steps."
     )
     start = time.time()
-    history = model.fit(
-        dataset, epochs=_setting("epochs"), callbacks=callbacks, verbose=FLAGS.verbose, shuffle=False
-    )
+    if _setting("epochs") > 0:
+        history = model.fit(
+            dataset, epochs=_setting("epochs"), callbacks=callbacks, verbose=FLAGS.verbose, shuffle=False
+        ).history
+    else:  # --epochs 0: evaluate the randomly initialised encoder (a floor)
+        history = {"loss": []}
     pretrain_seconds = time.time() - start
 
     start = time.time()
@@ -323,7 +337,7 @@ def run():
 
     encoder_path = os.path.join(output_dir, "encoder.keras")
     model.encoder.save(encoder_path)
-    logs = {key: [float(v) for v in values] for key, values in history.history.items()}
+    logs = {key: [float(v) for v in values] for key, values in history.items()}
     knn_epochs = sorted(monitor.results) if monitor else []
     knn_curve = [float(monitor.results[e]) for e in knn_epochs] if monitor else []
     knn_epochs = [e + 1 for e in knn_epochs]
@@ -334,6 +348,7 @@ def run():
         "backend": backend,
         "loss": loss.get_config(),
         "mode": FLAGS.mode,
+        "evaluate_on": FLAGS.evaluate_on,
         "train_samples": int(len(train_x)),
         "test_samples": int(len(test_x)),
         "history": logs,
@@ -356,7 +371,7 @@ def run():
                    f"{loss.similarity.name} {loss.similarity.get_config()}".strip()),
         ("encoder", f"{_setting('encoder')} (width {_setting('width')})"),
         ("epochs x steps", f"{_setting('epochs')} x {steps_per_epoch} (batch {batch_size})"),
-        ("final loss", f"{logs['loss'][-1]:.4f}"),
+        ("final loss", f"{logs['loss'][-1]:.4f}" if logs["loss"] else "- (no pretraining)"),
         ("kNN top-1 (k=200)", f"{100 * knn:.2f} %"),
         ("linear top-1", f"{100 * linear['test_accuracy']:.2f} %"),
         ("pretraining time", f"{pretrain_seconds:.0f} s"),
@@ -376,7 +391,7 @@ _OWN_FLAGS = (
     "temperature", "alpha", "mode", "momentum", "queue_size", "encoder", "width",
     "projection_dim", "epochs", "batch_size", "learning_rate", "warmup_epochs",
     "weight_decay", "max_train_samples", "max_test_samples", "knn_every", "linear_epochs",
-    "seed", "output_dir", "data_dir", "verbose",
+    "evaluate_on", "validation_samples", "seed", "output_dir", "data_dir", "verbose",
 )
 
 

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_fmicl import distributed
 from keras_fmicl.similarities import l2_normalize
 from keras_fmicl.similarities import row_dot
 
@@ -135,6 +136,7 @@ def build(
     queue_mask: Any | None = None,
     labels: Any | None = None,
     in_batch_negatives: bool = True,
+    global_negatives: bool = True,
     query_argument: str = "y_pred",
 ) -> ContrastiveBatch:
     """Builds the `ContrastiveBatch` of queries against keys (and a queue).
@@ -148,6 +150,8 @@ def build(
         labels: `(N,)` integer labels for supervised contrast, or `None`.
         in_batch_negatives: whether the other samples of the batch are
             negatives (False: MoCo v2, only the queue).
+        global_negatives: under data parallelism, contrast with the keys of
+            the global batch (all replicas), not only the replica's shard.
         query_argument: the argument name used in error messages.
     """
     queries = check_embeddings(queries, query_argument)
@@ -200,25 +204,39 @@ def build(
     if in_batch_negatives or labels is not None:
         flat_queries = ops.reshape(queries, (-1, ops.shape(queries)[-1]))
         flat_keys = flat_queries if self_contrast else ops.reshape(keys, (-1, ops.shape(keys)[-1]))
+        # Under data parallelism the candidates are the keys of the global
+        # batch: replica r holds samples r N .. (r + 1) N - 1.
+        replicas = distributed.num_replicas() if global_negatives else 1
+        offset = 0
+        candidate_labels = labels
+        if replicas > 1:
+            flat_keys = distributed.all_gather(flat_keys)
+            offset = distributed.replica_index() * num_samples
+            if labels is not None:
+                candidate_labels = distributed.all_gather(labels)
         batch_cosine = row_dot(flat_queries, flat_keys)
-        index = ops.arange(num_anchors, dtype="int32")
-        sample = index // num_views
-        other_sample = ops.not_equal(sample[:, None], sample[None, :])
+        anchor_index = ops.arange(num_anchors, dtype="int32")
+        candidate_index = ops.arange(num_anchors * replicas, dtype="int32")
+        anchor_sample = anchor_index // num_views + offset
+        candidate_sample = candidate_index // num_views
+        other_sample = ops.not_equal(anchor_sample[:, None], candidate_sample[None, :])
         other_view = None
         if not self_contrast:
-            view = index % num_views
-            other_view = ops.not_equal(view[:, None], view[None, :])
+            other_view = ops.not_equal(
+                (anchor_index % num_views)[:, None], (candidate_index % num_views)[None, :]
+            )
         if labels is None:
             negatives = other_sample
             if other_view is not None:
                 negatives = ops.logical_and(negatives, other_view)
             per_other_sample = num_views if self_contrast else num_views - 1
             negative_count = ops.cast(
-                (num_samples - 1) * per_other_sample, dtype
+                (num_samples * replicas - 1) * per_other_sample, dtype
             )
         else:
             anchor_labels = ops.repeat(labels, num_views, axis=0)
-            same_label = ops.equal(anchor_labels[:, None], anchor_labels[None, :])
+            candidate_labels = ops.repeat(candidate_labels, num_views, axis=0)
+            same_label = ops.equal(anchor_labels[:, None], candidate_labels[None, :])
             negatives = ops.logical_not(same_label)
             positives = ops.logical_and(same_label, other_sample)
             if other_view is not None:

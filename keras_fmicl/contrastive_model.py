@@ -46,6 +46,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_fmicl import distributed
 from keras_fmicl.losses import ContrastiveLoss
 
 _PACKAGE = "keras_fmicl"
@@ -270,6 +271,8 @@ class ContrastiveModel(keras.Model):
                 shape=(), dtype="int32", initializer="zeros", trainable=False, name="queue_count"
             )
         self.built = True
+        # torch.distributed: every process starts from rank 0's weights
+        distributed.broadcast_variables(self.variables)
 
     def _online_layers(self) -> list:
         return [layer for layer in (self.encoder, self.projector) if layer is not None]
@@ -418,8 +421,12 @@ class ContrastiveModel(keras.Model):
                     f"`{argument}`. Received: {argument}={kwargs[argument]!r}"
                 )
             kwargs.pop(argument, None)
+        if distributed.is_multi_worker_strategy(getattr(self, "_distribute_strategy", None)):
+            distributed.patch_keras_multi_worker_fit()
         super().compile(optimizer=optimizer, loss=None, **kwargs)
         self.loss = loss
+        # torch.distributed: average the gradients of the processes
+        distributed.synchronize_optimizer(self.optimizer)
         # Saved with the model, so that `load_model` compiles it again.
         self._compile_config.config["loss"] = loss
 
@@ -467,7 +474,8 @@ class ContrastiveModel(keras.Model):
             self._enqueue(keys)
         for loss in self.losses:
             total = total + ops.cast(ops.sum(loss), total.dtype)
-        return total
+        # under tf.distribute the replicas' gradients are summed
+        return distributed.scale_loss(total)
 
     @staticmethod
     def _weighted_mean(per_sample: Any, sample_weight: Any) -> Any:
@@ -507,8 +515,14 @@ class ContrastiveModel(keras.Model):
         return probe_loss
 
     def _enqueue(self, keys: Any):
-        """Writes the keys of this batch (sample-major) over the oldest entries."""
+        """Writes the keys of this batch (sample-major) over the oldest entries.
+
+        Under data parallelism with global negatives the queue receives the
+        keys of the global batch, identically on every replica.
+        """
         flat = ops.reshape(ops.stop_gradient(keys), (-1, self.queue.shape[-1]))
+        if self.loss.global_negatives:
+            flat = distributed.all_gather(flat)
         count = flat.shape[0]
         if count is not None and count > self.queue_size:
             raise ValueError(

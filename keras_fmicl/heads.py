@@ -22,6 +22,8 @@ from typing import Any
 
 import keras
 
+from keras_fmicl import distributed
+
 _PACKAGE = "keras_fmicl"
 
 
@@ -50,9 +52,12 @@ class ProjectionHead(keras.layers.Layer):
         batch_norm: batch normalisation after each hidden Dense layer.
         output_batch_norm: batch normalisation (no scale, no offset) of the
             output, as MoCo v3's projector. Defaults to False.
-        synchronized: use cross-replica batch statistics under a
-            `tf.distribute` strategy (`BatchNormalization(synchronized=True)`;
-            ignored by the other backends). Defaults to False.
+        synchronized: normalise with the statistics of the global batch
+            under data parallelism (`keras_fmicl.distributed.
+            GlobalBatchNormalization`: synchronised batch norm under
+            `tf.distribute` and torch.distributed; JAX's `keras.distribution`
+            sees the global batch anyway). Plain batch norm on one device.
+            Defaults to True.
 
     Example:
 
@@ -69,7 +74,7 @@ class ProjectionHead(keras.layers.Layer):
         num_layers: int = 2,
         batch_norm: bool = True,
         output_batch_norm: bool = False,
-        synchronized: bool = False,
+        synchronized: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -107,8 +112,8 @@ class ProjectionHead(keras.layers.Layer):
         )
 
     def _batch_normalization(self, name: str, **kwargs) -> keras.layers.Layer:
-        if self.synchronized and keras.backend.backend() == "tensorflow":
-            kwargs["synchronized"] = True
+        if self.synchronized:
+            return distributed.GlobalBatchNormalization(dtype=self.dtype_policy, name=name, **kwargs)
         return keras.layers.BatchNormalization(dtype=self.dtype_policy, name=name, **kwargs)
 
     def build(self, input_shape):
@@ -182,7 +187,7 @@ class PredictionHead(ProjectionHead):
         output_dim: int,
         num_layers: int = 2,
         batch_norm: bool = True,
-        synchronized: bool = False,
+        synchronized: bool = True,
         **kwargs,
     ):
         kwargs.pop("output_batch_norm", None)

@@ -122,6 +122,7 @@ def fmicl(
     queue: Any | None = None,
     queue_mask: Any | None = None,
     in_batch_negatives: bool = True,
+    global_negatives: bool = True,
 ) -> Any:
     """Per-sample f-MICL loss (functional form of `FMICLLoss`).
 
@@ -139,6 +140,9 @@ def fmicl(
         queue_mask: optional `(K,)` bool of the valid queue entries.
         in_batch_negatives: whether the other samples of the batch are
             negatives (set False for MoCo v2, where only the queue is).
+        global_negatives: under data parallelism (`tf.distribute`,
+            torch.distributed), contrast with the keys of the global batch
+            gathered from every replica. Defaults to True.
 
     Returns:
         A `(N,)` tensor: each sample's loss, averaged over its views.
@@ -153,6 +157,7 @@ def fmicl(
         queue_mask=queue_mask,
         labels=y_true,
         in_batch_negatives=in_batch_negatives,
+        global_negatives=global_negatives,
     )
     anchor_loss, _ = _fmicl_anchor_losses(batch, divergence, similarity, alpha)
     return _mean_views(anchor_loss)
@@ -169,6 +174,7 @@ def info_nce(
     queue: Any | None = None,
     queue_mask: Any | None = None,
     in_batch_negatives: bool = True,
+    global_negatives: bool = True,
 ) -> Any:
     """Per-sample InfoNCE / NT-Xent loss (functional form of `InfoNCELoss`).
 
@@ -185,6 +191,7 @@ def info_nce(
         queue_mask=queue_mask,
         labels=y_true,
         in_batch_negatives=in_batch_negatives,
+        global_negatives=global_negatives,
     )
     anchor_loss, _ = _info_nce_anchor_losses(batch, similarity)
     return _mean_views(anchor_loss)
@@ -205,11 +212,13 @@ class ContrastiveLoss(keras.losses.Loss):
         similarity: Any,
         sigma: float | None,
         temperature: float | None,
+        global_negatives: bool = True,
         name: str | None = None,
         reduction: str | None = "sum_over_batch_size",
         dtype: Any = None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.global_negatives = bool(global_negatives)
         self.similarity = similarities.get(similarity, sigma=sigma, temperature=temperature)
         self.sigma = None if sigma is None else _check_positive("sigma", sigma)
         self.temperature = (
@@ -279,6 +288,7 @@ class ContrastiveLoss(keras.losses.Loss):
             queue_mask=queue_mask,
             labels=labels,
             in_batch_negatives=in_batch_negatives,
+            global_negatives=self.global_negatives,
             query_argument=query_argument,
         )
         anchor_loss, mi_estimate = self.anchor_losses(batch)
@@ -300,6 +310,7 @@ class ContrastiveLoss(keras.losses.Loss):
         )
         config["sigma"] = getattr(self.similarity, "sigma", self.sigma)
         config["temperature"] = getattr(self.similarity, "temperature", self.temperature)
+        config["global_negatives"] = self.global_negatives
         return config
 
 
@@ -334,6 +345,12 @@ class FMICLLoss(ContrastiveLoss):
             `similarity="cosine"`.
         alpha: weight of the negative (uniformity) term, `> 0`. Defaults
             to 1.0, where the loss is the negated f-MI bound.
+        global_negatives: under data parallelism (`tf.distribute`,
+            torch.distributed), contrast every anchor with the whole global
+            batch, gathered from all replicas (the gradient flows back to
+            each replica's embeddings). False keeps each replica's shard.
+            JAX's `keras.distribution` always sees the global batch.
+            Defaults to True.
         reduction: Keras reduction; `None` returns the `(N,)` vector.
         name: name of the loss.
         dtype: dtype of the computation; defaults to `keras.backend.floatx()`
@@ -360,6 +377,7 @@ class FMICLLoss(ContrastiveLoss):
         sigma: float | None = None,
         temperature: float | None = None,
         alpha: float = DEFAULT_ALPHA,
+        global_negatives: bool = True,
         reduction: str | None = "sum_over_batch_size",
         name: str | None = "fmicl",
         dtype: Any = None,
@@ -368,6 +386,7 @@ class FMICLLoss(ContrastiveLoss):
             similarity=similarity,
             sigma=sigma,
             temperature=temperature,
+            global_negatives=global_negatives,
             name=name,
             reduction=reduction,
             dtype=dtype,
@@ -404,7 +423,7 @@ class InfoNCELoss(ContrastiveLoss):
         temperature: `> 0`. Defaults to 0.2.
         similarity: `"cosine"` (default) or `"gaussian"` (then `sigma`).
         sigma: Gaussian bandwidth when `similarity="gaussian"`.
-        reduction, name, dtype: as `FMICLLoss`.
+        global_negatives, reduction, name, dtype: as `FMICLLoss`.
 
     Example:
 
@@ -424,6 +443,7 @@ class InfoNCELoss(ContrastiveLoss):
         temperature: float = DEFAULT_INFONCE_TEMPERATURE,
         similarity: Any = "cosine",
         sigma: float | None = None,
+        global_negatives: bool = True,
         reduction: str | None = "sum_over_batch_size",
         name: str | None = "info_nce",
         dtype: Any = None,
@@ -432,6 +452,7 @@ class InfoNCELoss(ContrastiveLoss):
             similarity=similarity,
             sigma=sigma,
             temperature=temperature,
+            global_negatives=global_negatives,
             name=name,
             reduction=reduction,
             dtype=dtype,

@@ -134,3 +134,20 @@ def test_the_package_exports_what_the_example_uses():
     for name in ["ContrastiveModel", "FMICLLoss", "InfoNCELoss", "ProjectionHead", "PredictionHead",
                  "SimCLRAugmentation", "CosineMomentum", "KNNMonitor", "knn_accuracy", "resnet18", "small_cnn"]:
         assert hasattr(keras_fmicl, name), name
+
+
+def test_random_init_floor_on_a_validation_split(tmp_path):
+    """--epochs 0 evaluates the untrained encoder; --evaluate_on validation
+    holds the end of the training split out (never the test split)."""
+    result = run_example(
+        "--dataset=digits", "--epochs=0", "--evaluate_on=validation", "--validation_samples=100",
+        "--knn_every=0", "--linear_epochs=2", "--verbose=0", f"--output_dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert results["evaluate_on"] == "validation"
+    assert results["test_samples"] == 100
+    assert results["train_samples"] == len(keras_fmicl.data.load("digits", "train")[0]) - 100
+    assert results["history"]["loss"] == []
+    assert 0.0 < results["knn_top1"] <= 1.0
