@@ -65,6 +65,13 @@ flags.DEFINE_integer("seed", 0, "Random seed (weights, augmentations, data order
 flags.DEFINE_string("output_dir", None, "Where results go (default: runs/<dataset>_<loss>_<mode>_<backend>).")
 flags.DEFINE_string("data_dir", None, "Dataset directory (tensorflow-datasets data_dir, or the Fashion-MNIST IDX files).")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_bool(
+    "distribute", False,
+    "Data-parallel training with the backend's engine: tf.distribute (MirroredStrategy over the GPUs, "
+    "TPUStrategy on a TPU, MultiWorkerMirroredStrategy when TF_CONFIG is set), keras.distribution.DataParallel "
+    "(JAX, every device; multi-host via KERAS_DISTRIBUTION_* variables), or torch.distributed (launch with "
+    "torchrun). --batch_size is the global batch; negatives come from the global batch.",
+)
 
 FLAGS = flags.FLAGS
 
@@ -237,6 +244,62 @@ def build_optimizer(keras, steps_per_epoch):
     return keras.optimizers.AdamW(schedule, weight_decay=_setting("weight_decay"))
 
 
+class Distribution:
+    """What `--distribute` set up: a scope to build the model in, this
+    process's rank and the number of processes that split the data."""
+
+    def __init__(self, scope=None, rank=0, processes=1, description="one device"):
+        import contextlib
+
+        self.scope = scope or contextlib.nullcontext()
+        self.rank = rank
+        self.processes = processes
+        self.description = description
+
+
+def setup_distribution(backend):
+    if not FLAGS.distribute:
+        return Distribution()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if "TF_CONFIG" in os.environ:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            name = "MultiWorkerMirroredStrategy"
+        else:
+            try:
+                resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+                tf.config.experimental_connect_to_cluster(resolver)
+                tf.tpu.experimental.initialize_tpu_system(resolver)
+                strategy, name = tf.distribute.TPUStrategy(resolver), "TPUStrategy"
+            except (ValueError, RuntimeError, tf.errors.NotFoundError):
+                strategy, name = tf.distribute.MirroredStrategy(), "MirroredStrategy"
+        # every worker reads the whole dataset; tf.distribute splits each global batch
+        return Distribution(
+            strategy.scope(), description=f"{name}, {strategy.num_replicas_in_sync} replicas"
+        )
+    if backend == "jax":
+        import jax
+        import keras
+
+        if "KERAS_DISTRIBUTION_JOB_ADDRESSES" in os.environ:
+            keras.distribution.initialize()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+        return Distribution(description=f"keras.distribution.DataParallel, {len(jax.devices())} devices")
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise FlagError("--distribute on the torch backend needs a launcher: torchrun --nproc_per_node=N examples/train_cifar.py ...")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if _setting("batch_size") % world:
+        raise FlagError(f"--batch_size ({_setting('batch_size')}) must be a multiple of the {world} processes.")
+    return Distribution(rank=rank, processes=world, description=f"torch.distributed, {world} processes")
+
+
 def plot_curves(history, knn_epochs, knn_values, path):
     import matplotlib
 
@@ -282,6 +345,7 @@ def run():
     )
     os.makedirs(output_dir, exist_ok=True)
 
+    distribution = setup_distribution(backend)
     loss = build_loss(keras_fmicl)
     (train_x, train_y), (test_x, test_y) = load_data(keras_fmicl)
     image_shape = train_x.shape[1:]
@@ -289,18 +353,26 @@ def run():
     batch_size = min(_setting("batch_size"), len(train_x))
     steps_per_epoch = len(train_x) // batch_size
     augmenter = build_augmenter(keras_fmicl, image_shape)
+    # torch.distributed: each process reads its shard with its part of the
+    # global batch; the other engines split the global batch themselves.
+    shard = slice(distribution.rank, None, distribution.processes)
     dataset = keras_fmicl.data.multiview_dataset(
-        train_x, train_y, augmenter=augmenter, num_views=2, batch_size=batch_size, seed=FLAGS.seed
+        train_x[shard], train_y[shard], augmenter=augmenter, num_views=2,
+        batch_size=batch_size // distribution.processes, seed=FLAGS.seed,
     )
-    model = build_model(keras_fmicl, image_shape, num_classes, steps_per_epoch)
-    model.compile(optimizer=build_optimizer(keras, steps_per_epoch), loss=loss)
+    if distribution.processes > 1:
+        dataset = dataset.take(steps_per_epoch)  # the same number of steps everywhere
+    with distribution.scope:
+        model = build_model(keras_fmicl, image_shape, num_classes, steps_per_epoch)
+        model.compile(optimizer=build_optimizer(keras, steps_per_epoch), loss=loss)
+    is_chief = distribution.rank == 0
 
     train_images = train_x.astype("float32") / 255.0
     test_images = test_x.astype("float32") / 255.0
     knn_every = _setting("knn_every")
-    callbacks = [keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"))]
+    callbacks = [keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"))] if is_chief else []
     monitor = None
-    if knn_every:
+    if knn_every and is_chief:
         subset_train = min(len(train_images), 10000)
         subset_test = min(len(test_images), 2000)
         monitor = keras_fmicl.KNNMonitor(
@@ -312,17 +384,20 @@ def run():
 
     print(
         f"Pretraining on {FLAGS.dataset} ({len(train_x)} images, {image_shape}) with "
-        f"{loss.get_config()} in {FLAGS.mode} mode, backend {backend}, "
+        f"{loss.get_config()} in {FLAGS.mode} mode, backend {backend} ({distribution.description}), "
         f"{_setting('epochs')} epochs of {steps_per_epoch} steps."
     )
     start = time.time()
     if _setting("epochs") > 0:
         history = model.fit(
-            dataset, epochs=_setting("epochs"), callbacks=callbacks, verbose=FLAGS.verbose, shuffle=False
+            dataset, epochs=_setting("epochs"), callbacks=callbacks,
+            verbose=FLAGS.verbose if is_chief else 0, shuffle=False,
         ).history
     else:  # --epochs 0: evaluate the randomly initialised encoder (a floor)
         history = {"loss": []}
     pretrain_seconds = time.time() - start
+    if not is_chief:  # the chief process evaluates and writes the outputs
+        return None
 
     start = time.time()
     train_features = keras_fmicl.evaluation.extract_features(model.encoder, train_images)
@@ -346,6 +421,7 @@ def run():
         "flags": {name: getattr(FLAGS, name) for name in FLAGS if name in _OWN_FLAGS},
         "settings": {name: _setting(name) for name in ("encoder", "width", "projection_dim", "epochs", "batch_size", "learning_rate", "warmup_epochs", "weight_decay", "max_train_samples", "knn_every", "linear_epochs")},
         "backend": backend,
+        "distribution": distribution.description,
         "loss": loss.get_config(),
         "mode": FLAGS.mode,
         "evaluate_on": FLAGS.evaluate_on,
@@ -391,7 +467,7 @@ _OWN_FLAGS = (
     "temperature", "alpha", "mode", "momentum", "queue_size", "encoder", "width",
     "projection_dim", "epochs", "batch_size", "learning_rate", "warmup_epochs",
     "weight_decay", "max_train_samples", "max_test_samples", "knn_every", "linear_epochs",
-    "evaluate_on", "validation_samples", "seed", "output_dir", "data_dir", "verbose",
+    "evaluate_on", "validation_samples", "seed", "output_dir", "data_dir", "verbose", "distribute",
 )
 
 
@@ -402,6 +478,11 @@ def main(argv):
         return 2
     try:
         run()
+        if FLAGS.distribute and FLAGS.backend == "torch":
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
     except FlagError as error:
         print(f"train_cifar.py: error: {error}", file=sys.stderr)
         return 2

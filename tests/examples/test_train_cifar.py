@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -151,3 +152,34 @@ def test_random_init_floor_on_a_validation_split(tmp_path):
     assert results["train_samples"] == len(keras_fmicl.data.load("digits", "train")[0]) - 100
     assert results["history"]["loss"] == []
     assert 0.0 < results["knn_top1"] <= 1.0
+
+
+def test_distribute_flag_runs_on_the_backends_engine(tmp_path):
+    """--distribute: MirroredStrategy (TF), DataParallel over 2 host devices
+    (JAX), torchrun with 2 processes (torch); the chief writes the results."""
+    backend = keras.backend.backend()
+    args = [*TINY, "--epochs=1", "--knn_every=0", "--distribute", f"--output_dir={tmp_path}"]
+    if backend == "torch":
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+             "--master_addr=127.0.0.1", f"--master_port={port}", SCRIPT, "--backend=torch", *args],
+            capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+        )
+        expected = "torch.distributed, 2 processes"
+    else:
+        if backend == "jax":
+            os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        try:
+            result = run_example(*args)
+        finally:
+            os.environ.pop("XLA_FLAGS", None)
+        expected = "DataParallel, 2 devices" if backend == "jax" else "MirroredStrategy"
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert expected in results["distribution"]
+    assert np.isfinite(results["history"]["loss"][0])
