@@ -32,7 +32,7 @@ from absl import flags
 from absl import logging
 
 BACKENDS = ("tensorflow", "jax", "torch")
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "digits")
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "digits", "synthetic_cifar")
 DIVERGENCES = ("kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc")
 
 flags.DEFINE_enum("backend", None, BACKENDS, "Keras backend (default: $KERAS_BACKEND, else tensorflow).")
@@ -64,6 +64,11 @@ flags.DEFINE_integer("validation_samples", 10000, "Size of the validation split 
 flags.DEFINE_integer("seed", 0, "Random seed (weights, augmentations, data order).")
 flags.DEFINE_string("output_dir", None, "Where results go (default: runs/<dataset>_<loss>_<mode>_<backend>).")
 flags.DEFINE_string("data_dir", None, "Dataset directory (tensorflow-datasets data_dir, or the Fashion-MNIST IDX files).")
+flags.DEFINE_enum(
+    "pipeline", "tf_data", ("tf_data", "model"),
+    "Where the views are drawn: a tf.data pipeline (CPU, overlapped with training), or inside the "
+    "model on the accelerator (no TensorFlow needed).",
+)
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 flags.DEFINE_bool(
     "distribute", False,
@@ -97,6 +102,7 @@ PRESETS = {
     ),
 }
 PRESETS["cifar100"] = dict(PRESETS["cifar10"])
+PRESETS["synthetic_cifar"] = dict(PRESETS["cifar10"])
 PRESETS["stl10"] = dict(PRESETS["cifar10"], batch_size=256, learning_rate=0.06)
 
 
@@ -175,7 +181,7 @@ def build_augmenter(keras_fmicl, image_shape):
     )
 
 
-def build_model(keras_fmicl, image_shape, num_classes, steps_per_epoch):
+def build_model(keras_fmicl, image_shape, num_classes, steps_per_epoch, augmenter=None):
     encoder_name = _setting("encoder")
     width = _setting("width")
     if encoder_name == "resnet18":
@@ -203,6 +209,7 @@ def build_model(keras_fmicl, image_shape, num_classes, steps_per_epoch):
     return keras_fmicl.ContrastiveModel(
         encoder=encoder,
         projector=projector,
+        augmenter=augmenter,
         num_views=2,
         num_classes=num_classes,
         **kwargs,
@@ -356,14 +363,27 @@ def run():
     # torch.distributed: each process reads its shard with its part of the
     # global batch; the other engines split the global batch themselves.
     shard = slice(distribution.rank, None, distribution.processes)
-    dataset = keras_fmicl.data.multiview_dataset(
-        train_x[shard], train_y[shard], augmenter=augmenter, num_views=2,
-        batch_size=batch_size // distribution.processes, seed=FLAGS.seed,
-    )
-    if distribution.processes > 1:
-        dataset = dataset.take(steps_per_epoch)  # the same number of steps everywhere
+    local_batch = batch_size // distribution.processes
+    if FLAGS.pipeline == "tf_data":
+        dataset = keras_fmicl.data.multiview_dataset(
+            train_x[shard], train_y[shard], augmenter=augmenter, num_views=2,
+            batch_size=local_batch, seed=FLAGS.seed,
+        )
+        if distribution.processes > 1:
+            dataset = dataset.take(steps_per_epoch)  # the same number of steps everywhere
+        fit_data = {"x": dataset}
+    else:  # raw images in [0, 1]; the model draws the views on the device
+        used = steps_per_epoch * local_batch
+        fit_data = {
+            "x": (train_x[shard][:used].astype("float32") / 255.0),
+            "y": train_y[shard][:used],
+            "batch_size": local_batch,
+        }
     with distribution.scope:
-        model = build_model(keras_fmicl, image_shape, num_classes, steps_per_epoch)
+        model = build_model(
+            keras_fmicl, image_shape, num_classes, steps_per_epoch,
+            augmenter=augmenter if FLAGS.pipeline == "model" else None,
+        )
         model.compile(optimizer=build_optimizer(keras, steps_per_epoch), loss=loss)
     is_chief = distribution.rank == 0
 
@@ -390,8 +410,8 @@ def run():
     start = time.time()
     if _setting("epochs") > 0:
         history = model.fit(
-            dataset, epochs=_setting("epochs"), callbacks=callbacks,
-            verbose=FLAGS.verbose if is_chief else 0, shuffle=False,
+            **fit_data, epochs=_setting("epochs"), callbacks=callbacks,
+            verbose=FLAGS.verbose if is_chief else 0, shuffle=FLAGS.pipeline == "model",
         ).history
     else:  # --epochs 0: evaluate the randomly initialised encoder (a floor)
         history = {"loss": []}
@@ -468,6 +488,7 @@ _OWN_FLAGS = (
     "projection_dim", "epochs", "batch_size", "learning_rate", "warmup_epochs",
     "weight_decay", "max_train_samples", "max_test_samples", "knn_every", "linear_epochs",
     "evaluate_on", "validation_samples", "seed", "output_dir", "data_dir", "verbose", "distribute",
+    "pipeline",
 )
 
 

@@ -10,6 +10,7 @@ and `int64` labels of shape `(N,)`.
 | `stl10`         | train, test, unlabelled | (N, 96, 96, 3) | tensorflow-datasets      |
 | `fashion_mnist` | train, test             | (N, 28, 28, 1) | Debian files, else keras |
 | `digits`        | train, test             | (N, 8, 8, 1)   | scikit-learn (bundled)   |
+| `synthetic_cifar` | train, test           | (N, 32, 32, 3) | generated (offline)      |
 
 `fashion_mnist` reads the gzipped IDX files of the Debian package
 `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist/`) when present
@@ -60,6 +61,7 @@ SPLITS = {
     "stl10": ("train", "test", "unlabelled"),
     "fashion_mnist": ("train", "test"),
     "digits": ("train", "test"),
+    "synthetic_cifar": ("train", "test"),
 }
 """Dataset name -> the splits `load` accepts for it."""
 
@@ -69,6 +71,7 @@ NUM_CLASSES = {
     "stl10": 10,
     "fashion_mnist": 10,
     "digits": 10,
+    "synthetic_cifar": 10,
 }
 """Dataset name -> number of classes (labels in `0 .. n - 1`)."""
 
@@ -336,6 +339,51 @@ def digits(split: str = "train", data_dir: str | None = None) -> tuple:
     return images[index][..., None], labels[index]
 
 
+SYNTHETIC_SIZES = {"train": 50000, "test": 10000}
+
+
+def synthetic_cifar(split: str = "train", data_dir: str | None = None) -> tuple:
+    """CIFAR-shaped synthetic images with learnable classes, made offline.
+
+    For machines without the data (a benchmark box with no network): 50,000
+    train / 10,000 test `uint8` images of shape `(32, 32, 3)` in 10 classes.
+    Class `c` is a sinusoidal grating at orientation `18 c` degrees; each
+    image draws its own spatial frequency, phase, colours, contrast and
+    pixel noise, so colour carries no label and orientation (which crops
+    and flips partly preserve) does. Deterministic per split.
+
+    Args:
+        split: `"train"` or `"test"`.
+        data_dir: unused.
+
+    Returns:
+        `(images, labels)`: `uint8` `(N, 32, 32, 3)` and `int64` `(N,)` in 0..9.
+    """
+    del data_dir
+    split = _check_split("synthetic_cifar", split)
+    count = SYNTHETIC_SIZES[split]
+    rng = np.random.default_rng({"train": 11, "test": 12}[split])
+    labels = rng.integers(0, 10, size=count).astype(np.int64)
+    angle = np.deg2rad(18.0 * labels + rng.uniform(-4.0, 4.0, size=count))
+    frequency = rng.uniform(0.15, 0.45, size=count)
+    phase = rng.uniform(0.0, 2 * np.pi, size=count)
+    y, x = np.mgrid[0:32, 0:32].astype(np.float32)
+    images = np.empty((count, 32, 32, 3), np.uint8)
+    for start in range(0, count, 5000):
+        part = slice(start, min(start + 5000, count))
+        projection = (
+            np.cos(angle[part])[:, None, None] * x + np.sin(angle[part])[:, None, None] * y
+        )
+        wave = np.sin(frequency[part][:, None, None] * projection + phase[part][:, None, None])
+        size = wave.shape[0]
+        low = rng.uniform(0, 120, size=(size, 1, 1, 3))
+        high = rng.uniform(135, 255, size=(size, 1, 1, 3))
+        pixels = low + (high - low) * (0.5 + 0.5 * wave[..., None])
+        pixels += rng.normal(0.0, 12.0, size=pixels.shape)
+        images[part] = np.clip(pixels, 0, 255).astype(np.uint8)
+    return images, labels
+
+
 def _tfds_to_numpy(dataset: Any) -> tuple:
     """Materialises a supervised, unbatched tfds split as numpy arrays.
 
@@ -450,6 +498,7 @@ _LOADERS: dict[str, Callable[..., tuple]] = {
     "stl10": stl10,
     "fashion_mnist": fashion_mnist,
     "digits": digits,
+    "synthetic_cifar": synthetic_cifar,
 }
 
 

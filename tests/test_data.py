@@ -578,3 +578,36 @@ def test_multiview_rejects_bad_arguments():
 def test_batch_larger_than_the_data_is_fine_when_keeping_the_remainder():
     batches = collect(data.multiview_dataset(indexed_images(3), batch_size=8, drop_remainder=False))
     assert [len(b["views"]) for b in batches] == [3]
+
+
+def test_synthetic_cifar_is_deterministic_and_learnable():
+    from keras_fmicl import data
+
+    train_x, train_y = data.load("synthetic_cifar", "train")
+    test_x, test_y = data.load("synthetic_cifar", "test")
+    assert train_x.shape == (50000, 32, 32, 3) and train_x.dtype == np.uint8
+    assert test_x.shape == (10000, 32, 32, 3) and train_y.dtype == np.int64
+    assert set(np.unique(train_y)) == set(range(10))
+    again_x, again_y = data.load("synthetic_cifar", "test")
+    np.testing.assert_array_equal(again_x, test_x)
+    np.testing.assert_array_equal(again_y, test_y)
+    assert not np.array_equal(train_x[:100], test_x[:100])
+    # colour carries no label: per-class mean colours are alike ...
+    means = np.array([train_x[train_y == c].mean(axis=(0, 1, 2)) for c in range(10)])
+    assert np.ptp(means, axis=0).max() < 10
+    # ... while the orientation does: a nearest-centroid classifier on the
+    # image gradients' orientation histogram is far above chance
+    def orientation_features(x):
+        g = x.astype("float32").mean(axis=-1)
+        gy, gx = np.gradient(g, axis=(1, 2))
+        angle = np.mod(np.arctan2(gy, gx), np.pi)
+        bins = np.floor(angle / np.pi * 20).astype(int).clip(0, 19)
+        weight = np.hypot(gx, gy)
+        return np.stack([(weight * (bins == b)).sum(axis=(1, 2)) for b in range(20)], axis=1)
+
+    f_train, f_test = orientation_features(train_x[:5000]), orientation_features(test_x[:2000])
+    f_train /= f_train.sum(axis=1, keepdims=True)
+    f_test /= f_test.sum(axis=1, keepdims=True)
+    centroids = np.stack([f_train[train_y[:5000] == c].mean(axis=0) for c in range(10)])
+    predicted = np.argmin(((f_test[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+    assert np.mean(predicted == test_y[:2000]) > 0.5
