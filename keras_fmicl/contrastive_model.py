@@ -48,17 +48,10 @@ from keras import ops
 
 from keras_fmicl import distributed
 from keras_fmicl.losses import ContrastiveLoss
+from keras_fmicl.validation import check_integer
 
 _PACKAGE = "keras_fmicl"
 VIEWS_KEY = "views"
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 def _check_momentum(momentum: Any) -> Any:
@@ -153,10 +146,10 @@ class ContrastiveModel(keras.Model):
         self.projector = _check_layer("projector", projector)
         self.predictor = _check_layer("predictor", predictor)
         self.augmenter = _check_layer("augmenter", augmenter)
-        self.num_views = _check_int("num_views", num_views, 2)
+        self.num_views = check_integer("num_views", num_views, 2)
         self.momentum = _check_momentum(momentum)
-        self.queue_size = _check_int("queue_size", queue_size, 0)
-        self.num_classes = None if num_classes is None else _check_int("num_classes", num_classes, 2)
+        self.queue_size = check_integer("queue_size", queue_size, 0)
+        self.num_classes = None if num_classes is None else check_integer("num_classes", num_classes, 2)
         if self.predictor is not None and self.momentum is None:
             raise ValueError(
                 "A `predictor` is the MoCo v3 prediction head and needs a "

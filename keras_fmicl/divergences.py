@@ -40,6 +40,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_fmicl.validation import ConfigEquality
+
 _PACKAGE = "keras_fmicl"
 
 
@@ -72,7 +74,7 @@ def _finfo_max(dtype: str) -> float:
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Divergence:
+class Divergence(ConfigEquality):
     """Base class of f-divergences.
 
     Subclasses define the generator `f(u)` and its derivative `f_prime(u)`
@@ -128,23 +130,6 @@ class Divergence:
         """`f*(f'(e^l)) = e^l f'(e^l) - f(e^l)`: the score of a negative pair."""
         u = capped_exp(log_ratio)
         return u * self.f_prime(u) - self.f(u)
-
-    def get_config(self) -> dict:
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict) -> "Divergence":
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self) -> int:
-        return hash((type(self), tuple(sorted(self.get_config().items()))))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -17,22 +17,12 @@ Reference:
 
 from __future__ import annotations
 
-import numbers
-from typing import Any
-
 import keras
 
 from keras_fmicl import distributed
+from keras_fmicl.validation import check_integer
 
 _PACKAGE = "keras_fmicl"
-
-
-def _check_dim(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -78,9 +68,9 @@ class ProjectionHead(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.hidden_dim = _check_dim("hidden_dim", hidden_dim)
-        self.output_dim = _check_dim("output_dim", output_dim)
-        self.num_layers = _check_dim("num_layers", num_layers)
+        self.hidden_dim = check_integer("hidden_dim", hidden_dim, 1)
+        self.output_dim = check_integer("output_dim", output_dim, 1)
+        self.num_layers = check_integer("num_layers", num_layers, 1)
         self.batch_norm = bool(batch_norm)
         self.output_batch_norm = bool(output_batch_norm)
         self.synchronized = bool(synchronized)

@@ -37,7 +37,7 @@ from keras import ops
 from keras_fmicl import contrast
 from keras_fmicl import divergences
 from keras_fmicl import similarities
-from keras_fmicl.similarities import _check_positive
+from keras_fmicl.validation import check_positive_number
 
 _PACKAGE = "keras_fmicl"
 DEFAULT_ALPHA = 1.0
@@ -149,7 +149,7 @@ def fmicl(
     """
     divergence = divergences.get(divergence)
     similarity = similarities.get(similarity, sigma=sigma, temperature=temperature)
-    alpha = _check_positive("alpha", alpha)
+    alpha = check_positive_number("alpha", alpha)
     batch = contrast.build(
         y_pred,
         keys=keys,
@@ -220,9 +220,9 @@ class ContrastiveLoss(keras.losses.Loss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.global_negatives = bool(global_negatives)
         self.similarity = similarities.get(similarity, sigma=sigma, temperature=temperature)
-        self.sigma = None if sigma is None else _check_positive("sigma", sigma)
+        self.sigma = None if sigma is None else check_positive_number("sigma", sigma)
         self.temperature = (
-            None if temperature is None else _check_positive("temperature", temperature)
+            None if temperature is None else check_positive_number("temperature", temperature)
         )
 
     def anchor_losses(self, batch: contrast.ContrastiveBatch) -> tuple[Any, Any]:
@@ -392,7 +392,7 @@ class FMICLLoss(ContrastiveLoss):
             dtype=dtype,
         )
         self.divergence = divergences.get(divergence)
-        self.alpha = _check_positive("alpha", alpha)
+        self.alpha = check_positive_number("alpha", alpha)
         _warn_if_beyond_exact_range(self.divergence, self.similarity)
 
     def anchor_losses(self, batch):

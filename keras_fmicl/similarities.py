@@ -21,11 +21,13 @@ Reference:
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import keras
 from keras import ops
+
+from keras_fmicl.validation import ConfigEquality
+from keras_fmicl.validation import check_positive_number
 
 _PACKAGE = "keras_fmicl"
 # Floor of the squared norm in `l2_normalize`: rows shorter than about 3e-4
@@ -58,20 +60,8 @@ def row_dot(x: Any, y: Any) -> Any:
     return ops.einsum("md,kd->mk", x, y)
 
 
-def _check_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(
-            f"`{name}` must be a positive number. Received: {name}={value!r}"
-        )
-    if not value > 0 or value == float("inf"):
-        raise ValueError(
-            f"`{name}` must be a positive number. Received: {name}={value!r}"
-        )
-    return float(value)
-
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Similarity:
+class Similarity(ConfigEquality):
     """Base class: maps embeddings to log density ratios.
 
     Subclasses implement `log_ratio_from_cosine(cosine)`, an elementwise map
@@ -102,23 +92,6 @@ class Similarity:
         """
         return self.log_ratio_from_cosine(cosine_matrix(x, y))
 
-    def get_config(self) -> dict:
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict) -> "Similarity":
-        return cls(**config)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self) -> int:
-        return hash((type(self), tuple(sorted(self.get_config().items()))))
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Gaussian(Similarity):
@@ -135,7 +108,7 @@ class Gaussian(Similarity):
     name = "gaussian"
 
     def __init__(self, sigma: float = DEFAULT_SIGMA):
-        self.sigma = _check_positive("sigma", sigma)
+        self.sigma = check_positive_number("sigma", sigma)
 
     def log_ratio_from_cosine(self, cosine):
         squared_distance = ops.relu(2.0 - 2.0 * cosine)
@@ -159,7 +132,7 @@ class Cosine(Similarity):
     name = "cosine"
 
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE):
-        self.temperature = _check_positive("temperature", temperature)
+        self.temperature = check_positive_number("temperature", temperature)
 
     def log_ratio_from_cosine(self, cosine):
         return cosine * (1.0 / self.temperature)
