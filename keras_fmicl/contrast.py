@@ -53,7 +53,11 @@ class ContrastiveBatch:
     Attributes:
         num_samples: N (a Python int when static, else a scalar tensor).
         num_views: V (always static).
-        positive_cosine: `(N, V, V)`: cosine of query `(i, v)` and key `(i, w)`.
+        cosine_scale: the factor every "cosine" field carries: the
+            similarity's `cosine_scale` (1/temperature, 1/sigma^2), folded
+            into the queries before the matmuls.
+        positive_cosine: `(N, V, V)`: (scaled) cosine of query `(i, v)` and
+            key `(i, w)`.
         positive_mask: `(V, V)` numpy bool, `w != v`.
         batch_cosine: `(M, M)`: cosine of every query and every key, or
             `None` when the batch holds no negatives nor label positives.
@@ -138,6 +142,7 @@ def build(
     in_batch_negatives: bool = True,
     global_negatives: bool = True,
     query_argument: str = "y_pred",
+    cosine_scale: float = 1.0,
 ) -> ContrastiveBatch:
     """Builds the `ContrastiveBatch` of queries against keys (and a queue).
 
@@ -153,6 +158,9 @@ def build(
         global_negatives: under data parallelism, contrast with the keys of
             the global batch (all replicas), not only the replica's shard.
         query_argument: the argument name used in error messages.
+        cosine_scale: factor applied to the normalised queries, so that every
+            cosine of the batch comes out multiplied by it (one `(M, d)`
+            product instead of an `(M, M)` one).
     """
     queries = check_embeddings(queries, query_argument)
     dtype = compute_dtype(queries)
@@ -194,16 +202,23 @@ def build(
 
     queries = l2_normalize(queries)
     keys = queries if self_contrast else l2_normalize(keys)
+    if cosine_scale != 1.0:
+        # Every "cosine" below is cosine_scale * cos: one (M, d) product
+        # here instead of an (M, M) one after each matmul.
+        queries = queries * cosine_scale
 
     positive_cosine = ops.einsum("nvd,nwd->nvw", queries, keys)
-    positive_mask = ~np.eye(num_views, dtype=bool)
+    # A tensor, not a numpy constant: numpy arrays inside the loss break
+    # torch.compile graphs (Keras' torch convert_to_tensor reads ndarray.dtype).
+    view_index = ops.arange(num_views, dtype="int32")
+    positive_mask = ops.not_equal(view_index[:, None], view_index[None, :])
     positive_count = float(num_views - 1)
     batch_cosine = batch_positive_mask = batch_negative_mask = None
     negative_count = 0.0
 
     if in_batch_negatives or labels is not None:
         flat_queries = ops.reshape(queries, (-1, ops.shape(queries)[-1]))
-        flat_keys = flat_queries if self_contrast else ops.reshape(keys, (-1, ops.shape(keys)[-1]))
+        flat_keys = ops.reshape(keys, (-1, ops.shape(keys)[-1]))
         # Under data parallelism the candidates are the keys of the global
         # batch: replica r holds samples r N .. (r + 1) N - 1.
         replicas = distributed.num_replicas() if global_negatives else 1
@@ -265,6 +280,7 @@ def build(
             negative_count = negative_count + ops.cast(ops.shape(queue)[0], dtype)
 
     return ContrastiveBatch(
+        cosine_scale=cosine_scale,
         num_samples=num_samples,
         num_views=num_views,
         dtype=dtype,
@@ -283,7 +299,8 @@ def build(
 def masked_sum(values: Any, mask: Any | None, axis: int = -1) -> Any:
     """Sum of `values` where `mask` is true (everything when `mask` is None)."""
     if mask is not None:
-        values = ops.where(mask, values, ops.zeros_like(values))
+        # A scalar 0, not zeros_like: no (M, M) buffer filled with zeros.
+        values = ops.where(mask, values, 0.0)
     return ops.sum(values, axis=axis)
 
 
@@ -348,7 +365,8 @@ def negative_logsumexp(batch: ContrastiveBatch, log_ratio_fn) -> tuple[Any, Any]
     ]
     shift = None
     for masked in masked_parts:
-        row_max = ops.max(masked, axis=-1)
+        # amax, not max: Keras' torch `max` breaks torch.compile graphs.
+        row_max = ops.amax(masked, axis=-1)
         shift = row_max if shift is None else ops.where(row_max > shift, row_max, shift)
     shift = ops.stop_gradient(shift)
     has_negatives = ops.isfinite(shift)
@@ -369,11 +387,12 @@ def embedding_metrics(batch: ContrastiveBatch) -> dict:
       `exp(-2 ||z^_a - z^_n||^2) = exp(4 cos - 4)`.
     """
     sg = ops.stop_gradient
-    distance = lambda c: 2.0 - 2.0 * sg(c)  # noqa: E731
+    unscale = 1.0 / batch.cosine_scale
+    distance = lambda c: 2.0 - 2.0 * unscale * sg(c)  # noqa: E731
     pos_total = ops.sum(positive_sum(batch, distance))
     pos_count = ops.sum(batch.positive_count * ops.ones((batch.num_samples, batch.num_views), batch.dtype))
     alignment = pos_total / pos_count
-    lse, has_negatives = negative_logsumexp(batch, lambda c: 4.0 * sg(c) - 4.0)
+    lse, has_negatives = negative_logsumexp(batch, lambda c: 4.0 * unscale * sg(c) - 4.0)
     neg_count = batch.negative_count * ops.ones((batch.num_samples, batch.num_views), batch.dtype)
     # log of the mean over all negative pairs of the batch
     lse_flat = ops.reshape(lse, (-1,))

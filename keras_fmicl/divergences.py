@@ -104,6 +104,9 @@ class Divergence(ConfigEquality):
     """
 
     name: str = "divergence"
+    # Set (on a copy) by the loss when its similarity keeps every exponent
+    # within the exact range: `_exp` is then a plain exp (fewer passes).
+    exact_exponentials: bool = False
     # Coefficients k of the exponentials exp(k l) the scores evaluate (to
     # tell when a similarity's range can leave the exact regime of
     # `capped_exp`); the generic path evaluates u = exp(l).
@@ -122,13 +125,24 @@ class Divergence(ConfigEquality):
             "(the derivative of the generator)."
         )
 
+    def _exp(self, x: Any) -> Any:
+        return ops.exp(x) if self.exact_exponentials else capped_exp(x)
+
+    def negative_score_parts(self, log_ratio: Any) -> tuple[Any, float, float]:
+        """`(core, scale, offset)` with `negative_score = scale * core + offset`.
+
+        The loss applies the constants once per anchor, after summing `core`
+        over the negatives, instead of once per pair.
+        """
+        return self.negative_score(log_ratio), 1.0, 0.0
+
     def positive_score(self, log_ratio: Any) -> Any:
         """`f'(e^l)`: the critic of a positive pair with log ratio `l`."""
-        return self.f_prime(capped_exp(ops.convert_to_tensor(log_ratio)))
+        return self.f_prime(self._exp(ops.convert_to_tensor(log_ratio)))
 
     def negative_score(self, log_ratio: Any) -> Any:
         """`f*(f'(e^l)) = e^l f'(e^l) - f(e^l)`: the score of a negative pair."""
-        u = capped_exp(log_ratio)
+        u = self._exp(log_ratio)
         return u * self.f_prime(u) - self.f(u)
 
 
@@ -158,7 +172,7 @@ class KullbackLeibler(Divergence):
 
     def negative_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
-        return capped_exp(log_ratio)
+        return self._exp(log_ratio)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -188,6 +202,9 @@ class JensenShannon(Divergence):
         log_ratio = ops.convert_to_tensor(log_ratio)
         return ops.softplus(log_ratio) - math.log(2.0)
 
+    def negative_score_parts(self, log_ratio):
+        return ops.softplus(ops.convert_to_tensor(log_ratio)), 1.0, -math.log(2.0)
+
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Pearson(Divergence):
@@ -209,11 +226,14 @@ class Pearson(Divergence):
 
     def positive_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
-        return 2.0 * (capped_exp(log_ratio) - 1.0)
+        return 2.0 * (self._exp(log_ratio) - 1.0)
 
     def negative_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
-        return capped_exp(2.0 * log_ratio) - 1.0
+        return self._exp(2.0 * log_ratio) - 1.0
+
+    def negative_score_parts(self, log_ratio):
+        return self._exp(2.0 * ops.convert_to_tensor(log_ratio)), 1.0, -1.0
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -236,11 +256,14 @@ class SquaredHellinger(Divergence):
 
     def positive_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
-        return 1.0 - capped_exp(-0.5 * log_ratio)
+        return 1.0 - self._exp(-0.5 * log_ratio)
 
     def negative_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
-        return capped_exp(0.5 * log_ratio) - 1.0
+        return self._exp(0.5 * log_ratio) - 1.0
+
+    def negative_score_parts(self, log_ratio):
+        return self._exp(0.5 * ops.convert_to_tensor(log_ratio)), 1.0, -1.0
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -284,11 +307,11 @@ class Tsallis(Divergence):
     def positive_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
         a = self.order
-        return (a * capped_exp((a - 1.0) * log_ratio) - 1.0) / (a - 1.0)
+        return (a * self._exp((a - 1.0) * log_ratio) - 1.0) / (a - 1.0)
 
     def negative_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
-        return capped_exp(self.order * log_ratio)
+        return self._exp(self.order * log_ratio)
 
     def get_config(self):
         return {"order": self.order}
@@ -321,6 +344,9 @@ class VinczeLeCam(Divergence):
         log_ratio = ops.convert_to_tensor(log_ratio)
         # tanh(l/2) (1 + 2 sigmoid(l)) = (2 sigmoid(l) - 1)(2 sigmoid(l) + 1)
         return 4.0 * ops.square(ops.sigmoid(log_ratio)) - 1.0
+
+    def negative_score_parts(self, log_ratio):
+        return ops.square(ops.sigmoid(ops.convert_to_tensor(log_ratio))), 4.0, -1.0
 
 
 BUILTIN_DIVERGENCES = {

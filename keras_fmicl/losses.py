@@ -28,6 +28,7 @@ Reference:
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any
 
@@ -57,18 +58,28 @@ def _fmicl_anchor_losses(
     alpha: float,
 ) -> tuple[Any, Any]:
     """Per-anchor `(N, V)` f-MICL loss and f-MI estimate (alpha = 1)."""
-    log_ratio = similarity.log_ratio_from_cosine
+    if _exponentials_are_exact(divergence, similarity):
+        divergence = copy.copy(divergence)
+        divergence.exact_exponentials = True
+    log_ratio = similarity.log_ratio_from_scaled_cosine
     positive = contrast.positive_sum(
         batch, lambda c: divergence.positive_score(log_ratio(c))
     )
     positive_mean = positive / batch.positive_count
-    negative = contrast.negative_sum(
-        batch, lambda c: divergence.negative_score(log_ratio(c))
-    )
+    constants = {}
+
+    def negative_core(c):
+        core, constants["scale"], constants["offset"] = divergence.negative_score_parts(
+            log_ratio(c)
+        )
+        return core
+
+    negative = contrast.negative_sum(batch, negative_core)
     if negative is None:
         negative_mean = ops.zeros_like(positive_mean)
     else:
         count = batch.negative_count
+        negative = constants["scale"] * negative + constants["offset"] * count
         negative_mean = negative / ops.where(count > 0, count, 1.0)
     anchor_loss = alpha * negative_mean - positive_mean
     return anchor_loss, positive_mean - negative_mean
@@ -79,7 +90,7 @@ def _info_nce_anchor_losses(
     similarity: similarities.Similarity,
 ) -> tuple[Any, Any]:
     """Per-anchor `(N, V)` InfoNCE loss and the bound `log(1 + |N(a)|) - loss`."""
-    log_ratio = similarity.log_ratio_from_cosine
+    log_ratio = similarity.log_ratio_from_scaled_cosine
     lse, has_negatives = contrast.negative_logsumexp(batch, log_ratio)
     # -l + log(e^l + sum_n e^l_n) = softplus(lse_n - l)
     terms = contrast.positive_sum(
@@ -90,6 +101,17 @@ def _info_nce_anchor_losses(
     )
     bound = ops.log(1.0 + batch.negative_count) - anchor_loss
     return anchor_loss, bound
+
+
+def _largest_exponent(divergence, similarity) -> float:
+    low, high = similarity.log_ratio_range()
+    return max([k * low for k in divergence.exponents] + [k * high for k in divergence.exponents] + [0.0])
+
+
+def _exponentials_are_exact(divergence, similarity) -> bool:
+    """Whether no score can reach the linear continuation of `capped_exp`."""
+    builtin = type(divergence) in divergences.BUILTIN_DIVERGENCES.values()
+    return builtin and _largest_exponent(divergence, similarity) <= divergences.max_exponent("float32")
 
 
 def _warn_if_beyond_exact_range(
@@ -158,6 +180,7 @@ def fmicl(
         labels=y_true,
         in_batch_negatives=in_batch_negatives,
         global_negatives=global_negatives,
+        cosine_scale=similarity.cosine_scale,
     )
     anchor_loss, _ = _fmicl_anchor_losses(batch, divergence, similarity, alpha)
     return _mean_views(anchor_loss)
@@ -192,6 +215,7 @@ def info_nce(
         labels=y_true,
         in_batch_negatives=in_batch_negatives,
         global_negatives=global_negatives,
+        cosine_scale=similarity.cosine_scale,
     )
     anchor_loss, _ = _info_nce_anchor_losses(batch, similarity)
     return _mean_views(anchor_loss)
@@ -290,6 +314,7 @@ class ContrastiveLoss(keras.losses.Loss):
             in_batch_negatives=in_batch_negatives,
             global_negatives=self.global_negatives,
             query_argument=query_argument,
+            cosine_scale=self.similarity.cosine_scale,
         )
         anchor_loss, mi_estimate = self.anchor_losses(batch)
         per_sample = _mean_views(anchor_loss)

@@ -71,8 +71,22 @@ class Similarity(ConfigEquality):
 
     name: str = "similarity"
 
+    @property
+    def cosine_scale(self) -> float:
+        """Factor the loss applies to the normalised queries before the matmul.
+
+        `log_ratio_from_scaled_cosine` then receives `cosine_scale * cos`.
+        """
+        return 1.0
+
     def log_ratio_from_cosine(self, cosine: Any) -> Any:
         raise NotImplementedError
+
+    def log_ratio_from_scaled_cosine(self, scaled_cosine: Any) -> Any:
+        """`l` from `cosine_scale * cos` (by default: undo the scale)."""
+        if self.cosine_scale == 1.0:
+            return self.log_ratio_from_cosine(scaled_cosine)
+        return self.log_ratio_from_cosine(scaled_cosine * (1.0 / self.cosine_scale))
 
     def log_ratio_range(self) -> tuple[float, float]:
         """The smallest and largest log ratio the similarity can give."""
@@ -110,9 +124,17 @@ class Gaussian(Similarity):
     def __init__(self, sigma: float = DEFAULT_SIGMA):
         self.sigma = check_positive_number("sigma", sigma)
 
+    @property
+    def cosine_scale(self):
+        return 1.0 / self.sigma**2
+
     def log_ratio_from_cosine(self, cosine):
-        squared_distance = ops.relu(2.0 - 2.0 * cosine)
-        return squared_distance * (-0.5 / self.sigma**2)
+        return self.log_ratio_from_scaled_cosine(cosine * self.cosine_scale)
+
+    def log_ratio_from_scaled_cosine(self, scaled_cosine):
+        # -||z^_a - z^_b||^2 / (2 sigma^2) = (cos - 1) / sigma^2, at most 0.
+        shifted = ops.convert_to_tensor(scaled_cosine) - self.cosine_scale
+        return ops.clip(shifted, float("-inf"), 0.0)
 
     def log_ratio_range(self):
         return -2.0 / self.sigma**2, 0.0
@@ -134,8 +156,15 @@ class Cosine(Similarity):
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE):
         self.temperature = check_positive_number("temperature", temperature)
 
+    @property
+    def cosine_scale(self):
+        return 1.0 / self.temperature
+
     def log_ratio_from_cosine(self, cosine):
         return cosine * (1.0 / self.temperature)
+
+    def log_ratio_from_scaled_cosine(self, scaled_cosine):
+        return scaled_cosine
 
     def log_ratio_range(self):
         return -1.0 / self.temperature, 1.0 / self.temperature

@@ -1,0 +1,1 @@
+"""Benchmarks of keras_fmicl (run as scripts; see benchmarks/README.md)."""

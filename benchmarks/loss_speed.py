@@ -1,0 +1,989 @@
+"""Speed and memory of the f-MICL losses, against keras-cv's SimCLR loss.
+
+Times one forward + backward pass of each loss with respect to `y_pred`
+(`(N, 2, d)` float32 embeddings), compiled the way each backend compiles a
+training step:
+
+* JAX: `jax.jit(jax.value_and_grad(loss))`;
+* TensorFlow: `tf.function(jit_compile=True)` around a `GradientTape`;
+* PyTorch: eager, and `torch.compile` (static shapes, default inductor
+  backend) for a subset of the losses (`--torch-compile`).
+
+The losses, side by side in the same process:
+
+* `fmicl/<divergence>/<similarity>`: `keras_fmicl.FMICLLoss` for every
+  divergence and both similarities (sigma 0.5, temperature 0.2);
+* `info_nce`: `keras_fmicl.InfoNCELoss(temperature=0.2)`;
+* `simclr_keras_cv`: `keras_cv.losses.SimCLRLoss(temperature=0.2)`, called
+  as `loss(z1, z2)` on the two views (it sums both directions, so its value
+  is twice InfoNCE's);
+* `matmul_floor`: the three `(M x d) . (d x M)`-sized matmuls that any
+  forward + backward of an `(M, M)` similarity matrix needs (M = 2N):
+  `S = A A^T`, then `S A` and `S^T A`. No loss can be faster than this by
+  more than its elementwise work.
+
+The Keras backend is fixed per process, so the driver launches one worker
+subprocess per backend (`KERAS_BACKEND=<b> python loss_speed.py --worker`)
+and merges their JSON. With `--memory` it also measures the peak memory of
+one forward + backward at N = 8192 (M = 16384) in a fresh subprocess per
+measurement: the increase of the peak resident set size
+(`resource.getrusage().ru_maxrss`) over its value after the imports and
+the creation of the input, next to `M^2 * 4` bytes (one float32 `(M, M)`
+matrix) and `M^2 * d * 4` bytes (an `(M, M, d)` tensor): memory must be
+O(M^2), never O(M^2 d).
+
+Targets (reported, never asserted): every f-MICL configuration at or below
+the keras-cv SimCLR time (ratio <= 1.0) on every backend, within 2x of the
+matmul floor, memory O(M^2).
+
+Usage (from the repository root):
+
+    python benchmarks/loss_speed.py --backends tensorflow,jax,torch
+    python benchmarks/loss_speed.py --quick                # smoke test
+    python benchmarks/loss_speed.py --memory --skip-speed  # memory only
+
+Prints Markdown tables and writes every raw number, the machine, the
+versions, the load average and the date to `--output` (default
+`benchmarks/results/loss_speed.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import importlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any, Callable
+
+SCRIPT = os.path.abspath(__file__)
+REPO_ROOT = os.path.dirname(os.path.dirname(SCRIPT))
+DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "benchmarks", "results", "loss_speed.json")
+
+BACKENDS = ("tensorflow", "jax", "torch")
+DIVERGENCES = ("kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc")
+SIMILARITIES = ("gaussian", "cosine")
+DEFAULT_SIZES = (256, 1024, 4096)
+QUICK_SIZES = (8, 16)
+DEFAULT_MEMORY_SIZES = (8192,)
+QUICK_MEMORY_SIZES = (32,)
+DIM = 128
+VIEWS = 2
+SIGMA = 0.5
+TEMPERATURE = 0.2
+MAX_REPEATS = 50
+
+SIMCLR = "simclr_keras_cv"
+INFO_NCE = "info_nce"
+FLOOR = "matmul_floor"
+MEMORY_CONFIGS = ("fmicl/js/gaussian", "fmicl/kl/cosine", INFO_NCE, SIMCLR)
+# Losses compiled with torch.compile under `--torch-compile subset` (each
+# compilation costs seconds to tens of seconds on a CPU).
+TORCH_COMPILE_SUBSET = ("fmicl/js/gaussian", "fmicl/kl/cosine", INFO_NCE, SIMCLR, FLOOR)
+
+MODES = {
+    "jax": ("jax.jit",),
+    "tensorflow": ("tf.function(jit_compile=True)",),
+    "torch": ("eager", "torch.compile"),
+}
+# The mode of the memory measurements (torch: eager, what most users run).
+MEMORY_MODE = {"jax": "jax.jit", "tensorflow": "tf.function(jit_compile=True)", "torch": "eager"}
+
+
+# ---------------------------------------------------------------------------
+# Losses (backend-agnostic: keras.ops only).
+# ---------------------------------------------------------------------------
+
+
+def loss_configs(divergences: tuple, similarities: tuple) -> list[str]:
+    """Names of the timed configurations: the references first."""
+    fmicl = [f"fmicl/{d}/{s}" for d in divergences for s in similarities]
+    return [FLOOR, SIMCLR, INFO_NCE] + fmicl
+
+
+def matmul_floor(y: Any) -> Any:
+    """The three `(M, d) x (d, M)`-sized matmuls of a forward + backward.
+
+    `S = A A^T` (forward) and `S A`, `S^T A` (the two gradient products of
+    the backward pass, with `S` standing in for the upstream gradient).
+    """
+    from keras import ops
+
+    a = ops.reshape(y, (-1, ops.shape(y)[-1]))
+    s = ops.matmul(a, ops.transpose(a))
+    return ops.matmul(s, a) + ops.matmul(ops.transpose(s), a)
+
+
+def make_loss_fn(config: str) -> Callable[[Any], Any]:
+    """`y -> scalar loss` for `y` of shape `(N, 2, d)`.
+
+    Raises:
+        ImportError: for `simclr_keras_cv` when keras-cv is not installed.
+    """
+    if config == SIMCLR:
+        import keras_cv
+
+        simclr = keras_cv.losses.SimCLRLoss(temperature=TEMPERATURE)
+        return lambda y: simclr(y[:, 0, :], y[:, 1, :])
+
+    import keras_fmicl
+
+    if config == INFO_NCE:
+        loss = keras_fmicl.InfoNCELoss(temperature=TEMPERATURE)
+    elif config.startswith("fmicl/"):
+        _, divergence, similarity = config.split("/")
+        loss = keras_fmicl.FMICLLoss(
+            divergence=divergence,
+            similarity=similarity,
+            sigma=SIGMA,
+            temperature=TEMPERATURE,
+        )
+    else:
+        raise ValueError(f"Unknown loss configuration. Received: config={config!r}")
+    return lambda y: loss(None, y)
+
+
+def make_embeddings(num_samples: int, dim: int = DIM, seed: int = 0):
+    """`(N, 2, d)` float32 embeddings: two correlated views of N samples."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    anchor = rng.standard_normal((num_samples, 1, dim))
+    views = anchor + 0.5 * rng.standard_normal((num_samples, VIEWS, dim))
+    return views.astype("float32")
+
+
+# ---------------------------------------------------------------------------
+# One compiled forward + backward per backend.
+# ---------------------------------------------------------------------------
+
+
+def make_runner(backend: str, mode: str, config: str, y_np) -> Callable[[], Any]:
+    """A zero-argument callable: one forward + backward, blocking on the result.
+
+    It returns the loss value (a float), or `None` for the matmul floor. The
+    input is converted to a backend tensor here, before the first call.
+    """
+    floor = config == FLOOR
+    loss_fn = None if floor else make_loss_fn(config)
+
+    if backend == "jax":
+        import jax
+
+        x = jax.numpy.asarray(y_np)
+        if floor:
+            compiled = jax.jit(matmul_floor)
+
+            def run():
+                compiled(x).block_until_ready()
+
+            return run
+        compiled = jax.jit(jax.value_and_grad(loss_fn))
+
+        def run():
+            value, grad = compiled(x)
+            jax.block_until_ready((value, grad))
+            return float(value)
+
+        return run
+
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(y_np)
+        if floor:
+            compiled = tf.function(matmul_floor, jit_compile=True)
+
+            def run():
+                compiled(x).numpy()
+
+            return run
+
+        @tf.function(jit_compile=True)
+        def step(y):
+            with tf.GradientTape() as tape:
+                tape.watch(y)
+                value = loss_fn(y)
+            return value, tape.gradient(value, y)
+
+        def run():
+            value, grad = step(x)
+            grad.numpy()
+            return float(value.numpy())
+
+        return run
+
+    if backend == "torch":
+        import torch
+
+        x = torch.from_numpy(y_np)
+        if mode == "torch.compile":
+            torch._dynamo.reset()
+            fn = torch.compile(matmul_floor if floor else loss_fn, dynamic=False)
+        elif mode == "eager":
+            fn = matmul_floor if floor else loss_fn
+        else:
+            raise ValueError(f"Unknown torch mode. Received: mode={mode!r}")
+        if floor:
+
+            def run():
+                with torch.no_grad():
+                    fn(x).cpu().numpy()
+
+            return run
+
+        def run():
+            leaf = x.detach().requires_grad_(True)
+            value = fn(leaf)
+            (grad,) = torch.autograd.grad(value, leaf)
+            grad.cpu().numpy()
+            return float(value.detach())
+
+        return run
+
+    raise ValueError(f"Unknown backend. Received: backend={backend!r}")
+
+
+def time_runner(
+    run: Callable[[], Any],
+    repeats: int,
+    warmup: int,
+    max_seconds: float,
+    min_seconds: float = 0.0,
+) -> dict:
+    """Times `run` after a compiling first call and `warmup` more calls.
+
+    Runs at least `repeats` timed calls, more (up to `MAX_REPEATS`) while
+    they take less than `min_seconds` in all: cheap configurations get more
+    samples. Stops early (after at least 2 timed calls) once the timed calls
+    exceed `max_seconds`; `repeats` in the result is the number timed.
+    """
+    start = time.perf_counter()
+    value = run()
+    first_ms = 1e3 * (time.perf_counter() - start)
+    for _ in range(warmup):
+        run()
+    times, cpu_times = [], []
+    started = time.perf_counter()
+    while True:
+        t, c = time.perf_counter(), time.process_time()
+        run()
+        times.append(1e3 * (time.perf_counter() - t))
+        cpu_times.append(1e3 * (time.process_time() - c))
+        elapsed = time.perf_counter() - started
+        if len(times) >= 2 and elapsed > max_seconds:
+            break
+        if len(times) >= repeats and (elapsed >= min_seconds or len(times) >= MAX_REPEATS):
+            break
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "mean_ms": statistics.fmean(times),
+        "times_ms": times,
+        # CPU time of the whole process (all threads) per run: robust to
+        # other jobs on the machine, and cpu / wall ~ the threads kept busy.
+        "cpu_median_ms": statistics.median(cpu_times),
+        "repeats": len(times),
+        "first_call_ms": first_ms,
+        "value": value,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Machine and version information.
+# ---------------------------------------------------------------------------
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict:
+    packages = (
+        "keras",
+        "keras-fmicl",
+        "keras-cv",
+        "numpy",
+        "tensorflow",
+        "jax",
+        "jaxlib",
+        "torch",
+    )
+    info = {name: _version(name) for name in packages}
+    info["python"] = platform.python_version()
+    return info
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _total_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info() -> dict:
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "cpu_model": _cpu_model(),
+        "memory_bytes": _total_memory_bytes(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg": _loadavg(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", REPO_ROOT, "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", REPO_ROOT, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+# ---------------------------------------------------------------------------
+# Workers (one backend per process).
+# ---------------------------------------------------------------------------
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _error_text(error: BaseException) -> str:
+    lines = traceback.format_exception_only(type(error), error)
+    return "".join(lines).strip()[-2000:]
+
+
+def run_worker(options: dict) -> dict:
+    """Times every configuration on the backend of this process.
+
+    Args:
+        options: `sizes`, `repeats`, `warmup`, `max_seconds`, `min_seconds`,
+            `divergences`,
+            `similarities`, `torch_compile` (`"off"`, `"subset"`, `"all"`)
+            and `dim`.
+
+    Returns:
+        `{"backend", "modes", "versions", "loadavg_start", "loadavg_end",
+        "threads", "results": [record, ...]}`.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    modes = list(MODES[backend])
+    if backend == "torch" and options["torch_compile"] == "off":
+        modes.remove("torch.compile")
+    configs = loss_configs(tuple(options["divergences"]), tuple(options["similarities"]))
+    report = {
+        "backend": backend,
+        "modes": modes,
+        "versions": versions(),
+        "keras_fmicl_path": _module_path("keras_fmicl"),
+        "threads": _threads(backend),
+        "loadavg_start": _loadavg(),
+        "results": [],
+    }
+    for mode in modes:
+        for n in options["sizes"]:
+            y_np = make_embeddings(n, options["dim"])
+            for config in configs:
+                if (
+                    mode == "torch.compile"
+                    and options["torch_compile"] == "subset"
+                    and config not in TORCH_COMPILE_SUBSET
+                ):
+                    continue
+                record = {
+                    "backend": backend,
+                    "mode": mode,
+                    "config": config,
+                    "n": n,
+                    "m": VIEWS * n,
+                    "dim": options["dim"],
+                }
+                gc.collect()
+                try:
+                    run = make_runner(backend, mode, config, y_np)
+                    record.update(
+                        time_runner(
+                            run,
+                            options["repeats"],
+                            options["warmup"],
+                            options["max_seconds"],
+                            options["min_seconds"],
+                        )
+                    )
+                    record["loadavg"] = _loadavg()
+                    _log(
+                        f"[{backend} {mode}] N={n} {config}: "
+                        f"median {record['median_ms']:.2f} ms, min {record['min_ms']:.2f} ms "
+                        f"({record['repeats']} runs, first call {record['first_call_ms']:.0f} ms)"
+                    )
+                except ImportError as error:
+                    record["skipped"] = _error_text(error)
+                    _log(f"[{backend} {mode}] N={n} {config}: skipped ({record['skipped']})")
+                except Exception as error:  # noqa: BLE001 - recorded, run goes on
+                    record["error"] = _error_text(error)
+                    _log(f"[{backend} {mode}] N={n} {config}: ERROR {record['error']}")
+                run = None
+                report["results"].append(record)
+    report["loadavg_end"] = _loadavg()
+    return report
+
+
+def _module_path(name: str) -> str | None:
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return None
+    return os.path.dirname(os.path.abspath(module.__file__))
+
+
+def _threads(backend: str) -> dict:
+    info = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    if backend == "torch":
+        import torch
+
+        info["torch_num_threads"] = torch.get_num_threads()
+    return info
+
+
+def _current_rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def _maxrss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def run_memory_worker(config: str, n: int, dim: int) -> dict:
+    """Peak RSS increase of one forward + backward, in this (fresh) process."""
+    import keras
+
+    backend = keras.backend.backend()
+    mode = MEMORY_MODE[backend]
+    m = VIEWS * n
+    record = {
+        "backend": backend,
+        "mode": mode,
+        "config": config,
+        "n": n,
+        "m": m,
+        "dim": dim,
+        "matrix_bytes": m * m * 4,
+        "matrix_d_bytes": m * m * dim * 4,
+    }
+    try:
+        y_np = make_embeddings(n, dim)
+        run = make_runner(backend, mode, config, y_np)  # imports + input tensor
+        gc.collect()
+        record["baseline_maxrss_bytes"] = _maxrss_bytes()
+        record["baseline_rss_bytes"] = _current_rss_bytes()
+        start = time.perf_counter()
+        record["value"] = run()  # compiles, then runs
+        run()
+        record["seconds"] = time.perf_counter() - start
+        record["peak_maxrss_bytes"] = _maxrss_bytes()
+        increase = record["peak_maxrss_bytes"] - record["baseline_maxrss_bytes"]
+        record["peak_increase_bytes"] = increase
+        if record["baseline_rss_bytes"] is not None:
+            record["peak_over_baseline_rss_bytes"] = (
+                record["peak_maxrss_bytes"] - record["baseline_rss_bytes"]
+            )
+        record["matrices"] = increase / record["matrix_bytes"]
+        record["fraction_of_matrix_d"] = increase / record["matrix_d_bytes"]
+    except ImportError as error:
+        record["skipped"] = _error_text(error)
+    except Exception as error:  # noqa: BLE001
+        record["error"] = _error_text(error)
+    record["loadavg"] = _loadavg()
+    return record
+
+
+# ---------------------------------------------------------------------------
+# Driver.
+# ---------------------------------------------------------------------------
+
+
+def _worker_env(backend: str) -> dict:
+    env = dict(os.environ)
+    env["KERAS_BACKEND"] = backend
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # This checkout on the path (after any PYTHONPATH of the caller, which
+    # may point at another copy of keras_fmicl to compare).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), REPO_ROOT) if p)
+    return env
+
+
+def _run_subprocess(backend: str, arguments: list[str], timeout: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "result.json")
+        command = [sys.executable, SCRIPT, *arguments, "--worker-output", path]
+        try:
+            proc = subprocess.run(
+                command,
+                env=_worker_env(backend),
+                timeout=timeout,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"worker timed out after {timeout:.0f} s"}
+        progress = [line for line in proc.stderr.splitlines() if line.startswith("[")]
+        for line in progress:
+            _log(line)
+        if proc.returncode != 0 or not os.path.exists(path):
+            return {
+                "error": f"worker exited with code {proc.returncode}",
+                "stderr_tail": proc.stderr[-3000:],
+            }
+        with open(path) as f:
+            return json.load(f)
+
+
+def _worker_arguments(args: argparse.Namespace) -> list[str]:
+    arguments = [
+        "--sizes", ",".join(str(n) for n in args.sizes),
+        "--repeats", str(args.repeats),
+        "--warmup", str(args.warmup),
+        "--max-seconds", str(args.max_seconds),
+        "--min-seconds", str(args.min_seconds),
+        "--divergences", ",".join(args.divergences),
+        "--similarities", ",".join(args.similarities),
+        "--torch-compile", args.torch_compile,
+        "--dim", str(args.dim),
+    ]  # fmt: skip
+    return arguments
+
+
+def run_driver(args: argparse.Namespace) -> dict:
+    report = {
+        "benchmark": "loss_speed",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _git_commit(),
+        "machine": machine_info(),
+        "versions": versions(),
+        "settings": {
+            "backends": args.backends,
+            "sizes": args.sizes,
+            "views": VIEWS,
+            "dim": args.dim,
+            "dtype": "float32",
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "max_seconds": args.max_seconds,
+            "min_seconds": args.min_seconds,
+            "divergences": args.divergences,
+            "similarities": args.similarities,
+            "sigma": SIGMA,
+            "temperature": TEMPERATURE,
+            "torch_compile": args.torch_compile,
+            "torch_compile_subset": list(TORCH_COMPILE_SUBSET),
+            "modes": {b: list(MODES[b]) for b in args.backends},
+            "memory_sizes": args.memory_sizes if args.memory else None,
+            "memory_modes": {b: MEMORY_MODE[b] for b in args.backends} if args.memory else None,
+            "quick": args.quick,
+        },
+        "workers": {},
+        "results": [],
+        "memory": [],
+    }
+    started = time.perf_counter()
+    if not args.skip_speed:
+        for backend in args.backends:
+            _log(f"== {backend}: timing (load average {_loadavg()})")
+            worker = _run_subprocess(backend, ["--worker", *_worker_arguments(args)], args.timeout)
+            report["results"].extend(worker.pop("results", []))
+            report["workers"][backend] = worker
+    if args.memory:
+        for backend in args.backends:
+            for n in args.memory_sizes:
+                for config in MEMORY_CONFIGS:
+                    _log(f"== {backend}: memory of {config} at N={n}")
+                    record = _run_subprocess(
+                        backend,
+                        [
+                            "--memory-worker",
+                            "--memory-config", config,
+                            "--memory-n", str(n),
+                            "--dim", str(args.dim),
+                        ],
+                        args.timeout,
+                    )  # fmt: skip
+                    record.setdefault("backend", backend)
+                    record.setdefault("config", config)
+                    record.setdefault("n", n)
+                    report["memory"].append(record)
+                    if "peak_increase_bytes" in record:
+                        _log(
+                            f"   peak increase {record['peak_increase_bytes'] / 2**20:.0f} MiB "
+                            f"= {record['matrices']:.2f} x M^2*4"
+                        )
+                    else:
+                        _log(f"   {record.get('error') or record.get('skipped')}")
+    report["total_seconds"] = time.perf_counter() - started
+    report["machine"]["loadavg_end"] = _loadavg()
+    return report
+
+
+# ---------------------------------------------------------------------------
+# Markdown tables.
+# ---------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(value)))))
+    return f"{value:.{decimals}f}"
+
+
+def _ms_cell(record: dict | None) -> str:
+    if record is None:
+        return "–"
+    if "median_ms" not in record:
+        return "error" if "error" in record else "skipped"
+    return f"{_fmt(record['median_ms'])} ({_fmt(record['min_ms'])})"
+
+
+def _ratio(record: dict | None, reference: dict | None, key: str = "median_ms") -> float | None:
+    if not record or not reference or key not in record or key not in reference:
+        return None
+    return record[key] / reference[key]
+
+
+def _ordered(items) -> list:
+    seen = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    return seen
+
+
+def speed_tables(report: dict) -> str:
+    results = report.get("results", [])
+    lines = []
+    groups = _ordered((r["backend"], r["mode"]) for r in results)
+    for backend, mode in groups:
+        rows = [r for r in results if r["backend"] == backend and r["mode"] == mode]
+        sizes = sorted({r["n"] for r in rows})
+        configs = _ordered(r["config"] for r in rows)
+        index = {(r["config"], r["n"]): r for r in rows}
+        repeats = [r["repeats"] for r in rows if "repeats" in r]
+        fewest = min(repeats) if repeats else 0
+        lines.append(
+            f"### {backend} — {mode}\n\nmedian ms (min) of >= {fewest} timed "
+            "forward+backward runs (more for cheap ones); ratios use the medians.\n"
+        )
+        header = (
+            ["loss"]
+            + [f"N={n}" for n in sizes]
+            + [f"÷SimCLR N={n}" for n in sizes]
+            + [f"÷floor N={n}" for n in sizes]
+        )
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+        for config in configs:
+            cells = [config]
+            cells += [_ms_cell(index.get((config, n))) for n in sizes]
+            cells += [
+                _fmt(_ratio(index.get((config, n)), index.get((SIMCLR, n))), 2) for n in sizes
+            ]
+            cells += [
+                _fmt(_ratio(index.get((config, n)), index.get((FLOOR, n))), 2) for n in sizes
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def target_table(report: dict, key: str = "median_ms") -> str:
+    """f-MICL ratios per backend and N against the two speed targets.
+
+    Args:
+        report: the merged report.
+        key: `"median_ms"` (wall time) or `"cpu_median_ms"` (process CPU
+            time, all threads: steadier when other jobs share the machine).
+    """
+    results = report.get("results", [])
+    groups = _ordered((r["backend"], r["mode"]) for r in results)
+    what = "wall time" if key == "median_ms" else "process CPU time"
+    lines = [
+        f"### Targets ({what}): f-MICL ÷ keras-cv SimCLR <= 1.0, f-MICL ÷ matmul floor <= 2.0\n",
+        "| backend | mode | N | f-MICL ÷ SimCLR (best–worst) | <= 1.0 | "
+        "f-MICL ÷ floor (best–worst) | <= 2.0 | InfoNCE ÷ SimCLR |",
+        "|---|---|---:|---:|:---:|---:|:---:|---:|",
+    ]
+
+    for backend, mode in groups:
+        rows = [r for r in results if r["backend"] == backend and r["mode"] == mode]
+        index = {(r["config"], r["n"]): r for r in rows}
+        for n in sorted({r["n"] for r in rows}):
+            fmicl = [r for r in rows if r["n"] == n and r["config"].startswith("fmicl/")]
+            simclr, floor = index.get((SIMCLR, n)), index.get((FLOOR, n))
+            to_simclr = [x for x in (_ratio(r, simclr, key) for r in fmicl) if x is not None]
+            to_floor = [x for x in (_ratio(r, floor, key) for r in fmicl) if x is not None]
+
+            def span(values):
+                return f"{_fmt(min(values), 2)}–{_fmt(max(values), 2)}" if values else "–"
+
+            def verdict(values, limit):
+                if not values:
+                    return "–"
+                return "yes" if max(values) <= limit else f"no ({sum(v > limit for v in values)}/{len(values)})"
+
+            lines.append(
+                f"| {backend} | {mode} | {n} | {span(to_simclr)} | {verdict(to_simclr, 1.0)} | "
+                f"{span(to_floor)} | {verdict(to_floor, 2.0)} | "
+                f"{_fmt(_ratio(index.get((INFO_NCE, n)), simclr, key), 2)} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def memory_table(report: dict) -> str:
+    records = report.get("memory", [])
+    if not records:
+        return ""
+    lines = [
+        "### Peak memory of one forward+backward (increase of peak RSS over the "
+        "baseline after imports and input creation)\n",
+        "| backend | mode | loss | N | M | peak increase (MiB) | M²·4 B (MiB) | "
+        "÷ M²·4 | M²·d·4 B (GiB) | ÷ M²·d·4 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        m = r.get("m", VIEWS * r["n"])
+        dim = r.get("dim", DIM)
+        matrix = m * m * 4
+        matrix_d = matrix * dim
+        if "peak_increase_bytes" in r:
+            increase = r["peak_increase_bytes"]
+            cells = [
+                _fmt(increase / 2**20, 4),
+                _fmt(matrix / 2**20, 4),
+                _fmt(increase / matrix, 3),
+                _fmt(matrix_d / 2**30, 4),
+                _fmt(increase / matrix_d, 2),
+            ]
+        else:
+            status = "error" if "error" in r else "skipped"
+            cells = [status, _fmt(matrix / 2**20, 4), "–", _fmt(matrix_d / 2**30, 4), "–"]
+        lines.append(
+            f"| {r['backend']} | {r.get('mode', '–')} | {r['config']} | {r['n']} | {m} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def markdown(report: dict) -> str:
+    machine = report.get("machine", {})
+    parts = [
+        f"## loss_speed — {report.get('date')}\n",
+        f"{machine.get('cpu_count')} CPUs ({machine.get('cpu_model')}), "
+        f"load average {machine.get('loadavg')} → {machine.get('loadavg_end')}; "
+        f"commit {report.get('commit')}; d = {report['settings']['dim']}, "
+        f"V = {VIEWS}, float32.\n",
+    ]
+    for backend, worker in report.get("workers", {}).items():
+        if "error" in worker:
+            parts.append(f"**{backend} worker failed**: {worker['error']}\n")
+    if report.get("results"):
+        parts.append(speed_tables(report))
+        parts.append(target_table(report))
+        parts.append(target_table(report, key="cpu_median_ms"))
+    parts.append(memory_table(report))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or any(v < 2 for v in values):
+        raise argparse.ArgumentTypeError(f"expected sizes >= 2, e.g. 256,1024. Received: {text!r}")
+    return values
+
+
+def _choices(allowed: tuple) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        unknown = [v for v in values if v not in allowed]
+        if not values or unknown:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {', '.join(allowed)}. Received: {text!r}"
+            )
+        return values
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Forward+backward speed and peak memory of the f-MICL losses "
+        "against keras-cv's SimCLR loss and a matmul floor, per Keras backend.",
+    )
+    parser.add_argument("--backends", type=_choices(BACKENDS), default=list(BACKENDS))
+    parser.add_argument("--sizes", type=_int_list, default=None, help="N values (samples)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs (default 5)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed runs after compiling (1; quick: 0)"
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        help="stop timing a configuration after this many seconds (>= 2 runs)",
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=None,
+        help=f"keep timing cheap configurations until this many seconds (<= {MAX_REPEATS} runs; "
+        "default 1, quick 0)",
+    )
+    parser.add_argument("--divergences", type=_choices(DIVERGENCES), default=list(DIVERGENCES))
+    parser.add_argument("--similarities", type=_choices(SIMILARITIES), default=list(SIMILARITIES))
+    parser.add_argument("--dim", type=int, default=DIM)
+    parser.add_argument(
+        "--torch-compile",
+        choices=("off", "subset", "all"),
+        default="subset",
+        help=f"losses timed under torch.compile (subset: {', '.join(TORCH_COMPILE_SUBSET)})",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory")
+    parser.add_argument("--memory-sizes", type=_int_list, default=None, help="N for --memory")
+    parser.add_argument("--skip-speed", action="store_true", help="only the memory part")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="JSON report path")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="per worker, seconds")
+    # Internal: the subprocesses.
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-config", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-n", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-output", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.sizes is None:
+        args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 5
+    if args.warmup is None:
+        args.warmup = 0 if args.quick else 1
+    if args.min_seconds is None:
+        args.min_seconds = 0.0 if args.quick else 1.0
+    if args.memory_sizes is None:
+        args.memory_sizes = list(QUICK_MEMORY_SIZES if args.quick else DEFAULT_MEMORY_SIZES)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1. Received: {args.repeats}")
+    return args
+
+
+def _write_json(data: dict, path: str | None) -> None:
+    text = json.dumps(data, indent=1, sort_keys=False)
+    if path is None:
+        print(text)
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        options = {
+            "sizes": args.sizes,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "max_seconds": args.max_seconds,
+            "min_seconds": args.min_seconds,
+            "divergences": args.divergences,
+            "similarities": args.similarities,
+            "torch_compile": args.torch_compile,
+            "dim": args.dim,
+        }
+        _write_json(run_worker(options), args.worker_output)
+        return 0
+    if args.memory_worker:
+        config = args.memory_config or MEMORY_CONFIGS[0]
+        n = args.memory_n or args.memory_sizes[0]
+        _write_json(run_memory_worker(config, n, args.dim), args.worker_output)
+        return 0
+    report = run_driver(args)
+    _write_json(report, args.output)
+    print(markdown(report))
+    _log(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
