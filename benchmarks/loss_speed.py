@@ -324,6 +324,7 @@ def versions() -> dict:
         "torch",
     )
     info = {name: _version(name) for name in packages}
+    info["tensorflow"] = info["tensorflow"] or _version("tensorflow-cpu")
     info["python"] = platform.python_version()
     return info
 

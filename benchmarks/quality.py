@@ -129,6 +129,17 @@ def run_one(name, flags, seed, args, runs_dir) -> dict | None:
     return record
 
 
+def finished_runs(runs_dir) -> dict:
+    """Config name -> the records of its finished runs (any seed)."""
+    records = {}
+    for file_name in sorted(os.listdir(runs_dir)):
+        if file_name.endswith(".json"):
+            with open(os.path.join(runs_dir, file_name)) as f:
+                record = json.load(f)
+            records.setdefault(record["name"], []).append(record)
+    return records
+
+
 def summarise(records_by_config) -> list[dict]:
     rows = []
     for name, records in records_by_config.items():
@@ -158,9 +169,10 @@ def markdown(rows, args) -> str:
         "|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: -r["knn_mean"]):
+        spread = (lambda key: f" ± {row[key]:.2f}") if row["seeds"] > 1 else (lambda key: "")
         lines.append(
-            f"| {row['name']} | {row['seeds']} | {row['knn_mean']:.2f} ± {row['knn_std']:.2f} | "
-            f"{row['linear_mean']:.2f} ± {row['linear_std']:.2f} | {row['wall_seconds_mean']:.0f} |"
+            f"| {row['name']} | {row['seeds']} | {row['knn_mean']:.2f}{spread('knn_std')} | "
+            f"{row['linear_mean']:.2f}{spread('linear_std')} | {row['wall_seconds_mean']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -202,6 +214,10 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default=None)
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--list", action="store_true", help="List the configs and exit.")
+    parser.add_argument(
+        "--report", action="store_true",
+        help="Train nothing: summarise every finished run found in the output folder.",
+    )
     for key, value in BUDGET.items():
         parser.add_argument(f"--{key}", type=type(value), default=None, help=f"Budget override (default {value}).")
     return parser.parse_args(argv)
@@ -232,11 +248,15 @@ def main(argv=None):
     runs_dir = os.path.join(output_dir, "runs")
     os.makedirs(runs_dir, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    records = {name: [] for name in configs}
     start = time.time()
-    for seed in seeds:  # seed-major: a partial run already covers every config
-        for name, flags in configs.items():
-            records[name].append(run_one(name, flags, seed, args, runs_dir))
+    if args.report:
+        records = finished_runs(runs_dir)
+        seeds = sorted({r["seed"] for rs in records.values() for r in rs})
+    else:
+        records = {name: [] for name in configs}
+        for seed in seeds:  # seed-major: a partial run already covers every config
+            for name, flags in configs.items():
+                records[name].append(run_one(name, flags, seed, args, runs_dir))
     rows = summarise(records)
     summary = {
         "benchmark": "quality_sweep" if args.sweep else "quality",

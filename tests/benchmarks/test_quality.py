@@ -47,3 +47,27 @@ def test_finished_runs_are_skipped_and_summarised(tmp_path, monkeypatch):
 def test_unknown_config_is_rejected():
     with pytest.raises(SystemExit, match="unknown configs"):
         quality.main(["--configs=fmicl-foo"])
+
+
+def test_report_summarises_every_finished_run_without_training(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name, seed, knn in [("infonce", 0, 0.70), ("fmicl-kl-gaussian", 0, 0.74), ("fmicl-kl-gaussian", 1, 0.76)]:
+        (runs / f"{name}__seed{seed}.json").write_text(json.dumps({
+            "name": name, "seed": seed, "knn_top1": knn, "linear_top1": knn + 0.05,
+            "wall_seconds": 10.0, "loss_config": {"name": name},
+        }))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--report started a run")
+
+    monkeypatch.setattr(quality.subprocess, "run", no_training)
+    assert quality.main(["--report", f"--output_dir={tmp_path}"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1]
+    rows = {row["name"]: row for row in summary["rows"]}
+    assert rows["fmicl-kl-gaussian"]["seeds"] == 2
+    assert rows["fmicl-kl-gaussian"]["knn_mean"] == pytest.approx(75.0)
+    table = (tmp_path / "quality.md").read_text()
+    assert "| fmicl-kl-gaussian | 2 | 75.00 ± 1.41" in table
+    assert "| infonce | 1 | 70.00 | 75.00 |" in table  # one seed: no spread
