@@ -174,7 +174,42 @@ def markdown(rows, args) -> str:
             f"| {row['name']} | {row['seeds']} | {row['knn_mean']:.2f}{spread('knn_std')} | "
             f"{row['linear_mean']:.2f}{spread('linear_std')} | {row['wall_seconds_mean']:.0f} |"
         )
+    lines += goals(rows)
     return "\n".join(lines) + "\n"
+
+
+def goals(rows) -> list[str]:
+    """The benchmark's two questions, answered from the table (kNN top-1).
+
+    1. Is the best f-MICL at least 1 point above InfoNCE?
+    2. Is f-Gaussian at least as good as cosine for each divergence?
+    """
+    by_name = {row["name"]: row for row in rows}
+    lines = []
+    fmicl = [row for row in rows if row["name"].startswith("fmicl-")]
+    if "infonce" in by_name and fmicl:
+        best = max(fmicl, key=lambda r: r["knn_mean"])
+        gap = best["knn_mean"] - by_name["infonce"]["knn_mean"]
+        lines += [
+            "",
+            f"Best f-MICL ({best['name']}) minus InfoNCE, kNN top-1: {gap:+.2f} points "
+            f"(goal >= +1: {'met' if gap >= 1.0 else 'not met'}).",
+        ]
+    pairs = []
+    for divergence in DIVERGENCES:
+        gaussian = by_name.get(f"fmicl-{divergence}-gaussian")
+        cosine = by_name.get(f"fmicl-{divergence}-cosine")
+        if gaussian and cosine:
+            pairs.append((divergence, gaussian["knn_mean"] - cosine["knn_mean"]))
+    if pairs:
+        met = sum(gap >= 0 for _, gap in pairs)
+        lines += [
+            "",
+            f"f-Gaussian minus cosine, kNN top-1 (goal >= 0): "
+            + ", ".join(f"{d} {gap:+.2f}" for d, gap in pairs)
+            + f" (met for {met} of {len(pairs)}).",
+        ]
+    return lines
 
 
 def bar_chart(rows, path):

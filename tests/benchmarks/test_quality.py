@@ -71,3 +71,18 @@ def test_report_summarises_every_finished_run_without_training(tmp_path, monkeyp
     table = (tmp_path / "quality.md").read_text()
     assert "| fmicl-kl-gaussian | 2 | 75.00 ± 1.41" in table
     assert "| infonce | 1 | 70.00 | 75.00 |" in table  # one seed: no spread
+
+
+def test_goals_compare_best_fmicl_with_infonce_and_gaussian_with_cosine():
+    rows = [
+        {"name": "infonce", "knn_mean": 70.0},
+        {"name": "fmicl-kl-gaussian", "knn_mean": 71.5},
+        {"name": "fmicl-kl-cosine", "knn_mean": 72.0},
+        {"name": "fmicl-js-gaussian", "knn_mean": 69.0},
+        {"name": "fmicl-js-cosine", "knn_mean": 68.0},
+    ]
+    text = "\n".join(quality.goals(rows))
+    assert "Best f-MICL (fmicl-kl-cosine) minus InfoNCE, kNN top-1: +2.00 points (goal >= +1: met)" in text
+    assert "kl -0.50, js +1.00 (met for 1 of 2)" in text
+    rows[0]["knn_mean"] = 71.5
+    assert "+0.50 points (goal >= +1: not met)" in "\n".join(quality.goals(rows))
