@@ -169,7 +169,7 @@ def test_queries_against_keys_and_queue_match_reference(name):
     np.testing.assert_allclose(both, expected_both, rtol=1e-4, atol=1e-5)
     # the functional form takes the same arguments
     functional = keras_fmicl.fmicl(
-        None, queries, name, "gaussian", sigma=0.7, keys=keys, queue=queue,
+        None, queries, name, "gaussian", sigma=0.7, alpha=1.0, keys=keys, queue=queue,
         queue_mask=queue_mask, in_batch_negatives=False,
     )
     np.testing.assert_allclose(to_numpy(functional), expected_v2, rtol=1e-4, atol=1e-5)
@@ -559,4 +559,21 @@ def test_labels_of_shape_n_by_one_are_accepted():
     loss = keras_fmicl.FMICLLoss("js", reduction=None)
     np.testing.assert_allclose(
         to_numpy(loss(LABELS[:, None], y_pred)), to_numpy(loss(LABELS, y_pred)), rtol=1e-6
+    )
+
+
+def test_defaults_are_the_swept_values_and_apply_everywhere():
+    """The defaults of benchmarks/README.md's sweep, in the class and the functional form."""
+    y_pred = embeddings(n=6, v=2, seed=40)
+    loss = keras_fmicl.FMICLLoss(reduction=None)
+    assert (loss.similarity, loss.alpha) == (keras_fmicl.Gaussian(1.0), 4.0)
+    assert keras_fmicl.FMICLLoss(similarity="cosine").similarity == keras_fmicl.Cosine(0.5)
+    assert keras_fmicl.InfoNCELoss().similarity == keras_fmicl.Cosine(0.1)
+    expected = reference.fmicl_loss(y_pred, None, "kl", "gaussian", 1.0, alpha=4.0)
+    np.testing.assert_allclose(to_numpy(loss(None, y_pred)), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(keras_fmicl.fmicl(None, y_pred)), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(keras_fmicl.info_nce(None, y_pred)),
+        reference.info_nce_loss(y_pred, None, "cosine", 0.1),
+        rtol=1e-4, atol=1e-5,
     )
