@@ -451,7 +451,7 @@ class ReverseKL(keras_fmicl.Divergence):
 
 def test_custom_divergence_through_the_loss():
     y_pred = embeddings(n=5, v=2, seed=20)
-    loss = keras_fmicl.FMICLLoss(ReverseKL(), sigma=0.7, reduction=None)
+    loss = keras_fmicl.FMICLLoss(ReverseKL(), sigma=0.7, alpha=1.3, reduction=None)
     z = reference.normalise(y_pred)
     expected = np.zeros(5)
     for i in range(5):
@@ -459,7 +459,7 @@ def test_custom_divergence_through_the_loss():
             lp = -np.sum((z[i, a] - z[i, 1 - a]) ** 2) / (2 * 0.49)
             ln = [-np.sum((z[i, a] - z[j, w]) ** 2) / (2 * 0.49) for j in range(5) if j != i for w in range(2)]
             # f'(u) = -1/u; f*(f'(u)) = u f'(u) - f(u) = -1 + log u
-            expected[i] += (-(-np.exp(-lp)) + np.mean(-1.0 + np.array(ln))) / 2
+            expected[i] += (-(-np.exp(-lp)) + 1.3 * np.mean(-1.0 + np.array(ln))) / 2
     np.testing.assert_allclose(to_numpy(loss(None, y_pred)), expected, rtol=1e-5, atol=1e-6)
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(restored.divergence, ReverseKL)
