@@ -106,6 +106,7 @@ def _info_nce_anchor_losses(
 
 
 def _largest_exponent(divergence, similarity) -> float:
+    """The largest `k l` any score evaluates `exp` at, over the similarity's range."""
     low, high = similarity.log_ratio_range()
     return max([k * low for k in divergence.exponents] + [k * high for k in divergence.exponents] + [0.0])
 
@@ -120,8 +121,7 @@ def _warn_if_beyond_exact_range(
     divergence: divergences.Divergence, similarity: similarities.Similarity
 ) -> None:
     """Warns when the scores can need exponents beyond float32's exact range."""
-    low, high = similarity.log_ratio_range()
-    largest = max([k * low for k in divergence.exponents] + [k * high for k in divergence.exponents] + [0.0])
+    largest = _largest_exponent(divergence, similarity)
     cap = divergences.max_exponent("float32")
     if largest > cap:
         warnings.warn(
