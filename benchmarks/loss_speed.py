@@ -12,9 +12,10 @@ training step:
 The losses, side by side in the same process:
 
 * `fmicl/<divergence>/<similarity>`: `keras_fmicl.FMICLLoss` for every
-  divergence and both similarities (sigma 0.5, temperature 0.2);
-* `info_nce`: `keras_fmicl.InfoNCELoss(temperature=0.2)`;
-* `simclr_keras_cv`: `keras_cv.losses.SimCLRLoss(temperature=0.2)`, called
+  divergence and both similarities (`--sigma`, `--temperature`: the
+  library's defaults 1.0 and 0.5 unless given);
+* `info_nce`: `keras_fmicl.InfoNCELoss(temperature)`;
+* `simclr_keras_cv`: `keras_cv.losses.SimCLRLoss(temperature)`, called
   as `loss(z1, z2)` on the two views (it sums both directions, so its value
   is twice InfoNCE's);
 * `matmul_floor`: the three `(M x d) . (d x M)`-sized matmuls that any
@@ -80,8 +81,10 @@ DEFAULT_MEMORY_SIZES = (8192,)
 QUICK_MEMORY_SIZES = (32,)
 DIM = 128
 VIEWS = 2
-SIGMA = 0.5
-TEMPERATURE = 0.2
+# The library's defaults (keras_fmicl.similarities.DEFAULT_SIGMA and
+# DEFAULT_TEMPERATURE; the driver does not import Keras).
+SIGMA = 1.0
+TEMPERATURE = 0.5
 MAX_REPEATS = 50
 
 SIMCLR = "simclr_keras_cv"
@@ -125,7 +128,9 @@ def matmul_floor(y: Any) -> Any:
     return ops.matmul(s, a) + ops.matmul(ops.transpose(s), a)
 
 
-def make_loss_fn(config: str) -> Callable[[Any], Any]:
+def make_loss_fn(
+    config: str, sigma: float = SIGMA, temperature: float = TEMPERATURE
+) -> Callable[[Any], Any]:
     """`y -> scalar loss` for `y` of shape `(N, 2, d)`.
 
     Raises:
@@ -134,20 +139,20 @@ def make_loss_fn(config: str) -> Callable[[Any], Any]:
     if config == SIMCLR:
         import keras_cv
 
-        simclr = keras_cv.losses.SimCLRLoss(temperature=TEMPERATURE)
+        simclr = keras_cv.losses.SimCLRLoss(temperature=temperature)
         return lambda y: simclr(y[:, 0, :], y[:, 1, :])
 
     import keras_fmicl
 
     if config == INFO_NCE:
-        loss = keras_fmicl.InfoNCELoss(temperature=TEMPERATURE)
+        loss = keras_fmicl.InfoNCELoss(temperature=temperature)
     elif config.startswith("fmicl/"):
         _, divergence, similarity = config.split("/")
         loss = keras_fmicl.FMICLLoss(
             divergence=divergence,
             similarity=similarity,
-            sigma=SIGMA,
-            temperature=TEMPERATURE,
+            sigma=sigma,
+            temperature=temperature,
         )
     else:
         raise ValueError(f"Unknown loss configuration. Received: config={config!r}")
@@ -169,14 +174,21 @@ def make_embeddings(num_samples: int, dim: int = DIM, seed: int = 0):
 # ---------------------------------------------------------------------------
 
 
-def make_runner(backend: str, mode: str, config: str, y_np) -> Callable[[], Any]:
+def make_runner(
+    backend: str,
+    mode: str,
+    config: str,
+    y_np,
+    sigma: float = SIGMA,
+    temperature: float = TEMPERATURE,
+) -> Callable[[], Any]:
     """A zero-argument callable: one forward + backward, blocking on the result.
 
     It returns the loss value (a float), or `None` for the matmul floor. The
     input is converted to a backend tensor here, before the first call.
     """
     floor = config == FLOOR
-    loss_fn = None if floor else make_loss_fn(config)
+    loss_fn = None if floor else make_loss_fn(config, sigma, temperature)
 
     if backend == "jax":
         import jax
@@ -414,9 +426,8 @@ def run_worker(options: dict) -> dict:
 
     Args:
         options: `sizes`, `repeats`, `warmup`, `max_seconds`, `min_seconds`,
-            `divergences`,
-            `similarities`, `torch_compile` (`"off"`, `"subset"`, `"all"`)
-            and `dim`.
+            `divergences`, `similarities`, `torch_compile` (`"off"`,
+            `"subset"`, `"all"`), `dim`, `sigma` and `temperature`.
 
     Returns:
         `{"backend", "modes", "versions", "loadavg_start", "loadavg_end",
@@ -458,7 +469,9 @@ def run_worker(options: dict) -> dict:
                 }
                 gc.collect()
                 try:
-                    run = make_runner(backend, mode, config, y_np)
+                    run = make_runner(
+                        backend, mode, config, y_np, options["sigma"], options["temperature"]
+                    )
                     record.update(
                         time_runner(
                             run,
@@ -516,7 +529,9 @@ def _maxrss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def run_memory_worker(config: str, n: int, dim: int) -> dict:
+def run_memory_worker(
+    config: str, n: int, dim: int, sigma: float = SIGMA, temperature: float = TEMPERATURE
+) -> dict:
     """Peak RSS increase of one forward + backward, in this (fresh) process."""
     import keras
 
@@ -535,7 +550,7 @@ def run_memory_worker(config: str, n: int, dim: int) -> dict:
     }
     try:
         y_np = make_embeddings(n, dim)
-        run = make_runner(backend, mode, config, y_np)  # imports + input tensor
+        run = make_runner(backend, mode, config, y_np, sigma, temperature)  # imports + input
         gc.collect()
         record["baseline_maxrss_bytes"] = _maxrss_bytes()
         record["baseline_rss_bytes"] = _current_rss_bytes()
@@ -613,6 +628,8 @@ def _worker_arguments(args: argparse.Namespace) -> list[str]:
         "--similarities", ",".join(args.similarities),
         "--torch-compile", args.torch_compile,
         "--dim", str(args.dim),
+        "--sigma", str(args.sigma),
+        "--temperature", str(args.temperature),
     ]  # fmt: skip
     return arguments
 
@@ -636,8 +653,8 @@ def run_driver(args: argparse.Namespace) -> dict:
             "min_seconds": args.min_seconds,
             "divergences": args.divergences,
             "similarities": args.similarities,
-            "sigma": SIGMA,
-            "temperature": TEMPERATURE,
+            "sigma": args.sigma,
+            "temperature": args.temperature,
             "torch_compile": args.torch_compile,
             "torch_compile_subset": list(TORCH_COMPILE_SUBSET),
             "modes": {b: list(MODES[b]) for b in args.backends},
@@ -668,6 +685,8 @@ def run_driver(args: argparse.Namespace) -> dict:
                             "--memory-config", config,
                             "--memory-n", str(n),
                             "--dim", str(args.dim),
+                            "--sigma", str(args.sigma),
+                            "--temperature", str(args.temperature),
                         ],
                         args.timeout,
                     )  # fmt: skip
@@ -914,6 +933,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--similarities", type=_choices(SIMILARITIES), default=list(SIMILARITIES))
     parser.add_argument("--dim", type=int, default=DIM)
     parser.add_argument(
+        "--sigma", type=float, default=SIGMA, help="Gaussian bandwidth (library default)"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=TEMPERATURE,
+        help="temperature of the cosine f-MICL, InfoNCE and SimCLR losses (library default)",
+    )
+    parser.add_argument(
         "--torch-compile",
         choices=("off", "subset", "all"),
         default="subset",
@@ -971,13 +999,18 @@ def main(argv: list[str] | None = None) -> int:
             "similarities": args.similarities,
             "torch_compile": args.torch_compile,
             "dim": args.dim,
+            "sigma": args.sigma,
+            "temperature": args.temperature,
         }
         _write_json(run_worker(options), args.worker_output)
         return 0
     if args.memory_worker:
         config = args.memory_config or MEMORY_CONFIGS[0]
         n = args.memory_n or args.memory_sizes[0]
-        _write_json(run_memory_worker(config, n, args.dim), args.worker_output)
+        _write_json(
+            run_memory_worker(config, n, args.dim, args.sigma, args.temperature),
+            args.worker_output,
+        )
         return 0
     report = run_driver(args)
     _write_json(report, args.output)

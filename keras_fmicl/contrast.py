@@ -16,10 +16,14 @@ earlier keys adds `K` negatives (MoCo v2).
 
 `ContrastiveBatch` holds the cosine similarities of these pairs, computed
 from matmuls of normalised embeddings (never an `(M, M, d)` tensor), with
-boolean masks built by `where`, so that each loss evaluates its own scores on
-them. The positives of a sample come from an `(N, V, V)` batched matmul, so
+boolean masks applied by `where`, so that each loss evaluates its own scores
+on them. The positives of a sample come from an `(N, V, V)` batched matmul, so
 that the self-supervised case never evaluates positive scores on the full
-`(M, M)` matrix.
+`(M, M)` matrix. Without labels or keys, the negatives of an anchor are its
+whole row but its own sample's `V` entries: `negative_sum` then subtracts
+those from the row sum (evaluated on the `(N, V, V)` block) instead of
+masking the row, when the scores' range makes that accurate
+(`subtraction_is_accurate`): no `(M, M)` mask is built at all.
 """
 
 from __future__ import annotations
@@ -53,18 +57,29 @@ class ContrastiveBatch:
     Attributes:
         num_samples: N (a Python int when static, else a scalar tensor).
         num_views: V (always static).
-        cosine_scale: the factor every "cosine" field carries: the
+        cosine_scale: the factor the `positive_cosine` block carries: the
             similarity's `cosine_scale` (1/temperature, 1/sigma^2), folded
             into the queries before the matmuls.
+        batch_cosine_scale, batch_cosine_offset: `batch_cosine` and
+            `queue_cosine` hold `batch_cosine_scale * cos +
+            batch_cosine_offset` (the loss may fold the exponent of its
+            negative scores or the similarity's offset into the matmul).
         positive_cosine: `(N, V, V)`: (scaled) cosine of query `(i, v)` and
             key `(i, w)`.
-        positive_mask: `(V, V)` numpy bool, `w != v`.
+        positive_mask: `(V, V)` bool, `w != v`.
         batch_cosine: `(M, M)`: cosine of every query and every key, or
             `None` when the batch holds no negatives nor label positives.
         batch_positive_mask: `(M, M)` bool: other samples with the same
             label (supervised only), else `None`.
         batch_negative_mask: `(M, M)` bool, or `None` without in-batch
-            negatives.
+            negatives; built on first use.
+        in_batch_negatives: whether `batch_cosine` holds negatives.
+        other_sample_negatives: whether the in-batch negatives of an anchor
+            are exactly every candidate of every other sample (no labels,
+            no momentum keys): its negative sum is then the row sum minus
+            its own sample's `V` entries (`negative_sum`).
+        num_other_samples: `N_global - 1` as a Python int when static,
+            else `None`.
         queue_cosine: `(M, K)`: cosine of every query and every queue entry,
             or `None`.
         queue_mask: `(K,)` bool of the valid queue entries, or `None` (all).
@@ -72,12 +87,53 @@ class ContrastiveBatch:
         negative_count: negatives per anchor, `(N, V)` or a scalar.
     """
 
-    def __init__(self, **fields):
+    def __init__(self, batch_negative_mask: Any = None, **fields):
         self.__dict__.update(fields)
+        # A tensor, or a zero-argument callable building it on first use:
+        # the f-MICL loss does not need the (M, M) mask at all when it
+        # subtracts the same-sample pairs instead (one pass fewer, eager).
+        self._batch_negative_mask = batch_negative_mask
+
+    @property
+    def batch_negative_mask(self) -> Any:
+        if callable(self._batch_negative_mask):
+            self._batch_negative_mask = self._batch_negative_mask()
+        return self._batch_negative_mask
 
     def reshape_rows(self, x: Any) -> Any:
         """`(M,)` per-anchor values to `(N, V)`."""
         return ops.reshape(x, (-1, self.num_views))
+
+    def batch_cosine_at(self, scale: float) -> Any:
+        """`batch_cosine` as `scale * cos` (without its own scale and offset)."""
+        return _affine(
+            self.batch_cosine, (self.batch_cosine_scale, self.batch_cosine_offset), (scale, 0.0)
+        )
+
+    def same_sample_cosine(self) -> Any:
+        """`(N, V, V)`: the entries of `batch_cosine` of each anchor's own sample.
+
+        Query `(i, v)` against key `(i, w)` for every `w` (itself included),
+        with `batch_cosine`'s scale and offset, from the `(N, V, V)` block
+        (no gather).
+        """
+        return _affine(
+            self.positive_cosine,
+            (self.cosine_scale, 0.0),
+            (self.batch_cosine_scale, self.batch_cosine_offset),
+        )
+
+
+def _affine(x: Any, source: tuple, target: tuple) -> Any:
+    """`x = a cos + b` with `(a, b) = source`, mapped to `a' cos + b'` of `target`."""
+    (scale, offset), (new_scale, new_offset) = source, target
+    if offset != 0.0:
+        x = x - offset
+    if scale != new_scale:
+        x = x * (new_scale / scale)
+    if new_offset != 0.0:
+        x = x + new_offset
+    return x
 
 
 def check_embeddings(x: Any, argument: str) -> Any:
@@ -143,6 +199,8 @@ def build(
     global_negatives: bool = True,
     query_argument: str = "y_pred",
     cosine_scale: float = 1.0,
+    batch_cosine_scale: float | None = None,
+    batch_cosine_offset: float = 0.0,
 ) -> ContrastiveBatch:
     """Builds the `ContrastiveBatch` of queries against keys (and a queue).
 
@@ -161,6 +219,11 @@ def build(
         cosine_scale: factor applied to the normalised queries, so that every
             cosine of the batch comes out multiplied by it (one `(M, d)`
             product instead of an `(M, M)` one).
+        batch_cosine_scale: the factor of the `(M, M)` and `(M, K)`
+            matrices, if other than `cosine_scale`.
+        batch_cosine_offset: a constant added to those matrices inside the
+            matmul (a column of `batch_cosine_offset` appended to the
+            queries, of ones to the keys): no `(M, M)` addition.
     """
     queries = check_embeddings(queries, query_argument)
     dtype = compute_dtype(queries)
@@ -202,10 +265,16 @@ def build(
 
     queries = l2_normalize(queries)
     keys = queries if self_contrast else l2_normalize(keys)
+    if batch_cosine_scale is None:
+        batch_cosine_scale = cosine_scale
+    unit_queries = queries
     if cosine_scale != 1.0:
         # Every "cosine" below is cosine_scale * cos: one (M, d) product
         # here instead of an (M, M) one after each matmul.
-        queries = queries * cosine_scale
+        queries = unit_queries * cosine_scale
+    matrix_queries = queries
+    if batch_cosine_scale != cosine_scale:
+        matrix_queries = unit_queries * batch_cosine_scale
 
     positive_cosine = ops.einsum("nvd,nwd->nvw", queries, keys)
     # A tensor, not a numpy constant: numpy arrays inside the loss break
@@ -215,9 +284,11 @@ def build(
     positive_count = float(num_views - 1)
     batch_cosine = batch_positive_mask = batch_negative_mask = None
     negative_count = 0.0
+    other_sample_negatives = False
+    num_other_samples = None
 
     if in_batch_negatives or labels is not None:
-        flat_queries = ops.reshape(queries, (-1, ops.shape(queries)[-1]))
+        flat_queries = ops.reshape(matrix_queries, (-1, ops.shape(queries)[-1]))
         flat_keys = ops.reshape(keys, (-1, ops.shape(keys)[-1]))
         # Under data parallelism the candidates are the keys of the global
         # batch: replica r holds samples r N .. (r + 1) N - 1.
@@ -229,21 +300,28 @@ def build(
             offset = distributed.replica_index() * num_samples
             if labels is not None:
                 candidate_labels = distributed.all_gather(labels)
-        batch_cosine = row_dot(flat_queries, flat_keys)
+        batch_cosine = row_dot(*_with_offset_column(flat_queries, flat_keys, batch_cosine_offset))
+        if n_static is not None:
+            num_other_samples = n_static * replicas - 1
         anchor_index = ops.arange(num_anchors, dtype="int32")
         candidate_index = ops.arange(num_anchors * replicas, dtype="int32")
-        anchor_sample = anchor_index // num_views + offset
-        candidate_sample = candidate_index // num_views
-        other_sample = ops.not_equal(anchor_sample[:, None], candidate_sample[None, :])
-        other_view = None
-        if not self_contrast:
-            other_view = ops.not_equal(
+
+        def other_sample():
+            anchor_sample = anchor_index // num_views + offset
+            candidate_sample = candidate_index // num_views
+            return ops.not_equal(anchor_sample[:, None], candidate_sample[None, :])
+
+        def other_view():
+            return ops.not_equal(
                 (anchor_index % num_views)[:, None], (candidate_index % num_views)[None, :]
             )
+
         if labels is None:
-            negatives = other_sample
-            if other_view is not None:
-                negatives = ops.logical_and(negatives, other_view)
+            other_sample_negatives = self_contrast and in_batch_negatives
+            if self_contrast:
+                negatives = other_sample
+            else:
+                negatives = lambda: ops.logical_and(other_sample(), other_view())  # noqa: E731
             per_other_sample = num_views if self_contrast else num_views - 1
             negative_count = ops.cast(
                 (num_samples * replicas - 1) * per_other_sample, dtype
@@ -253,10 +331,10 @@ def build(
             candidate_labels = ops.repeat(candidate_labels, num_views, axis=0)
             same_label = ops.equal(anchor_labels[:, None], candidate_labels[None, :])
             negatives = ops.logical_not(same_label)
-            positives = ops.logical_and(same_label, other_sample)
-            if other_view is not None:
-                negatives = ops.logical_and(negatives, other_view)
-                positives = ops.logical_and(positives, other_view)
+            positives = ops.logical_and(same_label, other_sample())
+            if not self_contrast:
+                negatives = ops.logical_and(negatives, other_view())
+                positives = ops.logical_and(positives, other_view())
             batch_positive_mask = positives
             positive_count = positive_count + ops.reshape(
                 ops.sum(ops.cast(positives, dtype), axis=1), (-1, num_views)
@@ -271,8 +349,10 @@ def build(
 
     queue_cosine = None
     if has_queue:
-        flat_queries = ops.reshape(queries, (-1, ops.shape(queries)[-1]))
-        queue_cosine = row_dot(flat_queries, l2_normalize(queue))
+        flat_queries = ops.reshape(matrix_queries, (-1, ops.shape(queries)[-1]))
+        queue_cosine = row_dot(
+            *_with_offset_column(flat_queries, l2_normalize(queue), batch_cosine_offset)
+        )
         if queue_mask is not None:
             queue_mask = ops.cast(ops.convert_to_tensor(queue_mask), "bool")
             negative_count = negative_count + ops.sum(ops.cast(queue_mask, dtype))
@@ -281,6 +361,11 @@ def build(
 
     return ContrastiveBatch(
         cosine_scale=cosine_scale,
+        batch_cosine_scale=batch_cosine_scale,
+        batch_cosine_offset=batch_cosine_offset,
+        in_batch_negatives=batch_negative_mask is not None,
+        other_sample_negatives=other_sample_negatives,
+        num_other_samples=num_other_samples,
         num_samples=num_samples,
         num_views=num_views,
         dtype=dtype,
@@ -294,6 +379,15 @@ def build(
         queue_mask=queue_mask,
         negative_count=negative_count,
     )
+
+
+def _with_offset_column(queries: Any, keys: Any, offset: float) -> tuple[Any, Any]:
+    """`(queries, keys)` with a column of `offset`, resp. ones: dot + offset."""
+    if offset == 0.0:
+        return queries, keys
+    queries = ops.concatenate([queries, ops.ones_like(queries[:, :1]) * offset], axis=1)
+    keys = ops.concatenate([keys, ops.ones_like(keys[:, :1])], axis=1)
+    return queries, keys
 
 
 def masked_sum(values: Any, mask: Any | None, axis: int = -1) -> Any:
@@ -319,21 +413,73 @@ def positive_sum(batch: ContrastiveBatch, score_fn, anchor_stat=None) -> Any:
         block = score_fn(batch.positive_cosine, anchor_stat[:, :, None])
     total = masked_sum(block, batch.positive_mask)
     if batch.batch_positive_mask is not None:
+        cosine = batch.batch_cosine_at(batch.cosine_scale)
         if anchor_stat is None:
-            cross = score_fn(batch.batch_cosine)
+            cross = score_fn(cosine)
         else:
-            cross = score_fn(batch.batch_cosine, ops.reshape(anchor_stat, (-1, 1)))
+            cross = score_fn(cosine, ops.reshape(anchor_stat, (-1, 1)))
         total = total + batch.reshape_rows(masked_sum(cross, batch.batch_positive_mask))
     return total
 
 
-def negative_sum(batch: ContrastiveBatch, score_fn) -> Any:
-    """Per-anchor `(N, V)` sum of `score_fn(cosine)` over the negatives."""
+# The largest factor by which subtracting the same-sample pairs from a row
+# sum may amplify its relative rounding error (8 bits): see `negative_sum`.
+MAX_ERROR_AMPLIFICATION = 256.0
+
+
+def subtraction_is_accurate(batch: ContrastiveBatch, core_bounds: tuple | None) -> bool:
+    """Whether `negative_sum` may subtract the same-sample pairs from row sums.
+
+    The row sum of an anchor holds its `V (N - 1)` negatives and the `V`
+    pairs of its own sample. With scores in `[low, high]`, `low > 0`, the
+    rounding error of the row sum, relative to the negatives' sum, is at
+    most `1 + (high / low) / (N - 1)` times that of the masked sum. It is
+    used when that factor is at most `1 + MAX_ERROR_AMPLIFICATION` (`N - 1`
+    taken as 1 when N is not static).
+    """
+    if not batch.other_sample_negatives or core_bounds is None:
+        return False
+    low, high = core_bounds
+    if not 0.0 < low <= high < float("inf"):
+        return False
+    others = 1 if batch.num_other_samples is None else batch.num_other_samples
+    return others > 0 and high / low <= MAX_ERROR_AMPLIFICATION * others
+
+
+def negative_sum(
+    batch: ContrastiveBatch,
+    score_fn,
+    core_bounds: tuple | None = None,
+    row_sum=None,
+) -> Any:
+    """Per-anchor `(N, V)` sum of `score_fn(cosine)` over the negatives.
+
+    `score_fn` receives cosines at `batch.batch_cosine_scale`. Without
+    labels or momentum keys the negatives of an anchor are every entry of
+    its row but its own sample's `V`: when `core_bounds` (the smallest and
+    largest positive value `score_fn` can take) show the subtraction to be
+    accurate (`subtraction_is_accurate`), the sum is the full row sum minus
+    those `V` entries, evaluated on the `(N, V, V)` block. That needs no
+    `(M, M)` mask nor `where` (fewer elementwise passes; on eager backends
+    each is a pass over `M^2` values). Otherwise the row is masked.
+
+    `row_sum`, if given, computes `sum(score_fn(matrix), axis=-1)` of the
+    full rows in a cheaper way (used on the subtraction path only).
+    """
     total = None
-    if batch.batch_negative_mask is not None:
-        total = batch.reshape_rows(
-            masked_sum(score_fn(batch.batch_cosine), batch.batch_negative_mask)
-        )
+    if batch.in_batch_negatives:
+        if subtraction_is_accurate(batch, core_bounds):
+            if row_sum is None:
+                row_total = ops.sum(score_fn(batch.batch_cosine), axis=-1)
+            else:
+                row_total = row_sum(batch.batch_cosine)
+            row_total = batch.reshape_rows(row_total)
+            own_sample = ops.sum(score_fn(batch.same_sample_cosine()), axis=-1)
+            total = row_total - own_sample
+        else:
+            total = batch.reshape_rows(
+                masked_sum(score_fn(batch.batch_cosine), batch.batch_negative_mask)
+            )
     if batch.queue_cosine is not None:
         queue_total = batch.reshape_rows(
             masked_sum(score_fn(batch.queue_cosine), batch.queue_mask)
@@ -345,12 +491,14 @@ def negative_sum(batch: ContrastiveBatch, score_fn) -> Any:
 def negative_logsumexp(batch: ContrastiveBatch, log_ratio_fn) -> tuple[Any, Any]:
     """Per-anchor `(N, V)` log-sum-exp of the log ratios of the negatives.
 
+    `log_ratio_fn` receives cosines at `batch.batch_cosine_scale`.
+
     Returns:
         `(lse, has_negatives)`; `lse` is 0 (not -inf) where an anchor has no
         negative, so that values and gradients stay finite.
     """
     parts = []
-    if batch.batch_negative_mask is not None:
+    if batch.in_batch_negatives:
         parts.append((log_ratio_fn(batch.batch_cosine), batch.batch_negative_mask))
     if batch.queue_cosine is not None:
         mask = None if batch.queue_mask is None else batch.queue_mask[None, :]
@@ -389,10 +537,14 @@ def embedding_metrics(batch: ContrastiveBatch) -> dict:
     sg = ops.stop_gradient
     unscale = 1.0 / batch.cosine_scale
     distance = lambda c: 2.0 - 2.0 * unscale * sg(c)  # noqa: E731
+    matrix_unscale = 1.0 / batch.batch_cosine_scale
+    matrix_offset = batch.batch_cosine_offset
     pos_total = ops.sum(positive_sum(batch, distance))
     pos_count = ops.sum(batch.positive_count * ops.ones((batch.num_samples, batch.num_views), batch.dtype))
     alignment = pos_total / pos_count
-    lse, has_negatives = negative_logsumexp(batch, lambda c: 4.0 * unscale * sg(c) - 4.0)
+    lse, has_negatives = negative_logsumexp(
+        batch, lambda c: 4.0 * matrix_unscale * (sg(c) - matrix_offset) - 4.0
+    )
     neg_count = batch.negative_count * ops.ones((batch.num_samples, batch.num_views), batch.dtype)
     # log of the mean over all negative pairs of the batch
     lse_flat = ops.reshape(lse, (-1,))

@@ -43,6 +43,8 @@ from keras import ops
 from keras_fmicl.validation import ConfigEquality
 
 _PACKAGE = "keras_fmicl"
+# Largest argument of `math.exp` below float64 overflow.
+_EXP_OVERFLOW = 709.0
 
 
 def capped_exp(x: Any) -> Any:
@@ -111,6 +113,19 @@ class Divergence(ConfigEquality):
     # tell when a similarity's range can leave the exact regime of
     # `capped_exp`); the generic path evaluates u = exp(l).
     exponents: tuple = (1.0,)
+    # Coefficients k of the exponentials a score evaluates with a plain
+    # `exp` only when `exact_exponentials` is set (falling back to another
+    # exact form otherwise, not to `capped_exp`).
+    plain_exponents: tuple = ()
+    # `(k, scale, offset)` when the negative score is
+    # `scale * exp(k l) + offset` (KL, Pearson, squared Hellinger, Tsallis):
+    # the loss then folds `k` and the similarity into the matmul and
+    # evaluates a single `exp` per pair. `None` otherwise.
+    negative_exponential: tuple | None = None
+    # Whether `negative_core_root` gives the core of `negative_score_parts`
+    # as a square: row sums of squares are then squared norms, which eager
+    # backends take without materialising the squares.
+    negative_core_is_square: bool = False
 
     def f(self, u: Any) -> Any:
         """The convex generator `f(u)`, with `f(1) = 0`."""
@@ -136,6 +151,27 @@ class Divergence(ConfigEquality):
         """
         return self.negative_score(log_ratio), 1.0, 0.0
 
+    def negative_core_root(self, log_ratio: Any) -> Any:
+        """`r(l) >= 0` with `core = r(l)^2`, when `negative_core_is_square`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not give its negative core as a square."
+        )
+
+    def negative_core_bounds(self, low: float, high: float) -> tuple[float, float] | None:
+        """Smallest and largest `core` of `negative_score_parts` for `l` in `[low, high]`.
+
+        Python floats (no tensors), or `None` when unknown (then the loss
+        sums the negatives under a mask instead of subtracting the
+        same-sample pairs from the row sums, see `contrast.negative_sum`).
+        """
+        if self.negative_exponential is None:
+            return None
+        k = self.negative_exponential[0]
+        ends = sorted((k * low, k * high))
+        if ends[1] > _EXP_OVERFLOW:
+            return None
+        return math.exp(ends[0]), math.exp(ends[1])
+
     def positive_score(self, log_ratio: Any) -> Any:
         """`f'(e^l)`: the critic of a positive pair with log ratio `l`."""
         return self.f_prime(self._exp(ops.convert_to_tensor(log_ratio)))
@@ -157,6 +193,7 @@ class KullbackLeibler(Divergence):
 
     name = "kl"
     exponents = (1.0,)
+    negative_exponential = (1.0, 1.0, 0.0)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -185,6 +222,7 @@ class JensenShannon(Divergence):
 
     name = "js"
     exponents = ()
+    plain_exponents = (1.0,)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -203,7 +241,16 @@ class JensenShannon(Divergence):
         return ops.softplus(log_ratio) - math.log(2.0)
 
     def negative_score_parts(self, log_ratio):
-        return ops.softplus(ops.convert_to_tensor(log_ratio)), 1.0, -math.log(2.0)
+        log_ratio = ops.convert_to_tensor(log_ratio)
+        if self.exact_exponentials and keras.backend.backend() != "torch":
+            # log(1 + e^l), exact while e^l cannot overflow: XLA fuses it and
+            # differentiates it with one exp fewer than its softplus. (Eager
+            # torch pays per op instead: its softplus is a single kernel.)
+            return ops.log1p(ops.exp(log_ratio)), 1.0, -math.log(2.0)
+        return ops.softplus(log_ratio), 1.0, -math.log(2.0)
+
+    def negative_core_bounds(self, low, high):
+        return _softplus(low), _softplus(high)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -215,6 +262,7 @@ class Pearson(Divergence):
 
     name = "pearson"
     exponents = (1.0, 2.0)
+    negative_exponential = (2.0, 1.0, -1.0)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -245,6 +293,7 @@ class SquaredHellinger(Divergence):
 
     name = "squared_hellinger"
     exponents = (-0.5, 0.5)
+    negative_exponential = (0.5, 1.0, -1.0)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -293,6 +342,7 @@ class Tsallis(Divergence):
             )
         self.order = float(order)
         self.exponents = (self.order - 1.0, self.order)
+        self.negative_exponential = (self.order, 1.0, 0.0)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -345,8 +395,26 @@ class VinczeLeCam(Divergence):
         # tanh(l/2) (1 + 2 sigmoid(l)) = (2 sigmoid(l) - 1)(2 sigmoid(l) + 1)
         return 4.0 * ops.square(ops.sigmoid(log_ratio)) - 1.0
 
+    negative_core_is_square = True
+
     def negative_score_parts(self, log_ratio):
         return ops.square(ops.sigmoid(ops.convert_to_tensor(log_ratio))), 4.0, -1.0
+
+    def negative_core_root(self, log_ratio):
+        return ops.sigmoid(ops.convert_to_tensor(log_ratio))
+
+    def negative_core_bounds(self, low, high):
+        return _sigmoid(low) ** 2, _sigmoid(high) ** 2
+
+
+def _softplus(x: float) -> float:
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    return math.exp(x) / (1.0 + math.exp(x))
 
 
 BUILTIN_DIVERGENCES = {

@@ -29,6 +29,7 @@ Reference:
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from typing import Any
 
@@ -53,35 +54,149 @@ def _mean_views(anchor_values: Any) -> Any:
     return ops.sum(anchor_values, axis=1) / anchor_values.shape[1]
 
 
-def _fmicl_anchor_losses(
-    batch: contrast.ContrastiveBatch,
-    divergence: divergences.Divergence,
-    similarity: similarities.Similarity,
-    alpha: float,
-) -> tuple[Any, Any]:
-    """Per-anchor `(N, V)` f-MICL loss and f-MI estimate (alpha = 1)."""
+class _NegativeScores:
+    """How the f-MICL loss evaluates its negative scores on the `(M, K)` matrices.
+
+    `negative_score(l) = scale * core(matrix) + offset`, where the matmul
+    gives `matrix = matrix_scale * cos + matrix_offset`:
+
+    * when the divergence's negative score is `A exp(k l) + B` (KL, Pearson,
+      squared Hellinger, Tsallis) and the similarity is affine in the cosine
+      (`l = s cos + b`), the matmul carries `k s` and the core is one `exp`:
+      `A exp(k l) = A exp(k b) exp(k s cos)`, exact while `|k| s` stays
+      within float32's exact exponent range;
+    * otherwise the matmul carries `s` (and, on eager torch, the offset `b`
+      as an extra column) and the core is the divergence's own
+      `negative_score_parts` of `l`.
+
+    The built-in scores are smooth through `l = 0`, so the Gaussian `l` is
+    not clamped at 0 here (the clamp absorbs round-off of an ulp of cos; it
+    would cost `(M, M)` passes forward and backward).
+
+    Attributes:
+        divergence: the divergence, flagged `exact_exponentials` when the
+            similarity keeps every exponent in the exact range.
+        matrix_scale, matrix_offset: of the batch and queue matrices.
+        core: elementwise function of those matrices.
+        scale, offset: Python floats, applied once per anchor.
+        core_bounds: `(low, high)`, the range of `core` over the similarity's
+            range, or `None` when unknown.
+        row_sum: `None`, or a function giving the row sums of `core` of a
+            matrix more cheaply than `sum(core(matrix))`.
+    """
+
+    def __init__(self, divergence: divergences.Divergence, similarity: similarities.Similarity):
+        self.divergence = divergence = _exact_divergence(divergence, similarity)
+        exponential = divergence.negative_exponential
+        cosine_scale = similarity.cosine_scale
+        offset_l = similarity.log_ratio_offset
+        builtin = type(divergence) in divergences.BUILTIN_DIVERGENCES.values()
+        self.matrix_offset = 0.0
+        self.core_bounds = None
+        self.row_sum = None
+        self._constants = None
+        if (
+            builtin
+            and exponential is not None
+            and offset_l is not None
+            and abs(exponential[0]) * cosine_scale <= divergences.max_exponent("float32")
+        ):
+            k, factor, offset = exponential
+            self.matrix_scale = k * cosine_scale
+            self.core = ops.exp
+            self._constants = (factor * math.exp(k * offset_l), offset)
+            # exp(k s cos) over cos in [-1, 1]
+            self.core_bounds = (math.exp(-abs(self.matrix_scale)), math.exp(abs(self.matrix_scale)))
+            return
+        self.matrix_scale = cosine_scale
+        log_ratio = similarity.log_ratio_from_scaled_cosine
+        if builtin and offset_l is not None:
+            if offset_l == 0.0:
+                log_ratio = _identity
+            elif keras.backend.backend() == "torch":
+                # Eager torch pays a pass over memory per op: the matmul
+                # adds the offset. XLA fuses the addition for free, and its
+                # matmul is slower with d + 1 columns.
+                self.matrix_offset = offset_l
+                log_ratio = _identity
+            else:
+                log_ratio = lambda c: c + offset_l  # noqa: E731
+        self._log_ratio = log_ratio
+        if builtin:
+            self.core_bounds = divergence.negative_core_bounds(*similarity.log_ratio_range())
+            if divergence.negative_core_is_square and keras.backend.backend() == "torch":
+                self.row_sum = self._squared_norms
+
+    def core(self, matrix: Any) -> Any:
+        core, scale, offset = self.divergence.negative_score_parts(self._log_ratio(matrix))
+        self._constants = (scale, offset)
+        return core
+
+    def _squared_norms(self, matrix: Any) -> Any:
+        # sum_k r(l)^2 as the squared norm of the row of r(l): eager torch
+        # then neither stores the squares nor differentiates them op by op.
+        root = self.divergence.negative_core_root(self._log_ratio(matrix))
+        if keras.backend.standardize_dtype(root.dtype) != "float32":
+            # Keras' torch `norm` computes float64 in float32.
+            return ops.sum(ops.square(root), axis=-1)
+        return ops.square(ops.norm(root, axis=-1))
+
+    @property
+    def scale(self) -> float:
+        return self._get_constants()[0]
+
+    @property
+    def offset(self) -> float:
+        return self._get_constants()[1]
+
+    def _get_constants(self) -> tuple[float, float]:
+        if self._constants is None:
+            # Python floats that do not depend on l: read them off one call.
+            _, scale, offset = self.divergence.negative_score_parts(ops.convert_to_tensor(0.0))
+            self._constants = (scale, offset)
+        return self._constants
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _exact_divergence(divergence, similarity):
+    """`divergence`, on a copy flagged to use a plain `exp` where that is exact."""
     if _exponentials_are_exact(divergence, similarity):
         divergence = copy.copy(divergence)
         divergence.exact_exponentials = True
+    return divergence
+
+
+def _fmicl_anchor_losses(
+    batch: contrast.ContrastiveBatch,
+    negative_scores: _NegativeScores,
+    similarity: similarities.Similarity,
+    alpha: float,
+) -> tuple[Any, Any]:
+    """Per-anchor `(N, V)` f-MICL loss and f-MI estimate (alpha = 1).
+
+    `batch` must come from `contrast.build` with the matrix scale and
+    offset of `negative_scores`.
+    """
+    divergence = negative_scores.divergence
     log_ratio = similarity.log_ratio_from_scaled_cosine
     positive = contrast.positive_sum(
         batch, lambda c: divergence.positive_score(log_ratio(c))
     )
     positive_mean = positive / batch.positive_count
-    constants = {}
-
-    def negative_core(c):
-        core, constants["scale"], constants["offset"] = divergence.negative_score_parts(
-            log_ratio(c)
-        )
-        return core
-
-    negative = contrast.negative_sum(batch, negative_core)
+    negative = contrast.negative_sum(
+        batch,
+        negative_scores.core,
+        core_bounds=negative_scores.core_bounds,
+        row_sum=negative_scores.row_sum,
+    )
     if negative is None:
         negative_mean = ops.zeros_like(positive_mean)
     else:
         count = batch.negative_count
-        negative = constants["scale"] * negative + constants["offset"] * count
+        negative = negative_scores.scale * negative + negative_scores.offset * count
         negative_mean = negative / ops.where(count > 0, count, 1.0)
     anchor_loss = alpha * negative_mean - positive_mean
     return anchor_loss, positive_mean - negative_mean
@@ -105,16 +220,20 @@ def _info_nce_anchor_losses(
     return anchor_loss, bound
 
 
-def _largest_exponent(divergence, similarity) -> float:
+def _largest_exponent(divergence, similarity, exponents=None) -> float:
     """The largest `k l` any score evaluates `exp` at, over the similarity's range."""
     low, high = similarity.log_ratio_range()
-    return max([k * low for k in divergence.exponents] + [k * high for k in divergence.exponents] + [0.0])
+    exponents = divergence.exponents if exponents is None else exponents
+    return max([k * low for k in exponents] + [k * high for k in exponents] + [0.0])
 
 
 def _exponentials_are_exact(divergence, similarity) -> bool:
     """Whether no score can reach the linear continuation of `capped_exp`."""
     builtin = type(divergence) in divergences.BUILTIN_DIVERGENCES.values()
-    return builtin and _largest_exponent(divergence, similarity) <= divergences.max_exponent("float32")
+    exponents = tuple(divergence.exponents) + tuple(divergence.plain_exponents)
+    return builtin and _largest_exponent(divergence, similarity, exponents) <= divergences.max_exponent(
+        "float32"
+    )
 
 
 def _warn_if_beyond_exact_range(
@@ -174,6 +293,7 @@ def fmicl(
     divergence = divergences.get(divergence)
     similarity = similarities.get(similarity, sigma=sigma, temperature=temperature)
     alpha = check_positive_number("alpha", alpha)
+    negative_scores = _NegativeScores(divergence, similarity)
     batch = contrast.build(
         y_pred,
         keys=keys,
@@ -183,8 +303,10 @@ def fmicl(
         in_batch_negatives=in_batch_negatives,
         global_negatives=global_negatives,
         cosine_scale=similarity.cosine_scale,
+        batch_cosine_scale=negative_scores.matrix_scale,
+        batch_cosine_offset=negative_scores.matrix_offset,
     )
-    anchor_loss, _ = _fmicl_anchor_losses(batch, divergence, similarity, alpha)
+    anchor_loss, _ = _fmicl_anchor_losses(batch, negative_scores, similarity, alpha)
     return _mean_views(anchor_loss)
 
 
@@ -254,6 +376,15 @@ class ContrastiveLoss(keras.losses.Loss):
     def anchor_losses(self, batch: contrast.ContrastiveBatch) -> tuple[Any, Any]:
         raise NotImplementedError
 
+    def contrast_options(self) -> dict:
+        """Extra arguments of `contrast.build` for this loss's `anchor_losses`.
+
+        E.g. the scale and offset of the `(M, M)` and `(M, K)` matrices
+        (`batch_cosine_scale`, `batch_cosine_offset`). Called once per
+        `contrast()`, before `anchor_losses`.
+        """
+        return {}
+
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
         # Keras converts `y_true` to a tensor; `None` (self-supervised) has no
         # tensor form, so it travels as an empty structure.
@@ -317,6 +448,7 @@ class ContrastiveLoss(keras.losses.Loss):
             global_negatives=self.global_negatives,
             query_argument=query_argument,
             cosine_scale=self.similarity.cosine_scale,
+            **self.contrast_options(),
         )
         anchor_loss, mi_estimate = self.anchor_losses(batch)
         per_sample = _mean_views(anchor_loss)
@@ -425,8 +557,16 @@ class FMICLLoss(ContrastiveLoss):
         self.alpha = check_positive_number("alpha", alpha)
         _warn_if_beyond_exact_range(self.divergence, self.similarity)
 
+    def contrast_options(self):
+        negative_scores = _NegativeScores(self.divergence, self.similarity)
+        return {
+            "batch_cosine_scale": negative_scores.matrix_scale,
+            "batch_cosine_offset": negative_scores.matrix_offset,
+        }
+
     def anchor_losses(self, batch):
-        return _fmicl_anchor_losses(batch, self.divergence, self.similarity, self.alpha)
+        negative_scores = _NegativeScores(self.divergence, self.similarity)
+        return _fmicl_anchor_losses(batch, negative_scores, self.similarity, self.alpha)
 
     def get_config(self):
         config = super().get_config()

@@ -81,6 +81,15 @@ class Similarity(ConfigEquality):
         """
         return 1.0
 
+    @property
+    def log_ratio_offset(self) -> float | None:
+        """`b` when `l = cosine_scale * cos + b` (up to a round-off clamp), else `None`.
+
+        An affine similarity lets the loss fold exponential scores into the
+        matmul: `exp(k l) = exp(k b) exp(k cosine_scale cos)`.
+        """
+        return None
+
     def log_ratio_from_cosine(self, cosine: Any) -> Any:
         raise NotImplementedError
 
@@ -91,10 +100,20 @@ class Similarity(ConfigEquality):
         return self.log_ratio_from_cosine(scaled_cosine * (1.0 / self.cosine_scale))
 
     def log_ratio_range(self) -> tuple[float, float]:
-        """The smallest and largest log ratio the similarity can give."""
-        low = float(ops.convert_to_numpy(self.log_ratio_from_cosine(ops.convert_to_tensor(-1.0))))
-        high = float(ops.convert_to_numpy(self.log_ratio_from_cosine(ops.convert_to_tensor(1.0))))
-        return min(low, high), max(low, high)
+        """The smallest and largest log ratio the similarity can give.
+
+        By default `l` at cosines -1 and 1 (a monotonic similarity);
+        `(-inf, inf)` (unknown) where they cannot be evaluated, e.g. while
+        tracing a TensorFlow graph: the loss then takes its generic paths.
+        """
+        try:
+            ends = [
+                float(ops.convert_to_numpy(self.log_ratio_from_cosine(ops.convert_to_tensor(c))))
+                for c in (-1.0, 1.0)
+            ]
+        except (NotImplementedError, TypeError, ValueError):
+            return float("-inf"), float("inf")
+        return min(ends), max(ends)
 
     def __call__(self, x: Any, y: Any | None = None) -> Any:
         """Log density-ratio matrix of the rows of `x` against those of `y`.
@@ -132,6 +151,10 @@ class Gaussian(Similarity):
     def cosine_scale(self):
         return 1.0 / self.sigma**2
 
+    @property
+    def log_ratio_offset(self):
+        return -self.cosine_scale
+
     def log_ratio_from_cosine(self, cosine):
         return self.log_ratio_from_scaled_cosine(cosine * self.cosine_scale)
 
@@ -164,6 +187,10 @@ class Cosine(Similarity):
     @property
     def cosine_scale(self):
         return 1.0 / self.temperature
+
+    @property
+    def log_ratio_offset(self):
+        return 0.0
 
     def log_ratio_from_cosine(self, cosine):
         return cosine * (1.0 / self.temperature)

@@ -147,6 +147,42 @@ def test_generic_path_equals_the_stable_forms(name, order, float64):
     )
 
 
+@pytest.mark.parametrize("name, order", DIVERGENCES)
+@pytest.mark.parametrize("exact", [False, True])
+def test_negative_score_parts_and_their_structure(name, order, exact, float64):
+    """`scale * core + offset` is the negative score; what the loss relies on:
+
+    the exponential form `A exp(k l) + B` where declared, the core's bounds
+    over a range of `l` (Python floats) and the core as a square of its root.
+    """
+    divergence = make(name, order)
+    divergence.exact_exponentials = exact
+    log_ratio = np.linspace(-8.0, 8.0, 33)
+    _, expected = reference.scores(name, log_ratio, order)
+    core, scale, offset = divergence.negative_score_parts(log_ratio)
+    core = to_numpy(core)
+    np.testing.assert_allclose(scale * core + offset, expected, rtol=1e-10, atol=1e-10)
+    if divergence.negative_exponential is not None:
+        k, factor, constant = divergence.negative_exponential
+        np.testing.assert_allclose(
+            factor * np.exp(k * log_ratio) + constant, expected, rtol=1e-10, atol=1e-10
+        )
+        np.testing.assert_allclose(
+            scale * np.exp(k * log_ratio) + offset, expected, rtol=1e-10, atol=1e-10
+        )
+    bounds = divergence.negative_core_bounds(-8.0, 8.0)
+    assert bounds is not None and all(isinstance(b, float) for b in bounds)
+    np.testing.assert_allclose(bounds, (core.min(), core.max()), rtol=1e-12)
+    assert divergence.negative_core_bounds(-8.0, 1e4) is None or name in ("js", "vlc")
+    if divergence.negative_core_is_square:
+        np.testing.assert_allclose(
+            to_numpy(divergence.negative_core_root(log_ratio)) ** 2, core, rtol=1e-12
+        )
+    else:
+        with pytest.raises(NotImplementedError):
+            divergence.negative_core_root(log_ratio)
+
+
 def test_divergence_without_generator_says_what_is_missing():
     class Incomplete(keras_fmicl.Divergence):
         pass

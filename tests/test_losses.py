@@ -4,8 +4,11 @@ import pytest
 from keras import ops
 
 import keras_fmicl
+from keras_fmicl import contrast
+from keras_fmicl import losses
 from tests import reference
 from tests.utils import to_numpy
+from tests.utils import traced
 from tests.utils import value_and_grad
 
 NAMES = ["kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc"]
@@ -101,6 +104,68 @@ def test_fmicl_gradient_matches_reference_finite_differences(
             reference_objective(y_pred + step) - reference_objective(y_pred - step)
         ) / (2 * h)
     np.testing.assert_allclose(grad, numerical, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("similarity, parameter", SIMILARITIES + [("gaussian", 1.0), ("cosine", 0.5)])
+@pytest.mark.parametrize("subtract", [False, True])
+def test_negatives_by_subtraction_and_by_mask_match_reference(
+    name, similarity, parameter, subtract, monkeypatch
+):
+    """Both ways of summing the negatives (contrast.negative_sum), forced."""
+    monkeypatch.setattr(contrast, "MAX_ERROR_AMPLIFICATION", 1e30 if subtract else 0.0)
+    taken = []
+    original = contrast.subtraction_is_accurate
+    monkeypatch.setattr(
+        contrast,
+        "subtraction_is_accurate",
+        lambda *args: taken.append(original(*args)) or taken[-1],
+    )
+    y_pred = embeddings(n=16, v=2, d=6, seed=40)
+    expected = reference.fmicl_loss(y_pred, None, name, similarity, parameter, alpha=1.1)
+    got = to_numpy(fmicl_loss(name, similarity, parameter, alpha=1.1)(None, y_pred))
+    assert taken == [subtract]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=scale_tolerance(expected, 1e-5))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "similarity, parameter", [("gaussian", 0.3), ("gaussian", 1.0), ("cosine", 0.2), ("cosine", 0.5)]
+)
+def test_negative_scores_plan_matches_the_reference_scores(name, similarity, parameter):
+    """`scale * core(s' cos + b') + offset` is the negative score, at every cos.
+
+    And `core_bounds` are the core's range over the similarity's range, and
+    `row_sum` (when the plan has one) sums the core over rows.
+    """
+    loss = fmicl_loss(name, similarity, parameter)
+    plan = losses._NegativeScores(loss.divergence, loss.similarity)
+    cos = np.linspace(-1.0, 1.0, 201)
+    matrix = (plan.matrix_scale * cos + plan.matrix_offset).astype("float32").reshape(3, 67)
+    core = to_numpy(plan.core(ops.convert_to_tensor(matrix))).ravel()
+    l = cos / parameter if similarity == "cosine" else (cos - 1.0) / parameter**2
+    _, expected = reference.scores(name, l)
+    np.testing.assert_allclose(plan.scale * core + plan.offset, expected, rtol=2e-5, atol=2e-5)
+    assert plan.core_bounds is not None
+    np.testing.assert_allclose(plan.core_bounds, (core.min(), core.max()), rtol=1e-5)
+    if plan.row_sum is not None:
+        np.testing.assert_allclose(
+            to_numpy(plan.row_sum(ops.convert_to_tensor(matrix))),
+            core.reshape(3, 67).sum(axis=1),
+            rtol=1e-5,
+        )
+
+
+def test_negative_scores_fold_exponentials_into_the_matmul():
+    """KL, Pearson, squared Hellinger and Tsallis: one exp per pair."""
+    for divergence, k in [("kl", 1.0), ("pearson", 2.0), ("squared_hellinger", 0.5), ("tsallis", 1.5)]:
+        for similarity in (keras_fmicl.Gaussian(0.5), keras_fmicl.Cosine(0.2)):
+            plan = losses._NegativeScores(keras_fmicl.divergences.get(divergence), similarity)
+            assert plan.core is ops.exp
+            assert plan.matrix_scale == k * similarity.cosine_scale
+    # Beyond float32's exact exponent range the generic (capped) path remains.
+    plan = losses._NegativeScores(keras_fmicl.divergences.get("pearson"), keras_fmicl.Cosine(0.02))
+    assert plan.core is not ops.exp and plan.matrix_scale == 50.0
 
 
 @pytest.mark.parametrize("views", [2, 3])
@@ -463,6 +528,37 @@ def test_custom_divergence_through_the_loss():
     np.testing.assert_allclose(to_numpy(loss(None, y_pred)), expected, rtol=1e-5, atol=1e-6)
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(restored.divergence, ReverseKL)
+
+
+@keras.saving.register_keras_serializable(package="keras_fmicl_tests")
+class HalfCosine(keras_fmicl.Similarity):
+    name = "half_cosine"
+
+    def log_ratio_from_cosine(self, cosine):
+        return 0.5 * cosine
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_custom_similarity_inside_a_traced_function(name):
+    """A user's similarity: its range is unknown while tracing, not an error."""
+    y_pred = embeddings(seed=21)
+    z = reference.normalise(y_pred).reshape(-1, y_pred.shape[-1])
+    cosine = z @ z.T
+    sample = np.repeat(np.arange(6), 2)
+    _, negative = reference.scores(name, 0.5 * cosine)
+    positive, _ = reference.scores(name, 0.5 * cosine)
+    other = sample[:, None] != sample[None, :]
+    own = ~other & ~np.eye(12, dtype=bool)
+    expected = (
+        -np.sum(np.where(own, positive, 0.0), axis=1)
+        + 0.9 * np.sum(np.where(other, negative, 0.0), axis=1) / 10
+    ).reshape(6, 2).mean(axis=1)
+
+    def per_sample(y):
+        return keras_fmicl.fmicl(None, y, divergence=name, similarity=HalfCosine(), alpha=0.9)
+
+    np.testing.assert_allclose(to_numpy(per_sample(y_pred)), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(traced(per_sample)(y_pred)), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("with_labels", [False, True])

@@ -37,6 +37,31 @@ def test_log_ratio_matrix_matches_the_definition(name, parameter, dtype, rtol, f
     np.testing.assert_allclose(make(name, parameter)(x), self_expected, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("name, parameter", CASES)
+def test_log_ratio_is_affine_in_the_cosine(name, parameter, float64):
+    """`l = cosine_scale * cos + log_ratio_offset` (the Gaussian clamped at 0)."""
+    similarity = make(name, parameter)
+    a = np.array([1.0, 0.0])
+    for angle in np.linspace(0.0, np.pi, 9):
+        b = np.array([np.cos(angle), np.sin(angle)])
+        expected = reference.log_ratio(a, b, name, parameter)
+        affine = similarity.cosine_scale * np.cos(angle) + similarity.log_ratio_offset
+        assert affine == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    low, high = similarity.log_ratio_range()
+    assert (low, high) == pytest.approx(
+        sorted(similarity.cosine_scale * c + similarity.log_ratio_offset for c in (-1.0, 1.0))
+    )
+
+
+def test_a_user_similarity_has_no_offset_and_its_range_from_its_ends():
+    class Half(keras_fmicl.Similarity):
+        def log_ratio_from_cosine(self, cosine):
+            return -0.5 * cosine
+
+    assert Half().log_ratio_offset is None
+    assert Half().log_ratio_range() == pytest.approx((-0.5, 0.5))
+
+
 def test_gaussian_range_and_identity():
     x = np.array([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]], "float32")
     l = to_numpy(keras_fmicl.Gaussian(sigma=0.5)(x))

@@ -46,3 +46,20 @@ def value_and_grad(fn, *args):
         ]
         return value.detach().cpu().numpy(), grads
     raise NotImplementedError(backend)
+
+
+def traced(fn):
+    """`fn` compiled the way the backend traces a training step.
+
+    TensorFlow: `tf.function`; JAX: `jax.jit`; PyTorch: `fn` itself (eager).
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn

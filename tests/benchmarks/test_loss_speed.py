@@ -110,3 +110,16 @@ def test_parse_args_defaults_and_errors():
     assert quick.sizes == list(loss_speed.QUICK_SIZES)
     with pytest.raises(SystemExit):
         loss_speed.parse_args(["--divergences", "kl,nope"])
+
+
+def test_timed_parameters_default_to_the_library_defaults():
+    from keras_fmicl import similarities
+
+    args = loss_speed.parse_args([])
+    assert (args.sigma, args.temperature) == (
+        similarities.DEFAULT_SIGMA,
+        similarities.DEFAULT_TEMPERATURE,
+    )
+    args = loss_speed.parse_args(["--sigma", "0.5", "--temperature", "0.2"])
+    assert (args.sigma, args.temperature) == (0.5, 0.2)
+    assert "--sigma" in loss_speed._worker_arguments(args)
