@@ -28,6 +28,7 @@ masking the row, when the scores' range makes that accurate
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -300,6 +301,12 @@ def build(
             offset = distributed.replica_index() * num_samples
             if labels is not None:
                 candidate_labels = distributed.all_gather(labels)
+        elif self_contrast and batch_cosine_scale > 0 and batch_cosine_offset == 0.0:
+            # One operand on both sides, sqrt(scale) z^: the compilers then
+            # differentiate z^ z^T with one matmul fewer ((G + G^T) z^).
+            flat_queries = flat_keys = ops.reshape(
+                unit_queries * math.sqrt(batch_cosine_scale), (-1, ops.shape(queries)[-1])
+            )
         batch_cosine = row_dot(*_with_offset_column(flat_queries, flat_keys, batch_cosine_offset))
         if n_static is not None:
             num_other_samples = n_static * replicas - 1
