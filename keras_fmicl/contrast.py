@@ -340,8 +340,9 @@ def build(
             negatives = ops.logical_not(same_label)
             positives = ops.logical_and(same_label, other_sample())
             if not self_contrast:
-                negatives = ops.logical_and(negatives, other_view())
-                positives = ops.logical_and(positives, other_view())
+                view_mask = other_view()
+                negatives = ops.logical_and(negatives, view_mask)
+                positives = ops.logical_and(positives, view_mask)
             batch_positive_mask = positives
             positive_count = positive_count + ops.reshape(
                 ops.sum(ops.cast(positives, dtype), axis=1), (-1, num_views)

@@ -398,7 +398,7 @@ class VinczeLeCam(Divergence):
     negative_core_is_square = True
 
     def negative_score_parts(self, log_ratio):
-        return ops.square(ops.sigmoid(ops.convert_to_tensor(log_ratio))), 4.0, -1.0
+        return ops.square(self.negative_core_root(log_ratio)), 4.0, -1.0
 
     def negative_core_root(self, log_ratio):
         return ops.sigmoid(ops.convert_to_tensor(log_ratio))

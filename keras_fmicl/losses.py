@@ -90,7 +90,7 @@ class _NegativeScores:
         exponential = divergence.negative_exponential
         cosine_scale = similarity.cosine_scale
         offset_l = similarity.log_ratio_offset
-        builtin = type(divergence) in divergences.BUILTIN_DIVERGENCES.values()
+        builtin = _is_builtin(divergence)
         self.matrix_offset = 0.0
         self.core_bounds = None
         self.row_sum = None
@@ -227,13 +227,17 @@ def _largest_exponent(divergence, similarity, exponents=None) -> float:
     return max([k * low for k in exponents] + [k * high for k in exponents] + [0.0])
 
 
+def _is_builtin(divergence: divergences.Divergence) -> bool:
+    """Whether the divergence is one of the package's (whose scores are known)."""
+    return type(divergence) in divergences.BUILTIN_DIVERGENCES.values()
+
+
 def _exponentials_are_exact(divergence, similarity) -> bool:
     """Whether no score can reach the linear continuation of `capped_exp`."""
-    builtin = type(divergence) in divergences.BUILTIN_DIVERGENCES.values()
     exponents = tuple(divergence.exponents) + tuple(divergence.plain_exponents)
-    return builtin and _largest_exponent(divergence, similarity, exponents) <= divergences.max_exponent(
-        "float32"
-    )
+    return _is_builtin(divergence) and _largest_exponent(
+        divergence, similarity, exponents
+    ) <= divergences.max_exponent("float32")
 
 
 def _warn_if_beyond_exact_range(
@@ -557,16 +561,31 @@ class FMICLLoss(ContrastiveLoss):
         self.alpha = check_positive_number("alpha", alpha)
         _warn_if_beyond_exact_range(self.divergence, self.similarity)
 
+    def _negative_scores(self) -> _NegativeScores:
+        """The `_NegativeScores` of the current divergence and similarity.
+
+        Built once and reused by `contrast_options` and `anchor_losses` (and
+        every later call) until either attribute is replaced.
+        """
+        cached = getattr(self, "_negative_scores_cache", None)
+        if cached is None or cached[0] is not self.divergence or cached[1] is not self.similarity:
+            cached = (
+                self.divergence,
+                self.similarity,
+                _NegativeScores(self.divergence, self.similarity),
+            )
+            self._negative_scores_cache = cached
+        return cached[2]
+
     def contrast_options(self):
-        negative_scores = _NegativeScores(self.divergence, self.similarity)
+        negative_scores = self._negative_scores()
         return {
             "batch_cosine_scale": negative_scores.matrix_scale,
             "batch_cosine_offset": negative_scores.matrix_offset,
         }
 
     def anchor_losses(self, batch):
-        negative_scores = _NegativeScores(self.divergence, self.similarity)
-        return _fmicl_anchor_losses(batch, negative_scores, self.similarity, self.alpha)
+        return _fmicl_anchor_losses(batch, self._negative_scores(), self.similarity, self.alpha)
 
     def get_config(self):
         config = super().get_config()

@@ -673,3 +673,16 @@ def test_defaults_are_the_swept_values_and_apply_everywhere():
         reference.info_nce_loss(y_pred, None, "cosine", 0.1),
         rtol=1e-4, atol=1e-5,
     )
+
+
+def test_replacing_the_divergence_or_similarity_after_construction_takes_effect():
+    """The loss reuses its negative-score plan only while both are unchanged."""
+    y_pred = embeddings(seed=23)
+    loss = keras_fmicl.FMICLLoss("kl", reduction=None)
+    loss(None, y_pred)
+    loss.divergence = keras_fmicl.divergences.get("js")
+    loss.similarity = keras_fmicl.Cosine(0.3)
+    expected = keras_fmicl.FMICLLoss("js", similarity="cosine", temperature=0.3, reduction=None)
+    np.testing.assert_allclose(
+        to_numpy(loss(None, y_pred)), to_numpy(expected(None, y_pred)), rtol=1e-6
+    )
