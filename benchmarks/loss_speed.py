@@ -18,10 +18,17 @@ The losses, side by side in the same process:
 * `simclr_keras_cv`: `keras_cv.losses.SimCLRLoss(temperature)`, called
   as `loss(z1, z2)` on the two views (it sums both directions, so its value
   is twice InfoNCE's);
-* `matmul_floor`: the three `(M x d) . (d x M)`-sized matmuls that any
-  forward + backward of an `(M, M)` similarity matrix needs (M = 2N):
-  `S = A A^T`, then `S A` and `S^T A`. No loss can be faster than this by
-  more than its elementwise work.
+* `matmul_floor`: the three `(M x d) . (d x M)`-sized matmuls of a
+  forward + backward of an `(M, M)` similarity matrix differentiated by
+  autodiff (M = 2N): `S = A A^T`, then `S A` and `S^T A`. f-MICL's
+  self-contrast can go below it: its matrix is symmetric, and
+  `keras_fmicl.contrast.symmetric_row_sum` differentiates the negatives
+  with one matmul, two in all.
+
+Timing: per size, every loss is compiled and warmed up, then timed in
+interleaved rounds (each round runs a block of calls of every loss in turn,
+blocks of about 25 ms for cheap losses), so that slow drifts of a shared
+machine reach every loss alike; ratios are medians of same-round ratios.
 
 The Keras backend is fixed per process, so the driver launches one worker
 subprocess per backend (`KERAS_BACKEND=<b> python loss_speed.py --worker`)
@@ -86,6 +93,9 @@ VIEWS = 2
 SIGMA = 1.0
 TEMPERATURE = 0.5
 MAX_REPEATS = 50
+# Calls per timed block: about this many seconds (cheap calls are repeated).
+MIN_BLOCK_SECONDS = 0.025
+MAX_BLOCK_CALLS = 100
 
 SIMCLR = "simclr_keras_cv"
 INFO_NCE = "info_nce"
@@ -241,7 +251,18 @@ def make_runner(
 
         x = torch.from_numpy(y_np)
         if mode == "torch.compile":
-            torch._dynamo.reset()
+            # The f-MICL configurations share one code object (the lambda
+            # of `make_loss_fn`), each with its own guards: room for all of
+            # them in dynamo's cache, or the later ones fall back to eager.
+            config_module = torch._dynamo.config
+            for limit in (
+                "cache_size_limit",
+                "recompile_limit",
+                "accumulated_cache_size_limit",
+                "accumulated_recompile_limit",
+            ):
+                if hasattr(config_module, limit):
+                    setattr(config_module, limit, max(getattr(config_module, limit), 256))
             fn = torch.compile(matmul_floor if floor else loss_fn, dynamic=False)
         elif mode == "eager":
             fn = matmul_floor if floor else loss_fn
@@ -274,42 +295,118 @@ def time_runner(
     max_seconds: float,
     min_seconds: float = 0.0,
 ) -> dict:
-    """Times `run` after a compiling first call and `warmup` more calls.
+    """Times one `run` alone (see `time_interleaved`, which the worker uses)."""
+    return time_interleaved({"run": run}, repeats, warmup, max_seconds, min_seconds)["run"]
 
-    Runs at least `repeats` timed calls, more (up to `MAX_REPEATS`) while
-    they take less than `min_seconds` in all: cheap configurations get more
-    samples. Stops early (after at least 2 timed calls) once the timed calls
-    exceed `max_seconds`; `repeats` in the result is the number timed.
+
+def time_interleaved(
+    runners: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int,
+    max_seconds: float,
+    min_seconds: float = 0.0,
+) -> dict[str, dict]:
+    """Times several runners in interleaved rounds, after compiling and warming up.
+
+    Each runner's first (compiling) call is timed on its own, followed by
+    `warmup` more calls. Each runner then gets a block size: the number of
+    calls that last about `MIN_BLOCK_SECONDS` (1 for slow ones), so that the
+    clock's resolution and one-off hiccups weigh little on a cheap call. A
+    round runs one block of every runner, starting one runner later each
+    round; a runner's times are the per-call means of its blocks. Slow drifts
+    of the machine (other jobs, clock frequency) then reach every
+    configuration alike, and `paired_ratio` compares blocks of the same round.
+
+    There are at least `repeats` rounds, more (up to `MAX_REPEATS`) while
+    they took less than `min_seconds` in all, and no more once they exceed
+    `max_seconds` per runner (after at least 2 rounds). A runner that raises
+    gets an `error` and leaves the rounds; the others go on.
+
+    Returns:
+        `{name: record}`, a record holding `median_ms`, `min_ms`, `mean_ms`,
+        `times_ms` (one per round), `cpu_median_ms` and `cpu_times_ms`
+        (process CPU time, all threads, per call), `repeats` (rounds),
+        `calls_per_round`, `first_call_ms` and `value` (the first call's),
+        or `error`.
     """
-    start = time.perf_counter()
-    value = run()
-    first_ms = 1e3 * (time.perf_counter() - start)
-    for _ in range(warmup):
-        run()
-    times, cpu_times = [], []
+    records: dict[str, dict] = {}
+    blocks: dict[str, int] = {}
+    for name, run in runners.items():
+        try:
+            start = time.perf_counter()
+            value = run()
+            first_ms = 1e3 * (time.perf_counter() - start)
+            for _ in range(warmup):
+                run()
+            start = time.perf_counter()
+            run()
+            one_call = time.perf_counter() - start
+        except Exception as error:  # noqa: BLE001 - recorded, the others go on
+            records[name] = {"error": _error_text(error)}
+            continue
+        blocks[name] = max(1, min(MAX_BLOCK_CALLS, round(MIN_BLOCK_SECONDS / max(one_call, 1e-9))))
+        records[name] = {
+            "first_call_ms": first_ms,
+            "value": value,
+            "calls_per_round": blocks[name],
+            "times_ms": [],
+            "cpu_times_ms": [],
+        }
+    active = list(blocks)
     started = time.perf_counter()
-    while True:
-        t, c = time.perf_counter(), time.process_time()
-        run()
-        times.append(1e3 * (time.perf_counter() - t))
-        cpu_times.append(1e3 * (time.process_time() - c))
+    rounds = 0
+    gc_was_enabled = gc.isenabled()
+    while active:
+        gc.collect()
+        gc.disable()  # no collection inside a timed block
+        try:
+            shift = rounds % len(active)
+            for name in active[shift:] + active[:shift]:
+                calls, run = blocks[name], runners[name]
+                t, c = time.perf_counter(), time.process_time()
+                try:
+                    for _ in range(calls):
+                        run()
+                except Exception as error:  # noqa: BLE001
+                    records[name] = {"error": _error_text(error)}
+                    continue
+                records[name]["times_ms"].append(1e3 * (time.perf_counter() - t) / calls)
+                records[name]["cpu_times_ms"].append(1e3 * (time.process_time() - c) / calls)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        active = [name for name in active if "error" not in records[name]]
+        rounds += 1
         elapsed = time.perf_counter() - started
-        if len(times) >= 2 and elapsed > max_seconds:
+        if rounds >= 2 and elapsed > max_seconds * max(len(active), 1):
             break
-        if len(times) >= repeats and (elapsed >= min_seconds or len(times) >= MAX_REPEATS):
+        if rounds >= repeats and (elapsed >= min_seconds or rounds >= MAX_REPEATS):
             break
-    return {
-        "median_ms": statistics.median(times),
-        "min_ms": min(times),
-        "mean_ms": statistics.fmean(times),
-        "times_ms": times,
-        # CPU time of the whole process (all threads) per run: robust to
-        # other jobs on the machine, and cpu / wall ~ the threads kept busy.
-        "cpu_median_ms": statistics.median(cpu_times),
-        "repeats": len(times),
-        "first_call_ms": first_ms,
-        "value": value,
-    }
+    for name in active:
+        record = records[name]
+        times = record["times_ms"]
+        record.update(
+            median_ms=statistics.median(times),
+            min_ms=min(times),
+            mean_ms=statistics.fmean(times),
+            cpu_median_ms=statistics.median(record["cpu_times_ms"]),
+            repeats=len(times),
+        )
+    return records
+
+
+def paired_ratio(record: dict, reference: dict, key: str = "median_ms") -> float:
+    """Median over rounds of `record`'s time ÷ `reference`'s in the same round.
+
+    For records timed together by `time_interleaved` (same number of
+    rounds); otherwise the ratio of the medians. `key` is `"median_ms"`
+    (wall time) or `"cpu_median_ms"` (process CPU time).
+    """
+    series = "times_ms" if key == "median_ms" else "cpu_times_ms"
+    a, b = record.get(series), reference.get(series)
+    if a and b and len(a) == len(b) and record.get("interleaved") and reference.get("interleaved"):
+        return statistics.median(x / y for x, y in zip(a, b))
+    return record[key] / reference[key]
 
 
 # ---------------------------------------------------------------------------
@@ -452,14 +549,22 @@ def run_worker(options: dict) -> dict:
     for mode in modes:
         for n in options["sizes"]:
             y_np = make_embeddings(n, options["dim"])
-            for config in configs:
-                if (
+            group = [
+                config
+                for config in configs
+                if not (
                     mode == "torch.compile"
                     and options["torch_compile"] == "subset"
                     and config not in TORCH_COMPILE_SUBSET
-                ):
-                    continue
-                record = {
+                )
+            ]
+            runners, records = {}, {}
+            if mode == "torch.compile":
+                import torch
+
+                torch._dynamo.reset()  # frees the previous size's graphs
+            for config in group:
+                records[config] = {
                     "backend": backend,
                     "mode": mode,
                     "config": config,
@@ -467,33 +572,38 @@ def run_worker(options: dict) -> dict:
                     "m": VIEWS * n,
                     "dim": options["dim"],
                 }
-                gc.collect()
                 try:
-                    run = make_runner(
+                    runners[config] = make_runner(
                         backend, mode, config, y_np, options["sigma"], options["temperature"]
                     )
-                    record.update(
-                        time_runner(
-                            run,
-                            options["repeats"],
-                            options["warmup"],
-                            options["max_seconds"],
-                            options["min_seconds"],
-                        )
-                    )
-                    record["loadavg"] = _loadavg()
+                except ImportError as error:
+                    records[config]["skipped"] = _error_text(error)
+                    _log(f"[{backend} {mode}] N={n} {config}: skipped ({records[config]['skipped']})")
+                except Exception as error:  # noqa: BLE001 - recorded, run goes on
+                    records[config]["error"] = _error_text(error)
+            gc.collect()
+            timings = time_interleaved(
+                runners,
+                options["repeats"],
+                options["warmup"],
+                options["max_seconds"],
+                options["min_seconds"],
+            )
+            runners = None
+            loadavg = _loadavg()
+            for config in group:
+                record = records[config]
+                if config in timings:
+                    record.update(timings[config], interleaved=True, loadavg=loadavg)
+                if "error" in record:
+                    _log(f"[{backend} {mode}] N={n} {config}: ERROR {record['error']}")
+                elif "median_ms" in record:
                     _log(
                         f"[{backend} {mode}] N={n} {config}: "
                         f"median {record['median_ms']:.2f} ms, min {record['min_ms']:.2f} ms "
-                        f"({record['repeats']} runs, first call {record['first_call_ms']:.0f} ms)"
+                        f"({record['repeats']} rounds of {record['calls_per_round']}, "
+                        f"first call {record['first_call_ms']:.0f} ms)"
                     )
-                except ImportError as error:
-                    record["skipped"] = _error_text(error)
-                    _log(f"[{backend} {mode}] N={n} {config}: skipped ({record['skipped']})")
-                except Exception as error:  # noqa: BLE001 - recorded, run goes on
-                    record["error"] = _error_text(error)
-                    _log(f"[{backend} {mode}] N={n} {config}: ERROR {record['error']}")
-                run = None
                 report["results"].append(record)
     report["loadavg_end"] = _loadavg()
     return report
@@ -731,7 +841,7 @@ def _ms_cell(record: dict | None) -> str:
 def _ratio(record: dict | None, reference: dict | None, key: str = "median_ms") -> float | None:
     if not record or not reference or key not in record or key not in reference:
         return None
-    return record[key] / reference[key]
+    return paired_ratio(record, reference, key)
 
 
 def _ordered(items) -> list:
@@ -754,8 +864,9 @@ def speed_tables(report: dict) -> str:
         repeats = [r["repeats"] for r in rows if "repeats" in r]
         fewest = min(repeats) if repeats else 0
         lines.append(
-            f"### {backend} — {mode}\n\nmedian ms (min) of >= {fewest} timed "
-            "forward+backward runs (more for cheap ones); ratios use the medians.\n"
+            f"### {backend} — {mode}\n\nmedian ms (min) per forward+backward over >= {fewest} "
+            "interleaved rounds (each round times a block of calls of every loss in turn); "
+            "ratios are the medians of the same-round ratios.\n"
         )
         header = (
             ["loss"]
@@ -912,7 +1023,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--backends", type=_choices(BACKENDS), default=list(BACKENDS))
     parser.add_argument("--sizes", type=_int_list, default=None, help="N values (samples)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs (default 5)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds, at least (default 7; quick: 2)"
+    )
     parser.add_argument(
         "--warmup", type=int, default=None, help="untimed runs after compiling (1; quick: 0)"
     )
@@ -920,14 +1033,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-seconds",
         type=float,
         default=60.0,
-        help="stop timing a configuration after this many seconds (>= 2 runs)",
+        help="stop the rounds of one size after this many seconds per loss (>= 2 rounds)",
     )
     parser.add_argument(
         "--min-seconds",
         type=float,
         default=None,
-        help=f"keep timing cheap configurations until this many seconds (<= {MAX_REPEATS} runs; "
-        "default 1, quick 0)",
+        help=f"more rounds (<= {MAX_REPEATS}) until the rounds of one size took this many "
+        "seconds (default 5, quick 0)",
     )
     parser.add_argument("--divergences", type=_choices(DIVERGENCES), default=list(DIVERGENCES))
     parser.add_argument("--similarities", type=_choices(SIMILARITIES), default=list(SIMILARITIES))
@@ -963,11 +1076,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.sizes is None:
         args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
     if args.repeats is None:
-        args.repeats = 2 if args.quick else 5
+        args.repeats = 2 if args.quick else 7
     if args.warmup is None:
         args.warmup = 0 if args.quick else 1
     if args.min_seconds is None:
-        args.min_seconds = 0.0 if args.quick else 1.0
+        args.min_seconds = 0.0 if args.quick else 5.0
     if args.memory_sizes is None:
         args.memory_sizes = list(QUICK_MEMORY_SIZES if args.quick else DEFAULT_MEMORY_SIZES)
     if args.repeats < 1:

@@ -17,13 +17,16 @@ earlier keys adds `K` negatives (MoCo v2).
 `ContrastiveBatch` holds the cosine similarities of these pairs, computed
 from matmuls of normalised embeddings (never an `(M, M, d)` tensor), with
 boolean masks applied by `where`, so that each loss evaluates its own scores
-on them. The positives of a sample come from an `(N, V, V)` batched matmul, so
+on them. The positives of a sample come from an `(N, V, V)` block (`view_dots`), so
 that the self-supervised case never evaluates positive scores on the full
 `(M, M)` matrix. Without labels or keys, the negatives of an anchor are its
 whole row but its own sample's `V` entries: `negative_sum` then subtracts
 those from the row sum (evaluated on the `(N, V, V)` block) instead of
 masking the row, when the scores' range makes that accurate
-(`subtraction_is_accurate`): no `(M, M)` mask is built at all.
+(`subtraction_is_accurate`): no `(M, M)` mask is built at all. When the
+queries contrast with themselves, the `(M, M)` matrix is `w w^T` for one
+operand `w`, and `symmetric_row_sum` differentiates the negatives' row
+sums with one `(M, M) x (M, d)` matmul instead of the two of autodiff.
 """
 
 from __future__ import annotations
@@ -70,6 +73,11 @@ class ContrastiveBatch:
         positive_mask: `(V, V)` bool, `w != v`.
         batch_cosine: `(M, M)`: cosine of every query and every key, or
             `None` when the batch holds no negatives nor label positives.
+        symmetric_operand: `(M, d)` `w = sqrt(batch_cosine_scale) z^` when
+            the queries contrast with themselves on one replica (then
+            `batch_cosine = w w^T + batch_cosine_offset`, built on first
+            use), else `None`.
+        symmetric_matrix: `w w^T` (no offset), or `None`.
         batch_positive_mask: `(M, M)` bool: other samples with the same
             label (supervised only), else `None`.
         batch_negative_mask: `(M, M)` bool, or `None` without in-batch
@@ -88,18 +96,48 @@ class ContrastiveBatch:
         negative_count: negatives per anchor, `(N, V)` or a scalar.
     """
 
-    def __init__(self, batch_negative_mask: Any = None, **fields):
+    def __init__(
+        self,
+        batch_negative_mask: Any = None,
+        batch_cosine: Any = None,
+        symmetric_operand: Any = None,
+        **fields,
+    ):
         self.__dict__.update(fields)
         # A tensor, or a zero-argument callable building it on first use:
         # the f-MICL loss does not need the (M, M) mask at all when it
         # subtracts the same-sample pairs instead (one pass fewer, eager).
         self._batch_negative_mask = batch_negative_mask
+        self.symmetric_operand = symmetric_operand
+        self._symmetric_matrix = None
+        self._batch_cosine = batch_cosine
 
     @property
     def batch_negative_mask(self) -> Any:
         if callable(self._batch_negative_mask):
             self._batch_negative_mask = self._batch_negative_mask()
         return self._batch_negative_mask
+
+    @property
+    def symmetric_matrix(self) -> Any:
+        """`(M, M)` `w w^T` of `symmetric_operand`, without the offset (on first use)."""
+        if self._symmetric_matrix is None and self.symmetric_operand is not None:
+            self._symmetric_matrix = row_dot(self.symmetric_operand, self.symmetric_operand)
+        return self._symmetric_matrix
+
+    @property
+    def batch_cosine(self) -> Any:
+        if self._batch_cosine is None and self.symmetric_operand is not None:
+            offset = self.batch_cosine_offset
+            if offset == 0.0:
+                self._batch_cosine = self.symmetric_matrix
+            elif self._symmetric_matrix is None:
+                # The offset inside the matmul (a column): no (M, M) addition.
+                w = self.symmetric_operand
+                self._batch_cosine = row_dot(*_with_offset_column(w, w, offset))
+            else:
+                self._batch_cosine = self._symmetric_matrix + offset
+        return self._batch_cosine
 
     def reshape_rows(self, x: Any) -> Any:
         """`(M,)` per-anchor values to `(N, V)`."""
@@ -277,13 +315,13 @@ def build(
     if batch_cosine_scale != cosine_scale:
         matrix_queries = unit_queries * batch_cosine_scale
 
-    positive_cosine = ops.einsum("nvd,nwd->nvw", queries, keys)
+    positive_cosine = view_dots(queries, keys)
     # A tensor, not a numpy constant: numpy arrays inside the loss break
     # torch.compile graphs (Keras' torch convert_to_tensor reads ndarray.dtype).
     view_index = ops.arange(num_views, dtype="int32")
     positive_mask = ops.not_equal(view_index[:, None], view_index[None, :])
     positive_count = float(num_views - 1)
-    batch_cosine = batch_positive_mask = batch_negative_mask = None
+    batch_cosine = batch_positive_mask = batch_negative_mask = symmetric_operand = None
     negative_count = 0.0
     other_sample_negatives = False
     num_other_samples = None
@@ -301,13 +339,18 @@ def build(
             offset = distributed.replica_index() * num_samples
             if labels is not None:
                 candidate_labels = distributed.all_gather(labels)
-        elif self_contrast and batch_cosine_scale > 0 and batch_cosine_offset == 0.0:
-            # One operand on both sides, sqrt(scale) z^: the compilers then
-            # differentiate z^ z^T with one matmul fewer ((G + G^T) z^).
-            flat_queries = flat_keys = ops.reshape(
+        elif self_contrast and batch_cosine_scale > 0:
+            # One operand on both sides, w = sqrt(scale) z^, and a symmetric
+            # matrix w w^T: `symmetric_row_sum` differentiates its row sums
+            # with one matmul, and the compilers differentiate w w^T itself
+            # with one matmul fewer ((G + G^T) w).
+            symmetric_operand = ops.reshape(
                 unit_queries * math.sqrt(batch_cosine_scale), (-1, ops.shape(queries)[-1])
             )
-        batch_cosine = row_dot(*_with_offset_column(flat_queries, flat_keys, batch_cosine_offset))
+        if symmetric_operand is None:
+            batch_cosine = row_dot(
+                *_with_offset_column(flat_queries, flat_keys, batch_cosine_offset)
+            )
         if n_static is not None:
             num_other_samples = n_static * replicas - 1
         anchor_index = ops.arange(num_anchors, dtype="int32")
@@ -381,12 +424,26 @@ def build(
         positive_mask=positive_mask,
         positive_count=positive_count,
         batch_cosine=batch_cosine,
+        symmetric_operand=symmetric_operand,
         batch_positive_mask=batch_positive_mask,
         batch_negative_mask=batch_negative_mask,
         queue_cosine=queue_cosine,
         queue_mask=queue_mask,
         negative_count=negative_count,
     )
+
+
+def view_dots(queries: Any, keys: Any) -> Any:
+    """`(N, V, V)` dot products of each sample's query views with its key views.
+
+    An `(N, V, V, d)` product summed over `d` on PyTorch, whose batched
+    matmul of N tiny `(V, d) x (d, V)` products costs more than the whole
+    elementwise pass (eager and compiled); XLA lowers the `einsum` well.
+    Either way the tensor is O(M V d), never O(M^2 d).
+    """
+    if keras.backend.backend() == "torch":
+        return ops.sum(queries[:, :, None, :] * keys[:, None, :, :], axis=-1)
+    return ops.einsum("nvd,nwd->nvw", queries, keys)
 
 
 def _with_offset_column(queries: Any, keys: Any, offset: float) -> tuple[Any, Any]:
@@ -454,11 +511,68 @@ def subtraction_is_accurate(batch: ContrastiveBatch, core_bounds: tuple | None) 
     return others > 0 and high / low <= MAX_ERROR_AMPLIFICATION * others
 
 
+def symmetric_row_sum(
+    operand: Any,
+    matrix: Any,
+    offset: float,
+    score_fn,
+    score_derivative,
+    mask: Any = None,
+) -> Any:
+    """Row sums of `score_fn(w w^T + offset)`, differentiated with one matmul.
+
+    For `S = w w^T` (symmetric) and row sums `r_m = sum_k s(S_mk)`, the
+    gradient of `sum_m g_m r_m` with respect to `w_j` is
+    `sum_k (g_j + g_k) s'(S_jk) w_k`: one `(M, M) x (M, d)` product, where
+    differentiating through the matmul takes two (`G w` and `G^T w`).
+
+    Args:
+        operand: `(M, d)` `w`.
+        matrix: `w w^T` (its gradient is not used: everything flows to
+            `operand`).
+        offset: a Python float added to `matrix` before `score_fn`.
+        score_fn: elementwise `s`.
+        score_derivative: `score_derivative(x, values)`: `s'(x)` elementwise,
+            given `values = s(x)`.
+        mask: optional symmetric `(M, M)` bool: sum only where it is true.
+
+    Returns:
+        `(M,)` row sums.
+    """
+    drop_matrix_gradient = keras.backend.backend() == "torch"
+
+    @ops.custom_gradient
+    def row_sums(w, s):
+        x = s + offset if offset != 0.0 else s
+        values = score_fn(x)
+        sums = masked_sum(values, mask)
+        # Evaluated here, so that the backward keeps one (M, M) tensor (eager
+        # torch frees `x` and `values`; XLA schedules it as it likes).
+        derivative = score_derivative(x, values)
+
+        def grad(*args, upstream=None):
+            # TensorFlow and JAX pass the upstream gradient positionally,
+            # torch as `upstream` after the inputs.
+            if upstream is None:
+                (upstream,) = args
+            weights = (upstream[:, None] + upstream[None, :]) * derivative
+            if mask is not None:
+                weights = ops.where(mask, weights, 0.0)
+            matrix_grad = None if drop_matrix_gradient else ops.zeros_like(s)
+            # einsum, not matmul: Keras' torch matmul computes float64 in float32.
+            return ops.einsum("mk,kd->md", weights, w), matrix_grad
+
+        return sums, grad
+
+    return row_sums(operand, ops.stop_gradient(matrix))
+
+
 def negative_sum(
     batch: ContrastiveBatch,
     score_fn,
     core_bounds: tuple | None = None,
     row_sum=None,
+    score_derivative=None,
 ) -> Any:
     """Per-anchor `(N, V)` sum of `score_fn(cosine)` over the negatives.
 
@@ -471,19 +585,49 @@ def negative_sum(
     `(M, M)` mask nor `where` (fewer elementwise passes; on eager backends
     each is a pass over `M^2` values). Otherwise the row is masked.
 
+    `score_derivative(matrix, values)`, if given, is the elementwise
+    derivative of `score_fn` (`values = score_fn(matrix)`): on a symmetric
+    batch (`symmetric_operand`) the row sums, plain or masked, are then
+    differentiated with one matmul (`symmetric_row_sum`).
     `row_sum`, if given, computes `sum(score_fn(matrix), axis=-1)` of the
-    full rows in a cheaper way (used on the subtraction path only).
+    full rows in a cheaper way; the subtraction then uses it, with
+    autodiff, instead of the symmetric route (eager torch's squared norms:
+    cheaper there than the passes of an explicit derivative).
     """
     total = None
     if batch.in_batch_negatives:
         if subtraction_is_accurate(batch, core_bounds):
-            if row_sum is None:
+            if (
+                batch.symmetric_operand is not None
+                and score_derivative is not None
+                and row_sum is None
+            ):
+                row_total = symmetric_row_sum(
+                    batch.symmetric_operand,
+                    batch.symmetric_matrix,
+                    batch.batch_cosine_offset,
+                    score_fn,
+                    score_derivative,
+                )
+            elif row_sum is None:
                 row_total = ops.sum(score_fn(batch.batch_cosine), axis=-1)
             else:
                 row_total = row_sum(batch.batch_cosine)
             row_total = batch.reshape_rows(row_total)
             own_sample = ops.sum(score_fn(batch.same_sample_cosine()), axis=-1)
             total = row_total - own_sample
+        elif batch.symmetric_operand is not None and score_derivative is not None:
+            # The negative mask of a batch against itself is symmetric too.
+            total = batch.reshape_rows(
+                symmetric_row_sum(
+                    batch.symmetric_operand,
+                    batch.symmetric_matrix,
+                    batch.batch_cosine_offset,
+                    score_fn,
+                    score_derivative,
+                    mask=batch.batch_negative_mask,
+                )
+            )
         else:
             total = batch.reshape_rows(
                 masked_sum(score_fn(batch.batch_cosine), batch.batch_negative_mask)

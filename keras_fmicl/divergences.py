@@ -157,6 +157,17 @@ class Divergence(ConfigEquality):
             f"{type(self).__name__} does not give its negative core as a square."
         )
 
+    def negative_core_derivative(self, log_ratio: Any) -> Any:
+        """`d core / d l` of the core of `negative_score_parts` (optional).
+
+        Built-in divergences whose core is not an exponential define it: the
+        loss then differentiates the negatives' row sums with one matmul
+        (`contrast.symmetric_row_sum`).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not give the derivative of its negative core."
+        )
+
     def negative_core_bounds(self, low: float, high: float) -> tuple[float, float] | None:
         """Smallest and largest `core` of `negative_score_parts` for `l` in `[low, high]`.
 
@@ -248,6 +259,9 @@ class JensenShannon(Divergence):
             # torch pays per op instead: its softplus is a single kernel.)
             return ops.log1p(ops.exp(log_ratio)), 1.0, -math.log(2.0)
         return ops.softplus(log_ratio), 1.0, -math.log(2.0)
+
+    def negative_core_derivative(self, log_ratio):
+        return ops.sigmoid(ops.convert_to_tensor(log_ratio))
 
     def negative_core_bounds(self, low, high):
         return _softplus(low), _softplus(high)
@@ -402,6 +416,11 @@ class VinczeLeCam(Divergence):
 
     def negative_core_root(self, log_ratio):
         return ops.sigmoid(ops.convert_to_tensor(log_ratio))
+
+    def negative_core_derivative(self, log_ratio):
+        # d sigmoid(l)^2 / dl = 2 sigmoid(l)^2 (1 - sigmoid(l))
+        root = self.negative_core_root(log_ratio)
+        return ops.square(root) * (2.0 - 2.0 * root)
 
     def negative_core_bounds(self, low, high):
         return _sigmoid(low) ** 2, _sigmoid(high) ** 2

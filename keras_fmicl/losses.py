@@ -83,6 +83,10 @@ class _NegativeScores:
             range, or `None` when unknown.
         row_sum: `None`, or a function giving the row sums of `core` of a
             matrix more cheaply than `sum(core(matrix))`.
+        derivative: `None`, or `derivative(matrix, values)`, the elementwise
+            derivative of `core` (`values = core(matrix)`): the
+            negatives' row sums of a symmetric batch are then differentiated
+            with one matmul (`contrast.symmetric_row_sum`).
     """
 
     def __init__(self, divergence: divergences.Divergence, similarity: similarities.Similarity):
@@ -94,6 +98,7 @@ class _NegativeScores:
         self.matrix_offset = 0.0
         self.core_bounds = None
         self.row_sum = None
+        self.derivative = None
         self._constants = None
         if (
             builtin
@@ -107,6 +112,7 @@ class _NegativeScores:
             self._constants = (factor * math.exp(k * offset_l), offset)
             # exp(k s cos) over cos in [-1, 1]
             self.core_bounds = (math.exp(-abs(self.matrix_scale)), math.exp(abs(self.matrix_scale)))
+            self.derivative = _exp_derivative
             return
         self.matrix_scale = cosine_scale
         log_ratio = similarity.log_ratio_from_scaled_cosine
@@ -125,21 +131,22 @@ class _NegativeScores:
         if builtin:
             self.core_bounds = divergence.negative_core_bounds(*similarity.log_ratio_range())
             if divergence.negative_core_is_square and keras.backend.backend() == "torch":
-                self.row_sum = self._squared_norms
+                # (plain functions, not bound methods: see `derivative`)
+                self.row_sum = lambda matrix: _squared_norms(
+                    divergence.negative_core_root(log_ratio(matrix))
+                )
+            if _overrides(divergence, "negative_core_derivative"):
+                # A plain function, not a bound method: torch.compile
+                # cannot rebuild a bound method inside a custom gradient.
+                def derivative(matrix, values, log_ratio=log_ratio):
+                    return divergence.negative_core_derivative(log_ratio(matrix))
+
+                self.derivative = derivative
 
     def core(self, matrix: Any) -> Any:
         core, scale, offset = self.divergence.negative_score_parts(self._log_ratio(matrix))
         self._constants = (scale, offset)
         return core
-
-    def _squared_norms(self, matrix: Any) -> Any:
-        # sum_k r(l)^2 as the squared norm of the row of r(l): eager torch
-        # then neither stores the squares nor differentiates them op by op.
-        root = self.divergence.negative_core_root(self._log_ratio(matrix))
-        if keras.backend.standardize_dtype(root.dtype) != "float32":
-            # Keras' torch `norm` computes float64 in float32.
-            return ops.sum(ops.square(root), axis=-1)
-        return ops.square(ops.norm(root, axis=-1))
 
     @property
     def scale(self) -> float:
@@ -159,6 +166,23 @@ class _NegativeScores:
 
 def _identity(x: Any) -> Any:
     return x
+
+
+def _squared_norms(root: Any) -> Any:
+    """Row sums of `root^2` as squared norms: eager torch then neither
+    stores the squares nor differentiates them op by op."""
+    if keras.backend.standardize_dtype(root.dtype) != "float32":
+        # Keras' torch `norm` computes float64 in float32.
+        return ops.sum(ops.square(root), axis=-1)
+    return ops.square(ops.norm(root, axis=-1))
+
+
+def _exp_derivative(matrix: Any, values: Any) -> Any:
+    return values
+
+
+def _overrides(divergence: divergences.Divergence, method: str) -> bool:
+    return getattr(type(divergence), method) is not getattr(divergences.Divergence, method)
 
 
 def _exact_divergence(divergence, similarity):
@@ -191,6 +215,7 @@ def _fmicl_anchor_losses(
         negative_scores.core,
         core_bounds=negative_scores.core_bounds,
         row_sum=negative_scores.row_sum,
+        score_derivative=negative_scores.derivative,
     )
     if negative is None:
         negative_mean = ops.zeros_like(positive_mean)

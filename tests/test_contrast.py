@@ -5,6 +5,7 @@ import pytest
 from keras import ops
 
 from keras_fmicl import contrast
+from keras_fmicl.similarities import row_dot
 from tests import reference
 from tests.utils import to_numpy
 from tests.utils import value_and_grad
@@ -163,3 +164,129 @@ def test_embedding_metrics_do_not_depend_on_the_matrix_scale_and_offset():
     )
     for name in ("alignment", "uniformity"):
         np.testing.assert_allclose(to_numpy(folded[name]), to_numpy(plain[name]), rtol=1e-5)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# name: (core, derivative(x, values), numpy core)
+SYMMETRIC_CORES = {
+    "exp": (ops.exp, lambda x, values: values, np.exp),
+    "softplus": (
+        ops.softplus,
+        lambda x, values: ops.sigmoid(x),
+        lambda x: np.logaddexp(0.0, x),
+    ),
+    "sigmoid_squared": (
+        lambda x: ops.square(ops.sigmoid(x)),
+        lambda x, values: 2.0 * values * (1.0 - ops.sigmoid(x)),
+        lambda x: _sigmoid(x) ** 2,
+    ),
+}
+
+
+@pytest.mark.parametrize("core_name", list(SYMMETRIC_CORES))
+@pytest.mark.parametrize("offset", [0.0, -2.0])
+@pytest.mark.parametrize("masked", [False, True])
+def test_symmetric_row_sum_value_and_gradient(core_name, offset, masked, float64):
+    """One-matmul gradient of row sums of s(w w^T + b) vs finite differences."""
+    core, derivative, numpy_core = SYMMETRIC_CORES[core_name]
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(8, 3))
+    weights = rng.uniform(0.5, 1.5, size=8)
+    mask = negative_mask(4, 2) if masked else np.ones((8, 8), bool)
+
+    def reference_objective(x):
+        return np.sum(weights * np.sum(np.where(mask, numpy_core(x @ x.T + offset), 0.0), axis=1))
+
+    def objective(x):
+        sums = contrast.symmetric_row_sum(
+            x, row_dot(x, x), offset, core, derivative,
+            mask=ops.convert_to_tensor(mask) if masked else None,
+        )  # fmt: skip
+        return ops.sum(sums * ops.convert_to_tensor(weights))
+
+    value, (grad,) = value_and_grad(objective, w)
+    np.testing.assert_allclose(value, reference_objective(w), rtol=1e-12)
+    numerical = np.zeros_like(w)
+    h = 1e-6
+    for index in np.ndindex(*w.shape):
+        step = np.zeros_like(w)
+        step[index] = h
+        numerical[index] = (reference_objective(w + step) - reference_objective(w - step)) / (2 * h)
+    np.testing.assert_allclose(grad, numerical, rtol=1e-7, atol=1e-9)
+
+
+def test_only_a_self_contrasting_batch_is_symmetric():
+    y = embeddings(n=5)
+    queue = np.random.default_rng(1).normal(size=(7, 5)).astype("float32")
+    symmetric = contrast.build(y, cosine_scale=0.5, batch_cosine_scale=2.0, batch_cosine_offset=-1.0)
+    assert symmetric.symmetric_operand is not None
+    # built on first use, from the operand: scale * cos + offset
+    assert symmetric._batch_cosine is None
+    np.testing.assert_allclose(
+        to_numpy(symmetric.batch_cosine), 2.0 * cosines(y) - 1.0, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        to_numpy(symmetric.symmetric_matrix), 2.0 * cosines(y), rtol=1e-5, atol=1e-5
+    )
+    # The other order: the offset added to the matrix already built.
+    other = contrast.build(y, cosine_scale=0.5, batch_cosine_scale=2.0, batch_cosine_offset=-1.0)
+    np.testing.assert_allclose(
+        to_numpy(other.symmetric_matrix), 2.0 * cosines(y), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        to_numpy(other.batch_cosine), 2.0 * cosines(y) - 1.0, rtol=1e-5, atol=1e-5
+    )
+    for batch in (
+        contrast.build(y, keys=y),
+        contrast.build(y, batch_cosine_scale=-2.0),  # no real square root
+        contrast.build(y, queue=queue, in_batch_negatives=False),
+    ):
+        assert batch.symmetric_operand is None
+
+
+@pytest.mark.parametrize("offset", [0.0, -2.0])
+def test_negative_sum_with_a_derivative_matches_the_masked_sum_and_its_gradient(offset, float64):
+    y = embeddings(n=6, v=3, dtype="float64")
+    scale = 1.5
+    core, bounds = exp_core(scale)
+    bounds = (bounds[0] * np.exp(offset), bounds[1] * np.exp(offset))
+    weights = np.random.default_rng(4).uniform(0.5, 1.5, size=(6, 3))
+    calls = []
+    original = contrast.symmetric_row_sum
+
+    def objective(x):
+        batch = contrast.build(x, batch_cosine_scale=scale, batch_cosine_offset=offset)
+        total = contrast.negative_sum(
+            batch, core, core_bounds=bounds, score_derivative=lambda m, v: ops.exp(m)
+        )
+        return ops.sum(total * ops.convert_to_tensor(weights))
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    contrast.symmetric_row_sum = counting
+    try:
+        value, (grad,) = value_and_grad(objective, y)
+    finally:
+        contrast.symmetric_row_sum = original
+    assert calls
+
+    def reference_objective(x):
+        sums = np.sum(
+            np.where(negative_mask(6, 3), np.exp(scale * cosines(x) + offset), 0.0), axis=1
+        )
+        return np.sum(weights.ravel() * sums)
+
+    np.testing.assert_allclose(value, reference_objective(y), rtol=1e-12)
+    numerical = np.zeros_like(y)
+    h = 1e-6
+    for index in np.ndindex(*y.shape):
+        step = np.zeros_like(y)
+        step[index] = h
+        numerical[index] = (reference_objective(y + step) - reference_objective(y - step)) / (2 * h)
+    # finite differences of a sum of ~300: about 1e-8 of absolute error
+    np.testing.assert_allclose(grad, numerical, rtol=1e-6, atol=1e-6)

@@ -156,6 +156,110 @@ def test_negative_scores_plan_matches_the_reference_scores(name, similarity, par
         )
 
 
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "similarity, parameter", [("gaussian", 0.3), ("gaussian", 1.0), ("cosine", 0.2), ("cosine", 0.5)]
+)
+def test_negative_scores_derivative_is_the_derivative_of_the_core(
+    name, similarity, parameter, float64
+):
+    loss = fmicl_loss(name, similarity, parameter)
+    plan = losses._NegativeScores(loss.divergence, loss.similarity)
+    assert plan.derivative is not None
+    cos = np.linspace(-1.0, 1.0, 201)
+    matrix = (plan.matrix_scale * cos + plan.matrix_offset).reshape(3, 67)
+    h = 1e-6
+
+    def core(x):
+        return to_numpy(plan.core(ops.convert_to_tensor(x)))
+
+    numerical = (core(matrix + h) - core(matrix - h)) / (2 * h)
+    tensor = ops.convert_to_tensor(matrix)
+    derivative = to_numpy(plan.derivative(tensor, plan.core(tensor)))
+    np.testing.assert_allclose(derivative, numerical, rtol=1e-6, atol=1e-9 * np.abs(numerical).max())
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("similarity, parameter", SIMILARITIES + [("gaussian", 1.0), ("cosine", 0.5)])
+def test_one_matmul_gradient_of_the_negatives_equals_autodiff(name, similarity, parameter, monkeypatch):
+    """The symmetric path (`contrast.symmetric_row_sum`) against plain autodiff.
+
+    Taken by every built-in divergence without keys, on both negative sums
+    (but VLC's subtraction on torch, whose squared-norm row sums keep
+    autodiff), never by a user's.
+    """
+    y_pred = embeddings(n=16, v=2, d=6, seed=41)
+    loss = fmicl_loss(name, similarity, parameter, alpha=1.3)
+    weights = np.random.default_rng(7).uniform(0.5, 1.5, size=16).astype("float32")
+    calls = []
+    original = contrast.symmetric_row_sum
+
+    def objective(y):
+        return ops.sum(loss(None, y) * ops.convert_to_tensor(weights))
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    subtracted = []
+    accurate = contrast.subtraction_is_accurate
+    monkeypatch.setattr(contrast, "symmetric_row_sum", counting)
+    monkeypatch.setattr(
+        contrast,
+        "subtraction_is_accurate",
+        lambda *args: subtracted.append(accurate(*args)) or subtracted[-1],
+    )
+    value, (grad,) = value_and_grad(objective, y_pred)
+    vlc_on_torch = name == "vlc" and keras.backend.backend() == "torch"
+    assert bool(calls) == (not (vlc_on_torch and subtracted[0]))
+
+    plain_negative_sum = contrast.negative_sum
+    monkeypatch.setattr(
+        contrast,
+        "negative_sum",
+        lambda *args, score_derivative=None, **kwargs: plain_negative_sum(*args, **kwargs),
+    )
+    calls.clear()
+    plain_value, (plain_grad,) = value_and_grad(objective, y_pred)
+    assert not calls
+    np.testing.assert_allclose(value, plain_value, rtol=1e-5)
+    np.testing.assert_allclose(grad, plain_grad, rtol=1e-4, atol=1e-5 * np.abs(plain_grad).max())
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile")
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("similarity", ["gaussian", "cosine"])
+def test_torch_compile_traces_the_loss_as_one_graph(name, similarity):
+    """No graph break (a break made VLC fall back to eager under torch.compile)."""
+    import torch
+
+    loss = keras_fmicl.FMICLLoss(name, similarity=similarity)
+    y_pred = torch.tensor(embeddings(n=8), requires_grad=True)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(lambda y: loss(None, y))(y_pred)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+
+
+def test_a_user_divergence_keeps_autodiff_for_its_negatives(monkeypatch):
+    calls = []
+    original = contrast.symmetric_row_sum
+    monkeypatch.setattr(
+        contrast, "symmetric_row_sum", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+
+    class ReverseKL(keras_fmicl.Divergence):
+        def f(self, u):
+            return -ops.log(u)
+
+        def f_prime(self, u):
+            return -1.0 / u
+
+    plan = losses._NegativeScores(ReverseKL(), keras_fmicl.Gaussian(1.0))
+    assert plan.derivative is None
+    value_and_grad(lambda y: ops.sum(keras_fmicl.FMICLLoss(ReverseKL())(None, y)), embeddings())
+    assert not calls
+
+
 def test_negative_scores_fold_exponentials_into_the_matmul():
     """KL, Pearson, squared Hellinger and Tsallis: one exp per pair."""
     for divergence, k in [("kl", 1.0), ("pearson", 2.0), ("squared_hellinger", 0.5), ("tsallis", 1.5)]:

@@ -123,3 +123,51 @@ def test_timed_parameters_default_to_the_library_defaults():
     args = loss_speed.parse_args(["--sigma", "0.5", "--temperature", "0.2"])
     assert (args.sigma, args.temperature) == (0.5, 0.2)
     assert "--sigma" in loss_speed._worker_arguments(args)
+
+
+def test_time_interleaved_runs_every_loss_in_rotating_rounds():
+    order = []
+
+    def runner(name):
+        def run():
+            order.append(name)
+            return name
+
+        return run
+
+    def failing():
+        order.append("bad")
+        if order.count("bad") > 2:  # compiles and warms up, then fails
+            raise RuntimeError("boom")
+        return 0.0
+
+    runners = {"a": runner("a"), "b": runner("b"), "bad": failing}
+    records = loss_speed.time_interleaved(runners, repeats=4, warmup=1, max_seconds=60.0)
+    assert "boom" in records["bad"]["error"]
+    for name in ("a", "b"):
+        record = records[name]
+        assert record["value"] == name
+        assert record["repeats"] == len(record["times_ms"]) == len(record["cpu_times_ms"]) >= 4
+        assert 1 <= record["calls_per_round"] <= loss_speed.MAX_BLOCK_CALLS
+        assert record["min_ms"] <= record["median_ms"]
+    # After compiling (1 call), warming up (1) and calibrating (1), each
+    # round runs a block of each loss, the rounds alternating which starts.
+    calls = records["a"]["calls_per_round"]
+    assert records["b"]["calls_per_round"] == calls
+    timed = [name for name in order if name != "bad"][6:]
+    blocks = [timed[i : i + calls] for i in range(0, len(timed), calls)]
+    assert all(len(set(block)) == 1 for block in blocks)
+    firsts = [block[0] for block in blocks]
+    assert firsts[:8] == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_paired_ratio_is_the_median_of_same_round_ratios():
+    a = {"interleaved": True, "times_ms": [2.0, 4.0, 9.0], "median_ms": 4.0,
+         "cpu_times_ms": [1.0, 1.0, 1.0], "cpu_median_ms": 1.0}  # fmt: skip
+    b = {"interleaved": True, "times_ms": [1.0, 4.0, 3.0], "median_ms": 3.0,
+         "cpu_times_ms": [2.0, 2.0, 2.0], "cpu_median_ms": 2.0}  # fmt: skip
+    assert loss_speed.paired_ratio(a, b) == 2.0  # ratios 2, 1, 3
+    assert loss_speed.paired_ratio(a, b, "cpu_median_ms") == 0.5
+    # Not timed together: the ratio of the medians.
+    single = dict(a, interleaved=False)
+    assert loss_speed.paired_ratio(single, b) == 4.0 / 3.0
