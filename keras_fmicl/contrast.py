@@ -77,7 +77,6 @@ class ContrastiveBatch:
             the queries contrast with themselves on one replica (then
             `batch_cosine = w w^T + batch_cosine_offset`, built on first
             use), else `None`.
-        symmetric_matrix: `w w^T` (no offset), or `None`.
         batch_positive_mask: `(M, M)` bool: other samples with the same
             label (supervised only), else `None`.
         batch_negative_mask: `(M, M)` bool, or `None` without in-batch
@@ -109,7 +108,6 @@ class ContrastiveBatch:
         # subtracts the same-sample pairs instead (one pass fewer, eager).
         self._batch_negative_mask = batch_negative_mask
         self.symmetric_operand = symmetric_operand
-        self._symmetric_matrix = None
         self._batch_cosine = batch_cosine
 
     @property
@@ -119,24 +117,12 @@ class ContrastiveBatch:
         return self._batch_negative_mask
 
     @property
-    def symmetric_matrix(self) -> Any:
-        """`(M, M)` `w w^T` of `symmetric_operand`, without the offset (on first use)."""
-        if self._symmetric_matrix is None and self.symmetric_operand is not None:
-            self._symmetric_matrix = row_dot(self.symmetric_operand, self.symmetric_operand)
-        return self._symmetric_matrix
-
-    @property
     def batch_cosine(self) -> Any:
         if self._batch_cosine is None and self.symmetric_operand is not None:
-            offset = self.batch_cosine_offset
-            if offset == 0.0:
-                self._batch_cosine = self.symmetric_matrix
-            elif self._symmetric_matrix is None:
-                # The offset inside the matmul (a column): no (M, M) addition.
-                w = self.symmetric_operand
-                self._batch_cosine = row_dot(*_with_offset_column(w, w, offset))
-            else:
-                self._batch_cosine = self._symmetric_matrix + offset
+            # w w^T + offset, the offset inside the matmul (an extra column,
+            # no (M, M) addition): still symmetric.
+            w = self.symmetric_operand
+            self._batch_cosine = row_dot(*_with_offset_column(w, w, self.batch_cosine_offset))
         return self._batch_cosine
 
     def reshape_rows(self, x: Any) -> Any:
@@ -514,23 +500,22 @@ def subtraction_is_accurate(batch: ContrastiveBatch, core_bounds: tuple | None) 
 def symmetric_row_sum(
     operand: Any,
     matrix: Any,
-    offset: float,
     score_fn,
     score_derivative,
     mask: Any = None,
 ) -> Any:
-    """Row sums of `score_fn(w w^T + offset)`, differentiated with one matmul.
+    """Row sums of `score_fn(w w^T + c)`, differentiated with one matmul.
 
-    For `S = w w^T` (symmetric) and row sums `r_m = sum_k s(S_mk)`, the
-    gradient of `sum_m g_m r_m` with respect to `w_j` is
-    `sum_k (g_j + g_k) s'(S_jk) w_k`: one `(M, M) x (M, d)` product, where
-    differentiating through the matmul takes two (`G w` and `G^T w`).
+    For `S = w w^T + c` (symmetric, `c` a constant) and row sums
+    `r_m = sum_k s(S_mk)`, the gradient of `sum_m g_m r_m` with respect to
+    `w_j` is `sum_k (g_j + g_k) s'(S_jk) w_k`: one `(M, M) x (M, d)`
+    product, where differentiating through the matmul takes two (`G w` and
+    `G^T w`).
 
     Args:
         operand: `(M, d)` `w`.
-        matrix: `w w^T` (its gradient is not used: everything flows to
-            `operand`).
-        offset: a Python float added to `matrix` before `score_fn`.
+        matrix: `w w^T + c` (its own gradient is not used: everything flows
+            to `operand`).
         score_fn: elementwise `s`.
         score_derivative: `score_derivative(x, values)`: `s'(x)` elementwise,
             given `values = s(x)`.
@@ -539,15 +524,19 @@ def symmetric_row_sum(
     Returns:
         `(M,)` row sums.
     """
-    drop_matrix_gradient = keras.backend.backend() == "torch"
+    # The matrix reaches the function through a list emptied after the
+    # call, not as an input nor a closed-over variable: its gradient is not
+    # used, and Keras' torch custom gradient keeps the inputs and the
+    # function (its closure) until the backward pass.
+    matrices = [ops.stop_gradient(matrix)]
 
     @ops.custom_gradient
-    def row_sums(w, s):
-        x = s + offset if offset != 0.0 else s
+    def row_sums(w):
+        x = matrices[0]
         values = score_fn(x)
         sums = masked_sum(values, mask)
         # Evaluated here, so that the backward keeps one (M, M) tensor (eager
-        # torch frees `x` and `values`; XLA schedules it as it likes).
+        # torch frees `values`; XLA schedules it as it likes).
         derivative = score_derivative(x, values)
 
         def grad(*args, upstream=None):
@@ -558,13 +547,14 @@ def symmetric_row_sum(
             weights = (upstream[:, None] + upstream[None, :]) * derivative
             if mask is not None:
                 weights = ops.where(mask, weights, 0.0)
-            matrix_grad = None if drop_matrix_gradient else ops.zeros_like(s)
             # einsum, not matmul: Keras' torch matmul computes float64 in float32.
-            return ops.einsum("mk,kd->md", weights, w), matrix_grad
+            return ops.einsum("mk,kd->md", weights, w)
 
         return sums, grad
 
-    return row_sums(operand, ops.stop_gradient(matrix))
+    sums = row_sums(operand)
+    matrices.clear()
+    return sums
 
 
 def negative_sum(
@@ -603,11 +593,7 @@ def negative_sum(
                 and row_sum is None
             ):
                 row_total = symmetric_row_sum(
-                    batch.symmetric_operand,
-                    batch.symmetric_matrix,
-                    batch.batch_cosine_offset,
-                    score_fn,
-                    score_derivative,
+                    batch.symmetric_operand, batch.batch_cosine, score_fn, score_derivative
                 )
             elif row_sum is None:
                 row_total = ops.sum(score_fn(batch.batch_cosine), axis=-1)
@@ -621,8 +607,7 @@ def negative_sum(
             total = batch.reshape_rows(
                 symmetric_row_sum(
                     batch.symmetric_operand,
-                    batch.symmetric_matrix,
-                    batch.batch_cosine_offset,
+                    batch.batch_cosine,
                     score_fn,
                     score_derivative,
                     mask=batch.batch_negative_mask,
