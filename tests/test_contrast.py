@@ -26,6 +26,16 @@ def negative_mask(n, v):
     return sample[:, None] != sample[None, :]
 
 
+def central_differences(fn, x, h=1e-6):
+    """Gradient of the scalar numpy function `fn` at `x` by central differences."""
+    numerical = np.zeros_like(x)
+    for index in np.ndindex(*x.shape):
+        step = np.zeros_like(x)
+        step[index] = h
+        numerical[index] = (fn(x + step) - fn(x - step)) / (2 * h)
+    return numerical
+
+
 def exp_core(scale):
     """An exponential score `exp(scale cos)` and its exact bounds over [-1, 1]."""
     return ops.exp, (np.exp(-abs(scale)), np.exp(abs(scale)))
@@ -91,12 +101,7 @@ def test_negative_sum_gradients_agree_between_the_two_paths(use_bounds, float64)
         sums = np.sum(np.where(negative_mask(6, 2), np.exp(scale * cosines(x)), 0.0), axis=1)
         return np.sum(weights.ravel() * sums)
 
-    numerical = np.zeros_like(y)
-    h = 1e-6
-    for index in np.ndindex(*y.shape):
-        step = np.zeros_like(y)
-        step[index] = h
-        numerical[index] = (reference_objective(y + step) - reference_objective(y - step)) / (2 * h)
+    numerical = central_differences(reference_objective, y)
     np.testing.assert_allclose(grad, numerical, rtol=1e-6, atol=1e-8)
 
 
@@ -209,12 +214,7 @@ def test_symmetric_row_sum_value_and_gradient(core_name, offset, masked, float64
 
     value, (grad,) = value_and_grad(objective, w)
     np.testing.assert_allclose(value, reference_objective(w), rtol=1e-12)
-    numerical = np.zeros_like(w)
-    h = 1e-6
-    for index in np.ndindex(*w.shape):
-        step = np.zeros_like(w)
-        step[index] = h
-        numerical[index] = (reference_objective(w + step) - reference_objective(w - step)) / (2 * h)
+    numerical = central_differences(reference_objective, w)
     np.testing.assert_allclose(grad, numerical, rtol=1e-7, atol=1e-9)
 
 
@@ -277,11 +277,6 @@ def test_negative_sum_with_a_derivative_matches_the_masked_sum_and_its_gradient(
         return np.sum(weights.ravel() * sums)
 
     np.testing.assert_allclose(value, reference_objective(y), rtol=1e-12)
-    numerical = np.zeros_like(y)
-    h = 1e-6
-    for index in np.ndindex(*y.shape):
-        step = np.zeros_like(y)
-        step[index] = h
-        numerical[index] = (reference_objective(y + step) - reference_objective(y - step)) / (2 * h)
+    numerical = central_differences(reference_objective, y)
     # finite differences of a sum of ~300: about 1e-8 of absolute error
     np.testing.assert_allclose(grad, numerical, rtol=1e-6, atol=1e-6)
