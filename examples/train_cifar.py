@@ -59,6 +59,13 @@ flags.DEFINE_integer("max_train_samples", None, "Use only the first N training i
 flags.DEFINE_integer("max_test_samples", None, "Use only the first N test images (quick runs).")
 flags.DEFINE_integer("knn_every", None, "Log kNN accuracy on a subset every N epochs (0: only at the end).")
 flags.DEFINE_integer("linear_epochs", None, "Epochs of the linear evaluation.")
+flags.DEFINE_list(
+    "few_label", [],
+    "Also report few-label linear top-1: a probe trained on these fractions of the training labels "
+    "(class-balanced subsets), e.g. 0.01,0.1.",
+)
+flags.DEFINE_integer("few_label_draws", 3, "Subsets drawn per --few_label fraction (their mean is reported).")
+flags.DEFINE_bool("save_features", False, "Also write features.npz (train/test encoder features and labels).")
 flags.DEFINE_enum("evaluate_on", "test", ("test", "validation"), "Evaluate on the test split, or on a validation split held out from the end of the training split (for tuning; never the test split).")
 flags.DEFINE_integer("validation_samples", 10000, "Size of the validation split held out of the training split (with --evaluate_on validation).")
 flags.DEFINE_integer("seed", 0, "Random seed (weights, augmentations, data order).")
@@ -115,6 +122,14 @@ def _setting(name):
     return PRESETS[FLAGS.dataset][name] if value is None else value
 
 
+def warmup_epochs():
+    """The learning-rate warmup, clamped to a tenth of the run when it would fill it."""
+    warmup, epochs = _setting("warmup_epochs"), _setting("epochs")
+    if epochs > 0 and warmup >= epochs:
+        return epochs / 10
+    return warmup
+
+
 def check_flags():
     """Checks the values absl cannot: one sentence per problem."""
     positive = ["sigma", "temperature", "alpha", "learning_rate", "batch_size",
@@ -131,11 +146,17 @@ def check_flags():
         raise FlagError(f"--momentum must be in [0, 1), got {FLAGS.momentum}.")
     if FLAGS.divergence == "tsallis" and (FLAGS.tsallis_order <= 0 or FLAGS.tsallis_order == 1):
         raise FlagError(f"--tsallis_order must be positive and not 1, got {FLAGS.tsallis_order}.")
+    for fraction in FLAGS.few_label:
+        try:
+            value = float(fraction)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= 1:
+            raise FlagError(f"--few_label takes fractions in (0, 1], got {fraction!r}.")
+    if FLAGS.few_label_draws < 1:
+        raise FlagError(f"--few_label_draws must be >= 1, got {FLAGS.few_label_draws}.")
     if FLAGS.loss == "infonce" and FLAGS.alpha is not None:
         raise FlagError("--alpha weighs the negative term of f-MICL; InfoNCE has none (drop --alpha or use --loss fmicl).")
-    warmup = _setting("warmup_epochs")
-    if _setting("epochs") > 0 and warmup >= _setting("epochs"):
-        raise FlagError(f"--warmup_epochs ({warmup}) must be below --epochs ({_setting('epochs')}).")
 
 
 def select_backend():
@@ -235,7 +256,7 @@ def build_loss(keras_fmicl):
 
 def build_optimizer(keras, steps_per_epoch):
     epochs = _setting("epochs")
-    warmup = int(round(_setting("warmup_epochs") * steps_per_epoch))
+    warmup = int(round(warmup_epochs() * steps_per_epoch))
     total = max(epochs * steps_per_epoch, warmup + 1)
     peak = _setting("learning_rate")
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -402,6 +423,11 @@ def run():
         )
         callbacks.insert(0, monitor)
 
+    if warmup_epochs() != _setting("warmup_epochs"):
+        print(
+            f"Note: the learning-rate warmup ({_setting('warmup_epochs')} epochs) would fill the "
+            f"{_setting('epochs')}-epoch run; it is shortened to {warmup_epochs():g} epochs."
+        )
     print(
         f"Pretraining on {FLAGS.dataset} ({len(train_x)} images, {image_shape}) with "
         f"{loss.get_config()} in {FLAGS.mode} mode, backend {backend} ({distribution.description}), "
@@ -428,7 +454,23 @@ def run():
         num_classes=num_classes, epochs=_setting("linear_epochs"), learning_rate=1e-2,
         batch_size=256, seed=FLAGS.seed,
     )
+    few_label = {
+        fraction: keras_fmicl.evaluation.few_label_accuracy(
+            train_features, train_y, test_features, test_y, float(fraction),
+            draws=FLAGS.few_label_draws, num_classes=num_classes, seed=FLAGS.seed,
+            learning_rate=1e-2, batch_size=256,
+            # at least ~300 steps however few the labels
+            epochs=max(100, -(-300 // -(-int(float(fraction) * len(train_y)) // 256))),
+        )
+        for fraction in FLAGS.few_label
+    }
     evaluation_seconds = time.time() - start
+    if FLAGS.save_features:
+        np.savez_compressed(
+            os.path.join(output_dir, "features.npz"),
+            train_features=np.asarray(train_features, dtype="float32"), train_labels=train_y,
+            test_features=np.asarray(test_features, dtype="float32"), test_labels=test_y,
+        )
 
     encoder_path = os.path.join(output_dir, "encoder.keras")
     model.encoder.save(encoder_path)
@@ -439,7 +481,10 @@ def run():
     plot_curves(logs, knn_epochs, knn_curve, os.path.join(output_dir, "curves.png"))
     results = {
         "flags": {name: getattr(FLAGS, name) for name in FLAGS if name in _OWN_FLAGS},
-        "settings": {name: _setting(name) for name in ("encoder", "width", "projection_dim", "epochs", "batch_size", "learning_rate", "warmup_epochs", "weight_decay", "max_train_samples", "knn_every", "linear_epochs")},
+        "settings": dict(
+            {name: _setting(name) for name in ("encoder", "width", "projection_dim", "epochs", "batch_size", "learning_rate", "weight_decay", "max_train_samples", "knn_every", "linear_epochs")},
+            warmup_epochs=warmup_epochs(),
+        ),
         "backend": backend,
         "distribution": distribution.description,
         "loss": loss.get_config(),
@@ -452,6 +497,7 @@ def run():
         "knn_top1": float(knn),
         "linear_top1": float(linear["test_accuracy"]),
         "linear_train_top1": float(linear["train_accuracy"]),
+        "few_label": few_label,
         "pretrain_seconds": pretrain_seconds,
         "evaluation_seconds": evaluation_seconds,
         "versions": {"keras": keras.__version__, "keras_fmicl": keras_fmicl.__version__, "numpy": np.__version__},
@@ -470,6 +516,8 @@ def run():
         ("final loss", f"{logs['loss'][-1]:.4f}" if logs["loss"] else "- (no pretraining)"),
         ("kNN top-1 (k=200)", f"{100 * knn:.2f} %"),
         ("linear top-1", f"{100 * linear['test_accuracy']:.2f} %"),
+        *[(f"linear top-1, {100 * float(f):g} % labels", f"{100 * r['mean']:.2f} % (mean of {len(r['accuracies'])})")
+          for f, r in few_label.items()],
         ("pretraining time", f"{pretrain_seconds:.0f} s"),
         ("evaluation time", f"{evaluation_seconds:.0f} s"),
         ("outputs", output_dir),
@@ -487,6 +535,7 @@ _OWN_FLAGS = (
     "temperature", "alpha", "mode", "momentum", "queue_size", "encoder", "width",
     "projection_dim", "epochs", "batch_size", "learning_rate", "warmup_epochs",
     "weight_decay", "max_train_samples", "max_test_samples", "knn_every", "linear_epochs",
+    "few_label", "few_label_draws", "save_features",
     "evaluate_on", "validation_samples", "seed", "output_dir", "data_dir", "verbose", "distribute",
     "pipeline",
 )

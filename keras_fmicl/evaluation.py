@@ -9,6 +9,8 @@ their frozen features:
   each vote for their class with weight `exp(sim / temperature)`.
 * `linear_evaluation` / `linear_probe_accuracy`: a single softmax layer
   trained on the frozen features (the standard linear protocol).
+* `few_label_accuracy` / `class_balanced_subset`: the same probe trained on
+  a class-balanced 1 % or 10 % of the labels (semi-supervised protocol).
 * `alignment` / `uniformity`: the two embedding-quality measures of Wang &
   Isola (2020).
 * `KNNMonitor`: a callback that logs the kNN accuracy during `fit`.
@@ -493,6 +495,118 @@ def linear_probe_accuracy(
     return {
         "train_accuracy": accuracy(train, train_labels),
         "test_accuracy": accuracy(test, test_labels),
+    }
+
+
+def class_balanced_subset(labels: Any, fraction: float, seed: int = 0) -> np.ndarray:
+    """Indices of a class-balanced subset holding `fraction` of the samples.
+
+    Every class contributes `max(1, round(fraction * N / C))` samples (all
+    of them if it has fewer), drawn without replacement by a numpy
+    generator seeded with `seed`: the same labels, fraction and seed give
+    the same indices on every machine and backend. This is the "few-label"
+    protocol of semi-supervised evaluation (a linear probe trained on 1 %
+    or 10 % of the labels, e.g. SimCLR's Table 7).
+
+    Args:
+        labels: `(N,)` integer class labels.
+        fraction: share of the samples to keep, in `(0, 1]`.
+        seed: seed of the draw (one subset per seed).
+
+    Returns:
+        A sorted `int64` array of indices into `labels`.
+
+    Example:
+
+    >>> labels = np.repeat(np.arange(10), 100)
+    >>> indices = class_balanced_subset(labels, 0.1, seed=0)
+    >>> np.bincount(labels[indices]).tolist()
+    [10, 10, 10, 10, 10, 10, 10, 10, 10, 10]
+    """
+    labels = _as_labels(labels, "labels")
+    fraction = _check_positive_float("fraction", fraction)
+    if fraction > 1:
+        raise ValueError(f"`fraction` must be in (0, 1]. Received: fraction={fraction}")
+    seed = _check_non_negative_int("seed", seed)
+    if labels.size == 0:
+        raise ValueError("`labels` must hold at least one sample. Received: 0 labels")
+    classes = np.unique(labels)
+    per_class = max(1, int(round(fraction * labels.size / classes.size)))
+    generator = np.random.default_rng(seed)
+    chosen = []
+    for label in classes:
+        members = np.flatnonzero(labels == label)
+        take = min(per_class, members.size)
+        chosen.append(generator.choice(members, size=take, replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def few_label_accuracy(
+    train_features: Any,
+    train_labels: Any,
+    test_features: Any,
+    test_labels: Any,
+    fraction: float,
+    draws: int = 3,
+    num_classes: int | None = None,
+    epochs: int = 100,
+    seed: int = 0,
+    **probe_kwargs,
+) -> dict[str, Any]:
+    """Linear-probe accuracy with only a class-balanced fraction of the labels.
+
+    For each of `draws` subsets (`class_balanced_subset` with seeds `seed`,
+    `seed + 1`, ...) a linear classifier is trained on the subset's
+    features (`linear_probe_accuracy`, with the subset's own
+    standardisation) and scored on all test features. Random-init or weak
+    features fall much further behind here than with all labels.
+
+    Args:
+        train_features: `(N, F)` training features.
+        train_labels: `(N,)` integer training labels.
+        test_features: `(M, F)` test features.
+        test_labels: `(M,)` integer test labels.
+        fraction: share of the training labels used, in `(0, 1]`.
+        draws: number of subsets, `>= 1`.
+        num_classes: number of classes; inferred from the labels if `None`.
+        epochs: training epochs of each classifier.
+        seed: seed of the first subset and of the classifiers' weights.
+        **probe_kwargs: other `linear_probe_accuracy` arguments.
+
+    Returns:
+        `{"fraction", "labels_per_draw", "accuracies" (one per draw),
+        "mean"}`, accuracies as fractions.
+
+    Example:
+
+    >>> result = few_label_accuracy(train_x, train_y, test_x, test_y, 0.01)
+    >>> result["mean"]
+    """
+    draws = _check_positive_int("draws", draws)
+    train_labels = _as_labels(train_labels, "train_labels")
+    train = _to_numpy(_as_features(train_features, "train_features"))
+    if train.shape[0] != train_labels.shape[0]:
+        raise ValueError(
+            "`train_labels` must have one label per training sample "
+            f"({train.shape[0]}). Received: train_labels.shape={train_labels.shape}"
+        )
+    test_labels = _as_labels(test_labels, "test_labels")
+    if num_classes is None:
+        num_classes = _resolve_num_classes(None, train_labels, test_labels)
+    accuracies, sizes = [], []
+    for draw in range(draws):
+        indices = class_balanced_subset(train_labels, fraction, seed=seed + draw)
+        result = linear_probe_accuracy(
+            train[indices], train_labels[indices], test_features, test_labels,
+            num_classes=num_classes, epochs=epochs, seed=seed + draw, **probe_kwargs,
+        )
+        accuracies.append(result["test_accuracy"])
+        sizes.append(int(indices.size))
+    return {
+        "fraction": float(fraction),
+        "labels_per_draw": sizes,
+        "accuracies": accuracies,
+        "mean": float(np.mean(accuracies)),
     }
 
 

@@ -328,6 +328,61 @@ def test_linear_evaluation_bad_data():
 # Alignment and uniformity
 # --------------------------------------------------------------------------
 
+# --------------------------------------------------------------------------
+# Few-label probes
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.5])
+def test_class_balanced_subset_is_balanced_and_deterministic(fraction):
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat(np.arange(10), 300))  # 3000 labels, 300 per class
+    indices = evaluation.class_balanced_subset(labels, fraction, seed=3)
+    per_class = round(fraction * 300)
+    assert np.bincount(labels[indices], minlength=10).tolist() == [per_class] * 10
+    assert np.unique(indices).size == indices.size and np.all(np.diff(indices) > 0)
+    np.testing.assert_array_equal(indices, evaluation.class_balanced_subset(labels, fraction, seed=3))
+    other = evaluation.class_balanced_subset(labels, fraction, seed=4)
+    assert not np.array_equal(indices, other)
+
+
+def test_class_balanced_subset_small_class_and_at_least_one_each():
+    labels = np.array([0] * 50 + [1] * 50 + [2] * 2)
+    indices = evaluation.class_balanced_subset(labels, 0.3, seed=0)  # 10 per class wanted
+    assert np.bincount(labels[indices]).tolist() == [10, 10, 2]
+    indices = evaluation.class_balanced_subset(labels, 0.001, seed=0)
+    assert np.bincount(labels[indices]).tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [({"fraction": 0.0}, "fraction"), ({"fraction": 1.5}, "fraction"), ({"seed": -1}, "seed"),
+     ({"labels": np.array([0.5, 1.0])}, "labels")],
+)
+def test_class_balanced_subset_bad_arguments(kwargs, argument):
+    arguments = {"labels": np.arange(4) % 2, "fraction": 0.5, "seed": 0, **kwargs}
+    with pytest.raises(ValueError, match=argument):
+        evaluation.class_balanced_subset(**arguments)
+
+
+def test_few_label_accuracy_draws_subsets_and_averages():
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(4, 8)) * 4
+    train_labels = np.repeat(np.arange(4), 100)
+    test_labels = np.repeat(np.arange(4), 25)
+    train = (centers[train_labels] + rng.normal(size=(400, 8))).astype("float32")
+    test = (centers[test_labels] + rng.normal(size=(100, 8))).astype("float32")
+    result = evaluation.few_label_accuracy(
+        train, train_labels, test, test_labels, 0.1, draws=2, epochs=60, learning_rate=0.05
+    )
+    assert result["labels_per_draw"] == [40, 40]
+    assert len(result["accuracies"]) == 2
+    assert result["mean"] == pytest.approx(np.mean(result["accuracies"]))
+    assert result["mean"] > 0.9  # well-separated clusters: a few labels suffice
+    with pytest.raises(ValueError, match="train_labels"):
+        evaluation.few_label_accuracy(train, train_labels[:10], test, test_labels, 0.1)
+
+
 
 @pytest.mark.parametrize("alpha", [1.0, 2.0, 3.0])
 def test_alignment_matches_numpy_float64(float64, alpha):

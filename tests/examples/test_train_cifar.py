@@ -95,7 +95,7 @@ def test_other_modes_run(args, tmp_path):
         (["--sigma=-1"], "--sigma must be positive, got -1.0."),
         (["--momentum=1"], "--momentum must be in [0, 1), got 1.0."),
         (["--loss=infonce", "--alpha=2"], "--alpha weighs the negative term"),
-        (["--epochs=2", "--warmup_epochs=3"], "--warmup_epochs (3.0) must be below --epochs (2)."),
+        (["--few_label=0.01,2"], "--few_label takes fractions in (0, 1], got '2'."),
         (["--divergence=tsallis", "--tsallis_order=1"], "--tsallis_order must be positive and not 1"),
     ],
 )
@@ -135,6 +135,39 @@ def test_the_package_exports_what_the_example_uses():
     for name in ["ContrastiveModel", "FMICLLoss", "InfoNCELoss", "ProjectionHead", "PredictionHead",
                  "SimCLRAugmentation", "CosineMomentum", "KNNMonitor", "knn_accuracy", "resnet18", "small_cnn"]:
         assert hasattr(keras_fmicl, name), name
+
+
+def test_a_warmup_longer_than_the_run_is_shortened_and_said(tmp_path):
+    """Issue 13 item 12: --epochs <= the preset's warmup is clamped, not rejected."""
+    args = [a for a in TINY if not a.startswith(("--warmup_epochs", "--epochs", "--knn_every"))]
+    result = run_example(*args, "--epochs=1", "--knn_every=0", f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "it is shortened to 0.1 epochs" in result.stdout
+    with open(tmp_path / "results.json") as f:
+        assert json.load(f)["settings"]["warmup_epochs"] == pytest.approx(0.1)
+
+
+def test_few_label_probes_and_saved_features(tmp_path):
+    """--few_label reports a probe per fraction (mean over draws); --save_features
+    writes the features the scores were computed from."""
+    result = run_example(
+        "--dataset=digits", "--epochs=0", "--knn_every=0", "--linear_epochs=2", "--verbose=0",
+        "--max_train_samples=400", "--max_test_samples=100", "--few_label=0.05,0.5",
+        "--few_label_draws=2", "--save_features", f"--output_dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "linear top-1, 5 % labels" in result.stdout
+    with open(tmp_path / "results.json") as f:
+        few_label = json.load(f)["few_label"]
+    assert sorted(few_label) == ["0.05", "0.5"]
+    for fraction, entry in few_label.items():
+        assert len(entry["accuracies"]) == 2
+        assert entry["mean"] == pytest.approx(np.mean(entry["accuracies"]))
+        # class-balanced: about fraction x 400 labels in each draw
+        assert all(abs(n - float(fraction) * 400) <= 10 for n in entry["labels_per_draw"])
+    saved = np.load(tmp_path / "features.npz")
+    assert saved["train_features"].shape[0] == 400 and saved["test_features"].shape[0] == 100
+    assert saved["train_labels"].shape == (400,)
 
 
 def test_random_init_floor_on_a_validation_split(tmp_path):
