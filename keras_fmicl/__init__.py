@@ -9,6 +9,7 @@ from keras_fmicl import augmentation
 from keras_fmicl import contrast
 from keras_fmicl import contrastive_model
 from keras_fmicl import data
+from keras_fmicl import diagnostics
 from keras_fmicl import divergences
 from keras_fmicl import encoders
 from keras_fmicl import evaluation
@@ -19,6 +20,7 @@ from keras_fmicl import similarities
 from keras_fmicl.augmentation import RandomResizedCrop
 from keras_fmicl.augmentation import SimCLRAugmentation
 from keras_fmicl.contrastive_model import ContrastiveModel
+from keras_fmicl.diagnostics import PositivesDriftMonitor
 from keras_fmicl.divergences import Divergence
 from keras_fmicl.divergences import JensenShannon
 from keras_fmicl.divergences import KullbackLeibler
