@@ -49,7 +49,8 @@ def l2_normalize(x: Any, axis: int = -1) -> Any:
     """`x / ||x||` along `axis`, scale-invariant; zero vectors stay zero.
 
     Computed as `u / ||u||` with `u = x / stop_gradient(max |x_i|)`, the
-    row divided by its largest absolute entry. The result does not depend
+    row divided by its largest absolute entry (see `docs/fmicl-math.md`,
+    section 4, "Zero and tiny vectors"). The result does not depend
     on that prescale, so it is exact, and `||u||^2` lies in `[1, d]` for
     every finite non-zero row: no underflow of the squared norm for tiny
     rows (`1e-30`), no overflow for huge ones (`1e30`). `x * c` for any
@@ -79,9 +80,15 @@ def l2_normalize(x: Any, axis: int = -1) -> Any:
     # amax, not max: Keras' torch `max` breaks torch.compile graphs.
     largest = ops.stop_gradient(ops.amax(ops.abs(x), axis=axis, keepdims=True))
     largest = ops.where(largest > 0, largest, ops.ones_like(largest))
-    u = x / largest
+    # x / largest as two products by largest^(-1/2), which is a normal float
+    # over the whole range: XLA turns a division into a product by the
+    # reciprocal, which is subnormal (flushed to 0) for largest > 8.5e37.
+    # A rounding error of the prescale cancels in u / ||u||.
+    inverse_root = ops.rsqrt(largest)
+    u = (x * inverse_root) * inverse_root
     squared_norm = ops.sum(ops.square(u), axis=axis, keepdims=True)
-    squared_norm = ops.where(squared_norm > _NORM_EPSILON, squared_norm, _NORM_EPSILON)
+    # `<`, not `>`: a NaN squared norm stays NaN (the whole row NaN).
+    squared_norm = ops.where(squared_norm < _NORM_EPSILON, _NORM_EPSILON, squared_norm)
     return u * ops.rsqrt(squared_norm)
 
 

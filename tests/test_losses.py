@@ -572,10 +572,17 @@ SCALE_LOSSES = {
 }
 
 
-@pytest.mark.parametrize("loss_name", list(SCALE_LOSSES))
-@pytest.mark.parametrize("scale", [1e-30, 1e-6, 1e-3, 1e3, 1e30])
-@pytest.mark.parametrize("supervised", [False, True])
-def test_losses_are_invariant_to_the_scale_of_the_embeddings(loss_name, scale, supervised):
+@pytest.mark.parametrize(
+    "loss_name, supervised",
+    [
+        ("fmicl_gaussian_kl", False),
+        ("fmicl_cosine_js", True),
+        ("fmicl_vlc", False),
+        ("info_nce", False),
+        ("supcon", True),
+    ],
+)
+def test_losses_are_invariant_to_the_scale_of_the_embeddings(loss_name, supervised):
     """Scale-invariant normalisation: same loss, gradient scaled by 1/scale.
 
     (Before: 1e-6 fell under the squared-norm floor, 1e30 overflowed with a
@@ -590,29 +597,27 @@ def test_losses_are_invariant_to_the_scale_of_the_embeddings(loss_name, scale, s
         return ops.sum(loss(labels, y) * weights)
 
     value, (grad,) = value_and_grad(objective, y_pred)
-    scaled_value, (scaled_grad,) = value_and_grad(objective, y_pred * np.float32(scale))
-    np.testing.assert_allclose(scaled_value, value, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        to_numpy(loss(labels, y_pred * np.float32(scale))),
-        to_numpy(loss(labels, y_pred)),
-        rtol=1e-5,
-        atol=1e-6,
-    )
-    assert np.all(np.isfinite(scaled_grad))
-    assert np.abs(scaled_grad).max() > 0
-    np.testing.assert_allclose(
-        scaled_grad * scale, grad, rtol=1e-4, atol=1e-5 * np.abs(grad).max()
-    )
+    per_sample = to_numpy(loss(labels, y_pred))
+    for scale in (1e-30, 1e-6, 1e30):
+        scaled = y_pred * np.float32(scale)
+        scaled_value, (scaled_grad,) = value_and_grad(objective, scaled)
+        np.testing.assert_allclose(scaled_value, value, rtol=1e-5, atol=1e-6, err_msg=str(scale))
+        np.testing.assert_allclose(
+            to_numpy(loss(labels, scaled)), per_sample, rtol=1e-5, atol=1e-6, err_msg=str(scale)
+        )
+        assert np.all(np.isfinite(scaled_grad)) and np.abs(scaled_grad).max() > 0, scale
+        np.testing.assert_allclose(
+            scaled_grad * scale, grad, rtol=1e-4, atol=1e-5 * np.abs(grad).max(), err_msg=str(scale)
+        )
 
 
-@pytest.mark.parametrize("loss_name", ["fmicl_gaussian_kl", "fmicl_cosine_js", "supcon"])
 @pytest.mark.parametrize(
-    "policy, half, scale",
+    "loss_name, policy, half, scale",
     [
-        ("mixed_float16", "float16", 1e-3),
-        ("mixed_float16", "float16", 1e3),
-        ("mixed_bfloat16", "bfloat16", 1e-30),
-        ("mixed_bfloat16", "bfloat16", 1e30),
+        ("fmicl_gaussian_kl", "mixed_float16", "float16", 1e-3),
+        ("supcon", "mixed_float16", "float16", 1e3),
+        ("fmicl_cosine_js", "mixed_bfloat16", "bfloat16", 1e-30),
+        ("fmicl_gaussian_kl", "mixed_bfloat16", "bfloat16", 1e30),
     ],
 )
 def test_extreme_scales_in_half_precision_give_finite_values_and_gradients(
@@ -892,8 +897,17 @@ def test_invalid_concrete_labels_raise_value_error(loss_class, case):
             loss_class()(ops.convert_to_tensor(labels), y_pred)
 
 
-@pytest.mark.parametrize("loss_class", LOSS_CLASSES)
-@pytest.mark.parametrize("case", ["nan", "all_nan", "inf", "negative", "all_negative", "fraction"])
+@pytest.mark.parametrize(
+    "loss_class, case",
+    [
+        (keras_fmicl.FMICLLoss, "nan"),
+        (keras_fmicl.FMICLLoss, "negative"),
+        (keras_fmicl.FMICLLoss, "fraction"),
+        (keras_fmicl.InfoNCELoss, "all_nan"),
+        (keras_fmicl.InfoNCELoss, "inf"),
+        (keras_fmicl.InfoNCELoss, "all_negative"),
+    ],
+)
 def test_invalid_labels_in_a_traced_function_give_a_nan_loss(loss_class, case):
     """Only seen inside tf.function / jax.jit: NaN, never a coerced finite loss.
 
@@ -967,9 +981,19 @@ NONFINITE_LOSSES = {
 }
 
 
-@pytest.mark.parametrize("loss_name", list(NONFINITE_LOSSES))
-@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("supervised", [False, True])
+@pytest.mark.parametrize(
+    "loss_name, value, supervised",
+    [
+        ("kl_gaussian", np.nan, False),
+        ("kl_gaussian", -np.inf, True),
+        ("js_cosine", np.inf, True),
+        ("pearson", np.nan, False),
+        ("vlc", -np.inf, False),
+        ("info_nce", np.nan, True),
+        ("info_nce", np.inf, False),
+        ("supcon", np.nan, True),
+    ],
+)
 def test_a_non_finite_embedding_makes_every_per_sample_loss_nan(loss_name, value, supervised):
     """Deliberately NaN (TerminateOnNaN fires), eager and traced."""
     y_pred = embeddings()
@@ -982,9 +1006,15 @@ def test_a_non_finite_embedding_makes_every_per_sample_loss_nan(loss_name, value
     assert np.all(np.isnan(traced_got)), traced_got
 
 
-@pytest.mark.parametrize("loss_name", ["kl_gaussian", "vlc", "info_nce", "supcon"])
-@pytest.mark.parametrize("where", ["keys", "queue", "masked_queue_entry"])
-@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize(
+    "loss_name, where, value",
+    [
+        ("kl_gaussian", "keys", np.nan),
+        ("vlc", "queue", np.inf),
+        ("info_nce", "masked_queue_entry", np.nan),
+        ("supcon", "keys", -np.inf),
+    ],
+)
 def test_a_non_finite_key_or_queue_entry_makes_the_loss_nan(loss_name, where, value):
     queries = embeddings(n=5, v=2, seed=5)
     keys = embeddings(n=5, v=2, seed=6)
@@ -1141,9 +1171,8 @@ def test_info_nce_forms_match_their_references(form, views, supervised, similari
 
 
 @pytest.mark.parametrize("form", ["decoupled", "supcon"])
-@pytest.mark.parametrize("views", [2, 3])
-def test_info_nce_forms_match_their_references_float64(form, views, float64):
-    y_pred = embeddings(v=views, seed=35, dtype="float64")
+def test_info_nce_forms_match_their_references_float64(form, float64):
+    y_pred = embeddings(v=3, seed=35, dtype="float64")
     expected = info_nce_reference(form, y_pred, FORM_LABELS, "cosine", 0.3)
     got = keras_fmicl.info_nce(FORM_LABELS, y_pred, temperature=0.3, supervised_form=form)
     assert keras.backend.standardize_dtype(got.dtype) == "float64"
@@ -1173,9 +1202,9 @@ def test_the_two_forms_coincide_with_one_positive_per_anchor(labels):
 
 
 def test_supcon_gradient_matches_reference_finite_differences(float64):
-    n, v, d = 4, 3, 3
+    n, v, d = 3, 2, 3  # sample 0: three positives (its other view, both of sample 2)
     y_pred = embeddings(n=n, v=v, d=d, seed=38, dtype="float64")
-    labels = np.array([0, 1, 1, 0])
+    labels = np.array([0, 1, 0])
 
     def objective(y):
         return ops.sum(keras_fmicl.info_nce(labels, y, temperature=0.3, supervised_form="supcon"))
