@@ -628,7 +628,22 @@ class FMICLLoss(ContrastiveLoss):
 
     A sample's loss is the mean over its views; the default reduction is the
     mean over samples. With `alpha = 1` the negated loss is a lower-bound
-    estimate of the f-mutual information `I_f` in nats.
+    estimate of the f-mutual information `I_f` in nats. The definitions are
+    those of `docs/fmicl-math.md`, section 4.
+
+    Inputs: `y_pred` of shape `(N, V, d)`, `V >= 2`, `d >= 1`; `y_true`
+    `None` or non-negative integer labels of shape `(N,)` or `(N, 1)`
+    (integer-valued floats such as `3.0` are accepted); `sample_weight` a
+    scalar, `(N,)` or `(N, 1)`. Anything else raises a `ValueError`, but
+    invalid labels seen only inside a traced function (`tf.function`,
+    `jax.jit`), which make every per-sample loss NaN. A NaN or an infinity
+    anywhere in the embeddings (or keys, or queue) makes every per-sample
+    loss NaN too, on purpose: every anchor contrasts with every embedding,
+    and `keras.callbacks.TerminateOnNaN` then stops the training instead of
+    it going on with a meaningless finite number. The embeddings are
+    normalised scale-invariantly (`similarities.l2_normalize`): `z * c`
+    gives the loss of `z` and `1 / c` times its gradient for any finite
+    `c > 0` (`1e-30` to `1e30`); a zero embedding is orthogonal to all.
 
     Args:
         divergence: `"kl"`, `"js"`, `"pearson"`, `"squared_hellinger"`,
