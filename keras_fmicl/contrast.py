@@ -266,7 +266,7 @@ def check_labels(
             raise ValueError(
                 f"{expected}. Received: {argument}={describe(values)}, with "
                 f"{int(np.sum(bad))} invalid label(s), the first "
-                f"{argument}[{index}]={values[index]!r}"
+                f"{argument}[{index}]={values[index].item()!r}"
             )
         if not keras.ops.is_tensor(labels):
             # Host data: integers as int32 when they fit (exact on every

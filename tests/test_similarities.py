@@ -131,7 +131,7 @@ def test_l2_normalize_is_scale_invariant_over_the_float32_range(scale):
     weights = np.random.default_rng(0).normal(size=x.shape).astype("float32")
 
     def objective(t):
-        return keras.ops.sum(similarities.l2_normalize(t) * weights)
+        return keras.ops.sum(similarities.l2_normalize(t) * keras.ops.convert_to_tensor(weights))
 
     _, (grad,) = value_and_grad(objective, x)
     _, (scaled_grad,) = value_and_grad(objective, x * np.float32(scale))
