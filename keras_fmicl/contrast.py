@@ -41,6 +41,8 @@ from keras import ops
 from keras_fmicl import distributed
 from keras_fmicl.similarities import l2_normalize
 from keras_fmicl.similarities import row_dot
+from keras_fmicl.validation import concrete_values
+from keras_fmicl.validation import describe
 
 
 def compute_dtype(x: Any) -> str:
@@ -93,6 +95,9 @@ class ContrastiveBatch:
         queue_mask: `(K,)` bool of the valid queue entries, or `None` (all).
         positive_count: positives per anchor, `(N, V)` or a scalar.
         negative_count: negatives per anchor, `(N, V)` or a scalar.
+        nan_guard: scalar, 0 or NaN: NaN when an input holds a NaN or an
+            infinity or traced labels are invalid (`build`); the losses add
+            it to their per-sample values.
     """
 
     def __init__(
@@ -186,32 +191,115 @@ def check_embeddings(x: Any, argument: str) -> Any:
             f"`{argument}` must hold V >= 2 views of each sample (axis 1): a "
             f"single view has no positive. Received: {argument}.shape={shape}"
         )
+    if shape[2] == 0:
+        raise ValueError(
+            f"`{argument}` must hold embeddings of dimension d >= 1 (axis 2). "
+            f"Received: {argument}.shape={shape}"
+        )
     return x
 
 
-def check_labels(labels: Any, num_samples: int | None, argument: str = "y_true") -> Any:
-    """Validates integer class labels of shape `(N,)` (or `(N, 1)`)."""
+# The largest integer a label may hold to be compared as an int32.
+_INT32_MAX = 2**31 - 1
+
+
+def check_labels(
+    labels: Any, num_samples: int | None, argument: str = "y_true"
+) -> tuple[Any, Any]:
+    """Validates class labels of shape `(N,)` (or `(N, 1)`).
+
+    Labels are non-negative integers, or floats holding such values (`3.0`).
+    NaN, infinite, negative or fractional labels, strings and labels of
+    another shape are rejected: with a `ValueError` when the values are
+    concrete (host data, eager tensors), and when they are only known
+    inside a traced function (`tf.function`, `jax.jit`) through the
+    returned flag, which `build` turns into a NaN loss (never a silently
+    coerced finite one).
+
+    Args:
+        labels: the labels, or `None` (self-supervised).
+        num_samples: N, or `None` when not static.
+        argument: the argument name used in error messages.
+
+    Returns:
+        `(labels, valid)`: the labels as a tensor of shape `(N,)` (compared
+        for equality only), and `None`, or a scalar bool tensor that is
+        False when traced labels are invalid.
+    """
     if labels is None:
-        return None
-    labels = ops.convert_to_tensor(labels)
-    shape = _static_shape(labels)
+        return None, None
+    expected = (
+        f"`{argument}` must be None (self-supervised) or non-negative integer "
+        f"class labels of shape (N,) = ({num_samples},), one per sample of the "
+        "embeddings (integer-valued floats such as 3.0 are accepted)"
+    )
+    values = concrete_values(labels)
+    if values is not None:
+        kind = values.dtype.kind
+        shape = values.shape
+    else:
+        dtype = keras.backend.standardize_dtype(labels.dtype)
+        kind = "b" if dtype == "bool" else "f" if dtype.startswith(("float", "bfloat")) else (
+            "u" if dtype.startswith("uint") else "i" if dtype.startswith("int") else "O"
+        )
+        shape = _static_shape(labels)
+    if kind not in "biuf":
+        shown = describe(values) if values is not None else f"<tensor of dtype {dtype}>"
+        raise ValueError(f"{expected}. Received: {argument}={shown}")
     if len(shape) == 2 and shape[1] == 1:
-        labels = ops.reshape(labels, (-1,))
         shape = shape[:1]
+        labels = values.reshape(-1) if values is not None else ops.reshape(labels, (-1,))
+        values = None if values is None else values.reshape(-1)
     if len(shape) != 1 or (
         shape[0] is not None and num_samples is not None and shape[0] != num_samples
     ):
-        raise ValueError(
-            f"`{argument}` must be None (self-supervised) or integer class "
-            f"labels of shape (N,) = ({num_samples},), one per sample of "
-            f"y_pred. Received: {argument}.shape={shape}"
+        raise ValueError(f"{expected}. Received: {argument}.shape={tuple(shape)}")
+
+    if values is not None:
+        if kind == "f":
+            bad = ~np.isfinite(values) | (values < 0)
+            bad |= np.where(np.isfinite(values), values != np.floor(values), False)
+        else:
+            bad = values < 0 if kind == "i" else np.zeros(values.shape, bool)
+        if np.any(bad):
+            index = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{expected}. Received: {argument}={describe(values)}, with "
+                f"{int(np.sum(bad))} invalid label(s), the first "
+                f"{argument}[{index}]={values[index].item()!r}"
+            )
+        if not keras.ops.is_tensor(labels):
+            # Host data: integers as int32 when they fit (exact on every
+            # backend, JAX without x64 included).
+            if values.size == 0 or values.max() <= _INT32_MAX:
+                labels = values.astype("int32")
+            elif kind == "f":
+                labels = values.astype("int64")
+            else:
+                labels = values
+        labels = ops.convert_to_tensor(labels)
+        if kind == "b":
+            labels = ops.cast(labels, "int32")
+        return labels, None
+
+    valid = None
+    if kind == "f":
+        valid = ops.all(
+            ops.logical_and(
+                ops.logical_and(ops.isfinite(labels), labels >= 0),
+                ops.equal(ops.floor(labels), labels),
+            )
         )
-    dtype = keras.backend.standardize_dtype(labels.dtype)
-    if dtype.startswith("float"):
-        labels = ops.cast(ops.round(labels), "int32")
-    elif dtype != "int32":
+    elif kind == "i":
+        valid = ops.all(labels >= 0)
+    elif kind == "b":
         labels = ops.cast(labels, "int32")
-    return labels
+    return labels, valid
+
+
+def _all_finite(x: Any) -> Any:
+    """Scalar bool tensor: whether every entry of `x` is finite."""
+    return ops.all(ops.isfinite(x))
 
 
 def build(
@@ -223,6 +311,7 @@ def build(
     in_batch_negatives: bool = True,
     global_negatives: bool = True,
     query_argument: str = "y_pred",
+    label_argument: str = "y_true",
     cosine_scale: float = 1.0,
     batch_cosine_scale: float | None = None,
     batch_cosine_offset: float = 0.0,
@@ -234,13 +323,15 @@ def build(
         keys: `(N, V, d)` key embeddings (momentum encoder), or `None` to
             contrast the queries with themselves (SimCLR).
         queue: `(K, d)` extra negatives (MoCo v2 queue), or `None`.
-        queue_mask: `(K,)` bool marking the filled queue entries, or `None`.
+        queue_mask: `(K,)` bool marking the filled queue entries, or `None`
+            (requires `queue`).
         labels: `(N,)` integer labels for supervised contrast, or `None`.
         in_batch_negatives: whether the other samples of the batch are
             negatives (False: MoCo v2, only the queue).
         global_negatives: under data parallelism, contrast with the keys of
             the global batch (all replicas), not only the replica's shard.
-        query_argument: the argument name used in error messages.
+        query_argument, label_argument: the argument names of the queries
+            and labels used in error messages.
         cosine_scale: factor applied to the normalised queries, so that every
             cosine of the batch comes out multiplied by it (one `(M, d)`
             product instead of an `(M, M)` one).
@@ -249,6 +340,14 @@ def build(
         batch_cosine_offset: a constant added to those matrices inside the
             matmul (a column of `batch_cosine_offset` appended to the
             queries, of ones to the keys): no `(M, M)` addition.
+
+    Bad shapes and concrete bad labels raise a `ValueError`. Values that
+    make the loss meaningless and that only the computation sees, a NaN or
+    an infinity anywhere in the queries, keys or queue (masked queue entries
+    included), or invalid labels inside a traced function, set
+    `nan_guard` to NaN: the losses add it to every per-sample value, so
+    that the loss is NaN (and `keras.callbacks.TerminateOnNaN` fires),
+    never a silently finite number.
     """
     queries = check_embeddings(queries, query_argument)
     dtype = compute_dtype(queries)
@@ -272,13 +371,40 @@ def build(
                 f"queue.shape={q_shape}"
             )
     has_queue = queue is not None
+    if queue_mask is not None:
+        if not has_queue:
+            raise ValueError(
+                "`queue_mask` marks the valid entries of a `queue`, but no "
+                "queue was given. Received: queue=None, "
+                f"queue_mask.shape={_static_shape(ops.convert_to_tensor(queue_mask))}"
+            )
+        queue_mask = ops.convert_to_tensor(queue_mask)
+        m_shape = _static_shape(queue_mask)
+        if len(m_shape) != 1 or (
+            m_shape[0] is not None and q_shape[0] is not None and m_shape[0] != q_shape[0]
+        ):
+            raise ValueError(
+                f"`queue_mask` must have shape (K,) = ({q_shape[0]},), one flag "
+                "per entry of `queue`. Received: "
+                f"queue_mask.shape={m_shape} for queue.shape={q_shape}"
+            )
     if n_static == 1 and not has_queue:
         raise ValueError(
             f"`{query_argument}` must hold at least 2 samples (axis 0): with a "
             "batch of one there are no negatives. Received: "
             f"{query_argument}.shape={(n_static, num_views, dim)}"
         )
-    labels = check_labels(labels, n_static)
+    labels, labels_valid = check_labels(labels, n_static, label_argument)
+    # NaN when an input holds a NaN or an infinity, or traced labels are
+    # invalid (see the docstring): one pass over the (M, d) inputs.
+    all_valid = _all_finite(queries)
+    if not self_contrast:
+        all_valid = ops.logical_and(all_valid, _all_finite(keys))
+    if has_queue:
+        all_valid = ops.logical_and(all_valid, _all_finite(queue))
+    if labels_valid is not None:
+        all_valid = ops.logical_and(all_valid, labels_valid)
+    nan_guard = ops.cast(ops.where(all_valid, 0.0, float("nan")), dtype)
     if not in_batch_negatives and not has_queue:
         raise ValueError(
             "With `in_batch_negatives=False` a `queue` of negatives is "
@@ -391,7 +517,7 @@ def build(
             *_with_offset_column(flat_queries, l2_normalize(queue), batch_cosine_offset)
         )
         if queue_mask is not None:
-            queue_mask = ops.cast(ops.convert_to_tensor(queue_mask), "bool")
+            queue_mask = ops.cast(queue_mask, "bool")
             negative_count = negative_count + ops.sum(ops.cast(queue_mask, dtype))
         else:
             negative_count = negative_count + ops.cast(ops.shape(queue)[0], dtype)
@@ -416,6 +542,7 @@ def build(
         queue_cosine=queue_cosine,
         queue_mask=queue_mask,
         negative_count=negative_count,
+        nan_guard=nan_guard,
     )
 
 
@@ -662,6 +789,57 @@ def negative_logsumexp(batch: ContrastiveBatch, log_ratio_fn) -> tuple[Any, Any]
     safe_total = ops.where(has_negatives, total, ops.ones_like(total))
     lse = ops.where(has_negatives, ops.log(safe_total) + shift, ops.zeros_like(shift))
     return batch.reshape_rows(lse), batch.reshape_rows(has_negatives)
+
+
+def candidate_logsumexp(batch: ContrastiveBatch, log_ratio_fn) -> Any:
+    """Per-anchor `(N, V)` log-sum-exp of the log ratios of every candidate.
+
+    The candidates of an anchor are its positives and its negatives: in a
+    batch contrasted with itself every other embedding of the batch; with
+    keys, the keys of the other views; plus the queue. (SupCon's
+    denominator, `losses.info_nce(..., supervised_form="supcon")`.)
+    `log_ratio_fn` receives cosines at `batch.cosine_scale`. An anchor
+    always has a positive, so the result is finite for finite inputs.
+    """
+    neg_inf = ops.cast(float("-inf"), batch.dtype)
+    # (log ratios, mask, whether the row sums need reshaping to (N, V))
+    parts = [(log_ratio_fn(batch.positive_cosine), batch.positive_mask, False)]
+    matrix_mask = None
+    if batch.in_batch_negatives:
+        matrix_mask = batch.batch_negative_mask
+    if batch.batch_positive_mask is not None:
+        positives = batch.batch_positive_mask
+        matrix_mask = positives if matrix_mask is None else ops.logical_or(matrix_mask, positives)
+    if matrix_mask is not None:
+        parts.append((log_ratio_fn(batch.batch_cosine_at(batch.cosine_scale)), matrix_mask, True))
+    if batch.queue_cosine is not None:
+        queue_cosine = _affine(
+            batch.queue_cosine,
+            (batch.batch_cosine_scale, batch.batch_cosine_offset),
+            (batch.cosine_scale, 0.0),
+        )
+        mask = None if batch.queue_mask is None else batch.queue_mask[None, :]
+        parts.append((log_ratio_fn(queue_cosine), mask, True))
+    # As `negative_logsumexp`: -inf off the mask before the exponential.
+    masked_parts = [
+        (log_ratio if mask is None else ops.where(mask, log_ratio, neg_inf), flat)
+        for log_ratio, mask, flat in parts
+    ]
+
+    def rows(x, flat):
+        return batch.reshape_rows(x) if flat else x
+
+    shift = None
+    for masked, flat in masked_parts:
+        row_max = rows(ops.amax(masked, axis=-1), flat)
+        shift = row_max if shift is None else ops.where(row_max > shift, row_max, shift)
+    shift = ops.stop_gradient(shift)
+    flat_shift = ops.reshape(shift, (-1, 1))
+    total = 0.0
+    for masked, flat in masked_parts:
+        shifted = masked - (flat_shift if flat else shift[:, :, None])
+        total = total + rows(ops.sum(ops.exp(shifted), axis=-1), flat)
+    return ops.log(total) + shift
 
 
 def embedding_metrics(batch: ContrastiveBatch) -> dict:

@@ -1,22 +1,38 @@
 """The f-MICL loss and the InfoNCE baseline, as Keras losses and functions.
 
 Both take `y_pred` of shape `(N, V, d)`: N samples seen in V >= 2 views.
-`y_true` is `None` (self-supervised) or integer labels of shape `(N,)`
-(supervised contrast). Both return one value per sample, the mean over its
-V views of the per-anchor loss, reduced like any Keras loss.
+`y_true` is `None` (self-supervised) or non-negative integer labels of
+shape `(N,)` (supervised contrast). Both return one value per sample, the
+mean over its V views of the per-anchor loss, reduced like any Keras loss.
+The definitions are those of `docs/fmicl-math.md`.
 
-f-MICL (contract section 4), for anchor `a` with positives `P(a)` and
-negatives `N(a)`, log density ratio `l` from the similarity and an
-f-divergence `f`:
+f-MICL (`docs/fmicl-math.md`, section 4), for anchor `a` with positives
+`P(a)` and negatives `N(a)`, log density ratio `l` from the similarity and
+an f-divergence `f`:
 
     loss(a) = - mean_{p in P(a)} f'(e^l(a,p))
               + alpha * mean_{n in N(a)} f*(f'(e^l(a,n)))
 
-InfoNCE (contract section 5), with the cosine similarity `l = cos / tau`:
+InfoNCE (`docs/fmicl-math.md`, section 5), with the cosine similarity
+`l = cos / tau`, in its "decoupled" form (the default):
 
     loss(a) = mean_{p in P(a)} [ -l(a,p) + log sum_{b in {p} U N(a)} e^l(a,b) ]
 
-An anchor without negatives contributes 0, never NaN.
+or SupCon's L_out (`supervised_form="supcon"`):
+
+    loss(a) = -mean_{p in P(a)} [ l(a,p) - log sum_{b in P(a) U N(a)} e^l(a,b) ]
+
+An anchor without negatives contributes 0 to f-MICL and decoupled InfoNCE,
+never NaN.
+
+Bad input: wrong shapes, `d = 0`, concrete invalid labels (NaN, negative,
+fractional, strings) and a wrongly shaped `sample_weight` or `queue_mask`
+raise a `ValueError`. A NaN or an infinity anywhere in the embeddings
+(queries, keys or queue), or invalid labels seen only inside a traced
+function, make every per-sample loss NaN on purpose (so that
+`keras.callbacks.TerminateOnNaN` fires), never a silently finite number.
+The embeddings are normalised scale-invariantly: any finite non-zero scale
+(`1e-30` to `1e30`) gives the same loss (`similarities.l2_normalize`).
 
 Reference:
     Lu, Zhang, Sun, Guo, Yu. "f-MICL: Understanding and Generalizing
@@ -39,19 +55,28 @@ from keras import ops
 from keras_fmicl import contrast
 from keras_fmicl import divergences
 from keras_fmicl import similarities
+from keras_fmicl.validation import check_choice
 from keras_fmicl.validation import check_positive_number
+from keras_fmicl.validation import check_sample_weight
 
 _PACKAGE = "keras_fmicl"
 # Defaults from the sweep on a Fashion-MNIST validation split
 # (benchmarks/README.md, "The defaults sweep").
 DEFAULT_ALPHA = 4.0
 DEFAULT_INFONCE_TEMPERATURE = 0.1
+# The two forms of supervised InfoNCE (`docs/fmicl-math.md`, section 4).
+SUPERVISED_FORMS = ("decoupled", "supcon")
 
 
 def _mean_views(anchor_values: Any) -> Any:
     # sum / V rather than `ops.mean`, which JAX's Keras backend computes in
     # float32 even for float64 input.
     return ops.sum(anchor_values, axis=1) / anchor_values.shape[1]
+
+
+def _per_sample(batch: contrast.ContrastiveBatch, anchor_loss: Any) -> Any:
+    """`(N,)` per-sample losses; NaN when `build` found invalid input."""
+    return _mean_views(anchor_loss) + batch.nan_guard
 
 
 class _NegativeScores:
@@ -230,9 +255,20 @@ def _fmicl_anchor_losses(
 def _info_nce_anchor_losses(
     batch: contrast.ContrastiveBatch,
     similarity: similarities.Similarity,
+    supervised_form: str = "decoupled",
 ) -> tuple[Any, Any]:
-    """Per-anchor `(N, V)` InfoNCE loss and the bound `log(1 + |N(a)|) - loss`."""
+    """Per-anchor `(N, V)` InfoNCE loss and its bound.
+
+    The bound is `log(C) - loss`, with `C` the number of candidates of each
+    softmax: `1 + |N(a)|` (decoupled) or `|P(a)| + |N(a)|` (SupCon).
+    """
     log_ratio = similarity.log_ratio_from_scaled_cosine
+    if supervised_form == "supcon":
+        lse = contrast.candidate_logsumexp(batch, log_ratio)
+        positive = contrast.positive_sum(batch, log_ratio)
+        anchor_loss = lse - positive / batch.positive_count
+        bound = ops.log(batch.positive_count + batch.negative_count) - anchor_loss
+        return anchor_loss, bound
     lse, has_negatives = contrast.negative_logsumexp(batch, log_ratio)
     # -l + log(e^l + sum_n e^l_n) = softplus(lse_n - l)
     terms = contrast.positive_sum(
@@ -299,12 +335,15 @@ def fmicl(
     """Per-sample f-MICL loss (functional form of `FMICLLoss`).
 
     Args:
-        y_true: `None`, or integer labels of shape `(N,)` (supervised).
+        y_true: `None`, or non-negative integer labels of shape `(N,)`
+            (supervised).
         y_pred: `(N, V, d)` embeddings, or the queries when `keys` is given.
         divergence: name or `keras_fmicl.Divergence` (see `FMICLLoss`).
         similarity: `"gaussian"`, `"cosine"` or a `keras_fmicl.Similarity`.
-        sigma: Gaussian bandwidth (used with `similarity="gaussian"`).
-        temperature: cosine temperature (used with `similarity="cosine"`).
+        sigma: Gaussian bandwidth (used with `similarity="gaussian"`; a
+            `UserWarning` says when it is given and ignored).
+        temperature: cosine temperature (used with `similarity="cosine"`;
+            a `UserWarning` says when it is given and ignored).
         alpha: weight of the negative (uniformity) term, `> 0`.
         keys: optional `(N, V, d)` momentum-encoder keys: the queries are
             then contrasted with the keys of the other views.
@@ -317,10 +356,18 @@ def fmicl(
             gathered from every replica. Defaults to True.
 
     Returns:
-        A `(N,)` tensor: each sample's loss, averaged over its views.
+        A `(N,)` tensor: each sample's loss, averaged over its views; NaN
+        for every sample when an embedding holds a NaN or an infinity.
+
+    Example:
+
+    ```python
+    y_pred = keras.random.normal((8, 2, 16))
+    per_sample = keras_fmicl.fmicl(None, y_pred, "js", sigma=0.5)   # (8,)
+    ```
     """
     divergence = divergences.get(divergence)
-    similarity = similarities.get(similarity, sigma=sigma, temperature=temperature)
+    similarity = similarities.get(similarity, sigma=sigma, temperature=temperature, stacklevel=3)
     alpha = check_positive_number("alpha", alpha)
     negative_scores = _NegativeScores(divergence, similarity)
     batch = contrast.build(
@@ -336,13 +383,13 @@ def fmicl(
         batch_cosine_offset=negative_scores.matrix_offset,
     )
     anchor_loss, _ = _fmicl_anchor_losses(batch, negative_scores, similarity, alpha)
-    return _mean_views(anchor_loss)
+    return _per_sample(batch, anchor_loss)
 
 
 def info_nce(
     y_true: Any,
     y_pred: Any,
-    temperature: float = DEFAULT_INFONCE_TEMPERATURE,
+    temperature: float | None = None,
     similarity: Any = "cosine",
     sigma: float | None = None,
     *,
@@ -351,15 +398,32 @@ def info_nce(
     queue_mask: Any | None = None,
     in_batch_negatives: bool = True,
     global_negatives: bool = True,
+    supervised_form: str = "decoupled",
 ) -> Any:
     """Per-sample InfoNCE / NT-Xent loss (functional form of `InfoNCELoss`).
 
-    Args: as `fmicl`, without the divergence and alpha.
+    Args:
+        temperature: cosine temperature, `> 0`; `None` (the default) means
+            0.1. Used with `similarity="cosine"`.
+        supervised_form: `"decoupled"` (default) or `"supcon"`: the form
+            for anchors with several positives (see `InfoNCELoss`).
+        Others: as `fmicl`, without the divergence and alpha.
 
     Returns:
-        A `(N,)` tensor: each sample's loss, averaged over its views.
+        A `(N,)` tensor: each sample's loss, averaged over its views; NaN
+        for every sample when an embedding holds a NaN or an infinity.
+
+    Example:
+
+    ```python
+    y_pred = keras.random.normal((8, 2, 16))
+    per_sample = keras_fmicl.info_nce(labels, y_pred, supervised_form="supcon")
+    ```
     """
-    similarity = similarities.get(similarity, sigma=sigma, temperature=temperature)
+    supervised_form = check_choice("supervised_form", supervised_form, SUPERVISED_FORMS)
+    if temperature is None and _is_cosine_name(similarity):
+        temperature = DEFAULT_INFONCE_TEMPERATURE
+    similarity = similarities.get(similarity, sigma=sigma, temperature=temperature, stacklevel=3)
     batch = contrast.build(
         y_pred,
         keys=keys,
@@ -370,8 +434,16 @@ def info_nce(
         global_negatives=global_negatives,
         cosine_scale=similarity.cosine_scale,
     )
-    anchor_loss, _ = _info_nce_anchor_losses(batch, similarity)
-    return _mean_views(anchor_loss)
+    anchor_loss, _ = _info_nce_anchor_losses(batch, similarity, supervised_form)
+    return _per_sample(batch, anchor_loss)
+
+
+def _is_cosine_name(similarity: Any) -> bool:
+    """Whether `similarity` names the cosine similarity (InfoNCE's default)."""
+    if not isinstance(similarity, str):
+        return False
+    key = similarity.strip().lower().replace("-", "_").replace(" ", "_")
+    return similarities.ALIASES.get(key, key) == "cosine"
 
 
 class ContrastiveLoss(keras.losses.Loss):
@@ -396,10 +468,13 @@ class ContrastiveLoss(keras.losses.Loss):
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.global_negatives = bool(global_negatives)
-        self.similarity = similarities.get(similarity, sigma=sigma, temperature=temperature)
         self.sigma = None if sigma is None else check_positive_number("sigma", sigma)
         self.temperature = (
             None if temperature is None else check_positive_number("temperature", temperature)
+        )
+        # stacklevel: the warning points at the user's FMICLLoss(...) call.
+        self.similarity = similarities.get(
+            similarity, sigma=sigma, temperature=temperature, stacklevel=4
         )
 
     def anchor_losses(self, batch: contrast.ContrastiveBatch) -> tuple[Any, Any]:
@@ -415,13 +490,41 @@ class ContrastiveLoss(keras.losses.Loss):
         return {}
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        # Keras converts `y_true` to a tensor; `None` (self-supervised) has no
-        # tensor form, so it travels as an empty structure.
-        return super().__call__(() if y_true is None else y_true, y_pred, sample_weight)
+        """The reduced loss; see the class docstring.
+
+        Raises:
+            ValueError: `y_pred` is None or not `(N, V, d)`, the labels
+                are invalid (see `contrast.check_labels`), or
+                `sample_weight` is not a scalar, `(N,)` or `(N, 1)`.
+        """
+        if y_pred is None:
+            raise ValueError(
+                "`y_pred` must be an (N, V, d) tensor of embeddings: N samples "
+                "seen in V >= 2 views. Received: y_pred=None"
+            )
+        shape = getattr(y_pred, "shape", None)
+        num_samples = None
+        if shape is not None and len(shape) > 0 and shape[0] is not None:
+            num_samples = int(shape[0])
+        check_sample_weight(sample_weight, num_samples)
+        # Keras converts `y_true` to the loss's float dtype, which would
+        # merge integer labels beyond 2^24 and reject strings with a
+        # backend error: the labels bypass it, and `y_true` travels as an
+        # empty structure (also the form of `None`, which has no tensor).
+        self._labels = y_true
+        try:
+            return super().__call__((), y_pred, sample_weight)
+        finally:
+            self._labels = None
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        labels = None if isinstance(y_true, tuple) and not y_true else y_true
-        return self.contrast(y_pred, labels=labels, query_argument="y_pred")
+        if isinstance(y_true, tuple) and not y_true:
+            labels = getattr(self, "_labels", None)
+        else:
+            labels = y_true
+        return self.contrast(
+            y_pred, labels=labels, query_argument="y_pred", label_argument="y_true"
+        )
 
     def contrast(
         self,
@@ -433,6 +536,7 @@ class ContrastiveLoss(keras.losses.Loss):
         in_batch_negatives: bool = True,
         return_metrics: bool = False,
         query_argument: str = "queries",
+        label_argument: str = "labels",
     ) -> Any:
         """Per-sample loss of queries contrasted with keys and a queue.
 
@@ -448,15 +552,19 @@ class ContrastiveLoss(keras.losses.Loss):
             keys: `(N, V, d)` keys, or `None`.
             queue: `(K, d)` extra negatives, or `None`.
             queue_mask: `(K,)` bool of the filled queue entries, or `None`.
-            labels: `(N,)` integer labels (supervised), or `None`.
+            labels: `(N,)` non-negative integer labels (supervised), or
+                `None`.
             in_batch_negatives: whether other samples of the batch are
                 negatives.
             return_metrics: also return a dict of batch metrics:
                 `alignment`, `uniformity` and `mi_estimate`.
+            query_argument, label_argument: the names of the queries and
+                labels in error messages.
 
         Returns:
             `(N,)` per-sample losses (unreduced), and the metrics dict when
-            `return_metrics=True`.
+            `return_metrics=True`. Every per-sample loss is NaN when the
+            queries, keys or queue hold a NaN or an infinity.
 
         Example:
 
@@ -476,11 +584,12 @@ class ContrastiveLoss(keras.losses.Loss):
             in_batch_negatives=in_batch_negatives,
             global_negatives=self.global_negatives,
             query_argument=query_argument,
+            label_argument=label_argument,
             cosine_scale=self.similarity.cosine_scale,
             **self.contrast_options(),
         )
         anchor_loss, mi_estimate = self.anchor_losses(batch)
-        per_sample = _mean_views(anchor_loss)
+        per_sample = _per_sample(batch, anchor_loss)
         if not return_metrics:
             return per_sample
         metrics = contrast.embedding_metrics(batch)
@@ -496,8 +605,13 @@ class ContrastiveLoss(keras.losses.Loss):
             if type(self.similarity) in similarities.BUILTIN_SIMILARITIES.values()
             else similarities.serialize(self.similarity)
         )
-        config["sigma"] = getattr(self.similarity, "sigma", self.sigma)
-        config["temperature"] = getattr(self.similarity, "temperature", self.temperature)
+        # The parameter of the similarity only: an ignored one would warn
+        # again on `from_config`.
+        kind = type(self.similarity)
+        config["sigma"] = self.similarity.sigma if kind is similarities.Gaussian else None
+        config["temperature"] = (
+            self.similarity.temperature if kind is similarities.Cosine else None
+        )
         config["global_negatives"] = self.global_negatives
         return config
 
@@ -514,7 +628,22 @@ class FMICLLoss(ContrastiveLoss):
 
     A sample's loss is the mean over its views; the default reduction is the
     mean over samples. With `alpha = 1` the negated loss is a lower-bound
-    estimate of the f-mutual information `I_f` in nats.
+    estimate of the f-mutual information `I_f` in nats. The definitions are
+    those of `docs/fmicl-math.md`, section 4.
+
+    Inputs: `y_pred` of shape `(N, V, d)`, `V >= 2`, `d >= 1`; `y_true`
+    `None` or non-negative integer labels of shape `(N,)` or `(N, 1)`
+    (integer-valued floats such as `3.0` are accepted); `sample_weight` a
+    scalar, `(N,)` or `(N, 1)`. Anything else raises a `ValueError`, but
+    invalid labels seen only inside a traced function (`tf.function`,
+    `jax.jit`), which make every per-sample loss NaN. A NaN or an infinity
+    anywhere in the embeddings (or keys, or queue) makes every per-sample
+    loss NaN too, on purpose: every anchor contrasts with every embedding,
+    and `keras.callbacks.TerminateOnNaN` then stops the training instead of
+    it going on with a meaningless finite number. The embeddings are
+    normalised scale-invariantly (`similarities.l2_normalize`): `z * c`
+    gives the loss of `z` and `1 / c` times its gradient for any finite
+    `c > 0` (`1e-30` to `1e30`); a zero embedding is orthogonal to all.
 
     Args:
         divergence: `"kl"`, `"js"`, `"pearson"`, `"squared_hellinger"`,
@@ -623,21 +752,44 @@ class FMICLLoss(ContrastiveLoss):
 class InfoNCELoss(ContrastiveLoss):
     """InfoNCE (NT-Xent): the baseline f-MICL generalises.
 
-    For anchor `a` with positives `P(a)` and negatives `N(a)`:
+    For anchor `a` with positives `P(a)` and negatives `N(a)`
+    (`docs/fmicl-math.md`, sections 4 and 5), and `l = cos / temperature`,
+    in the default "decoupled" form:
 
         loss(a) = mean_{p in P(a)} [ -l(a,p) + log sum_{b in {p} U N(a)} e^l(a,b) ]
 
-    with `l = cos / temperature`. Each positive competes only with the
-    negatives, not with the other positives (unlike SupCon's denominator).
-    For two views the per-sample value is half of what
-    `keras_cv.losses.SimCLRLoss(temperature)` returns (that one sums both
-    directions).
+    Each positive competes only with the negatives, not with the other
+    positives. An anchor without negatives contributes 0. For two views the
+    per-sample value is half of what `keras_cv.losses.SimCLRLoss(temperature)`
+    returns (that one sums both directions).
+
+    With `supervised_form="supcon"`, SupCon's L_out (Khosla et al. 2020):
+
+        loss(a) = -mean_{p in P(a)} [ l(a,p) - log sum_{b in P(a) U N(a)} e^l(a,b) ]
+
+    one softmax over every candidate of the anchor, the positives
+    included: in a batch contrasted with itself every other embedding
+    `b != a`; with momentum keys (`contrast(queries, keys=...)`) the keys of
+    the other views, the same ones the decoupled form contrasts with; and
+    every valid queue entry. An anchor with positives only (every candidate
+    shares its label) still gets `log sum_p e^l(a,p) - mean_p l(a,p) >= 0`,
+    as in SupCon.
+
+    The two forms differ only for anchors with several positives (labels
+    shared by several samples, or V >= 3 views): with one positive per
+    anchor they coincide. The `mi_estimate` metric is `log(C) - loss`, `C`
+    the number of candidates of the softmax (`1 + |N(a)|`, resp.
+    `|P(a)| + |N(a)|`).
 
     Args:
-        temperature: `> 0`. Defaults to 0.1 (the best of 0.1, 0.2 and 0.5
-            in the defaults sweep of `benchmarks/`).
+        temperature: `> 0`. `None` (the default) means 0.1 (the best of
+            0.1, 0.2 and 0.5 in the defaults sweep of `benchmarks/`). Used
+            with `similarity="cosine"`; a `UserWarning` says when it is
+            given and ignored.
         similarity: `"cosine"` (default) or `"gaussian"` (then `sigma`).
-        sigma: Gaussian bandwidth when `similarity="gaussian"`.
+        sigma: Gaussian bandwidth when `similarity="gaussian"`; a
+            `UserWarning` says when it is given and ignored.
+        supervised_form: `"decoupled"` (default) or `"supcon"`.
         global_negatives, reduction, name, dtype: as `FMICLLoss`.
 
     Example:
@@ -645,24 +797,31 @@ class InfoNCELoss(ContrastiveLoss):
     ```python
     loss = keras_fmicl.InfoNCELoss(temperature=0.2)
     value = loss(None, keras.random.normal((8, 2, 16)))
+    supcon = keras_fmicl.InfoNCELoss(supervised_form="supcon")
+    value = supcon(labels, y_pred)
     ```
 
     Reference:
         van den Oord, Li, Vinyals, 2018; Chen, Kornblith, Norouzi, Hinton,
         "A Simple Framework for Contrastive Learning of Visual
-        Representations", ICML 2020.
+        Representations", ICML 2020; Khosla et al., "Supervised
+        Contrastive Learning", NeurIPS 2020 (SupCon).
     """
 
     def __init__(
         self,
-        temperature: float = DEFAULT_INFONCE_TEMPERATURE,
+        temperature: float | None = None,
         similarity: Any = "cosine",
         sigma: float | None = None,
         global_negatives: bool = True,
         reduction: str | None = "sum_over_batch_size",
         name: str | None = "info_nce",
         dtype: Any = None,
+        supervised_form: str = "decoupled",
     ):
+        self.supervised_form = check_choice("supervised_form", supervised_form, SUPERVISED_FORMS)
+        if temperature is None and _is_cosine_name(similarity):
+            temperature = DEFAULT_INFONCE_TEMPERATURE
         super().__init__(
             similarity=similarity,
             sigma=sigma,
@@ -674,4 +833,9 @@ class InfoNCELoss(ContrastiveLoss):
         )
 
     def anchor_losses(self, batch):
-        return _info_nce_anchor_losses(batch, self.similarity)
+        return _info_nce_anchor_losses(batch, self.similarity, self.supervised_form)
+
+    def get_config(self):
+        config = super().get_config()
+        config["supervised_form"] = self.supervised_form
+        return config

@@ -10,9 +10,11 @@ embeddings and works with its logarithm `l = log r` throughout:
 
 with `z^ = z / ||z||`. For unit vectors `||z^_a - z^_b||^2 = 2 - 2 z^_a . z^_b`,
 so the whole `(M, K)` matrix of log ratios comes from one matmul of the
-normalised embeddings, never from an `(M, K, d)` tensor. A zero vector is
+normalised embeddings, never from an `(M, K, d)` tensor. The normalisation
+(`l2_normalize`) is scale-invariant for every finite non-zero vector, from
+the smallest subnormal to the largest finite float; a zero vector is
 normalised to zero (cosine 0 with everything, as if orthogonal) instead of
-producing NaN.
+producing NaN. See `docs/fmicl-math.md`, section 4 ("Zero and tiny vectors").
 
 Reference:
     Lu, Zhang, Sun, Guo, Yu. "f-MICL: Understanding and Generalizing
@@ -21,6 +23,7 @@ Reference:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
@@ -30,9 +33,10 @@ from keras_fmicl.validation import ConfigEquality
 from keras_fmicl.validation import check_positive_number
 
 _PACKAGE = "keras_fmicl"
-# Floor of the squared norm in `l2_normalize`: rows shorter than about 3e-4
-# are scaled by 1 / sqrt(1e-7) instead of 1 / ||z||, which keeps the gradient
-# of a zero vector (about 3e3 times the upstream one) finite in float16.
+# Floor of the squared norm of the prescaled rows in `l2_normalize`. A
+# non-zero row, divided by its largest absolute entry, has a squared norm of
+# at least 1: the floor only acts on zero rows, whose gradient it keeps
+# finite (about 3e3 times the upstream one, finite in float16 too).
 _NORM_EPSILON = 1e-7
 
 # Defaults from the sweep on a Fashion-MNIST validation split
@@ -42,11 +46,50 @@ DEFAULT_TEMPERATURE = 0.5
 
 
 def l2_normalize(x: Any, axis: int = -1) -> Any:
-    """`x / ||x||` along `axis`; zero vectors stay zero (no NaN)."""
+    """`x / ||x||` along `axis`, scale-invariant; zero vectors stay zero.
+
+    Computed as `u / ||u||` with `u = x / stop_gradient(max |x_i|)`, the
+    row divided by its largest absolute entry (see `docs/fmicl-math.md`,
+    section 4, "Zero and tiny vectors"). The result does not depend
+    on that prescale, so it is exact, and `||u||^2` lies in `[1, d]` for
+    every finite non-zero row: no underflow of the squared norm for tiny
+    rows (`1e-30`), no overflow for huge ones (`1e30`). `x * c` for any
+    `c > 0` gives the same result (to rounding), and a gradient `1 / c`
+    times that at `x`: nonzero and finite over the whole float range.
+
+    A zero row stays zero (orthogonal to everything): its squared norm is
+    floored at `_NORM_EPSILON` and its prescale taken as 1. A row holding a
+    NaN or an infinity comes out NaN (`inf / inf`): the losses then return
+    NaN, on purpose.
+
+    Args:
+        x: tensor of embeddings, any float dtype.
+        axis: the axis normalised. Defaults to the last one.
+
+    Returns:
+        A tensor of the shape and dtype of `x`.
+
+    Example:
+
+    ```python
+    l2_normalize(np.array([[3e-30, 4e-30], [0.0, 0.0]], "float32"))
+    # [[0.6, 0.8], [0.0, 0.0]]
+    ```
+    """
     x = ops.convert_to_tensor(x)
-    squared_norm = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    squared_norm = ops.where(squared_norm > _NORM_EPSILON, squared_norm, _NORM_EPSILON)
-    return x * ops.rsqrt(squared_norm)
+    # amax, not max: Keras' torch `max` breaks torch.compile graphs.
+    largest = ops.stop_gradient(ops.amax(ops.abs(x), axis=axis, keepdims=True))
+    largest = ops.where(largest > 0, largest, ops.ones_like(largest))
+    # x / largest as two products by largest^(-1/2), which is a normal float
+    # over the whole range: XLA turns a division into a product by the
+    # reciprocal, which is subnormal (flushed to 0) for largest > 8.5e37.
+    # A rounding error of the prescale cancels in u / ||u||.
+    inverse_root = ops.rsqrt(largest)
+    u = (x * inverse_root) * inverse_root
+    squared_norm = ops.sum(ops.square(u), axis=axis, keepdims=True)
+    # `<`, not `>`: a NaN squared norm stays NaN (the whole row NaN).
+    squared_norm = ops.where(squared_norm < _NORM_EPSILON, _NORM_EPSILON, squared_norm)
+    return u * ops.rsqrt(squared_norm)
 
 
 def cosine_matrix(x: Any, y: Any | None = None) -> Any:
@@ -213,38 +256,78 @@ def get(
     identifier: Any,
     sigma: float | None = None,
     temperature: float | None = None,
+    stacklevel: int = 2,
 ) -> Similarity:
     """Returns a `Similarity` from a name, a config dict or an instance.
+
+    A parameter the similarity does not use (`temperature` with
+    `"gaussian"`, `sigma` with `"cosine"`, either with a `Similarity`
+    instance or config, which carries its own) triggers a `UserWarning`
+    naming it; `None` means "not given" and stays silent.
 
     Args:
         identifier: `"gaussian"` (alias `"f_gaussian"`), `"cosine"`, a config
             dict, or a `Similarity` instance (returned as is).
         sigma: bandwidth for `"gaussian"`; its default when `None`.
         temperature: temperature for `"cosine"`; its default when `None`.
+        stacklevel: of the warning, as for `warnings.warn` (counted from
+            the caller of `get`: 2 points at it).
+
+    Example:
+
+    ```python
+    similarities.get("gaussian", sigma=0.5)       # Gaussian(sigma=0.5)
+    similarities.get("cosine", sigma=0.5)         # warns: sigma is ignored
+    ```
     """
     if isinstance(identifier, Similarity):
-        return identifier
-    if isinstance(identifier, dict):
-        obj = keras.saving.deserialize_keras_object(identifier)
-        if not isinstance(obj, Similarity):
+        similarity = identifier
+    elif isinstance(identifier, dict):
+        similarity = keras.saving.deserialize_keras_object(identifier)
+        if not isinstance(similarity, Similarity):
             raise ValueError(
                 "`similarity` config does not describe a keras_fmicl "
                 f"Similarity. Received: similarity={identifier!r}"
             )
-        return obj
-    if isinstance(identifier, str):
-        key = identifier.strip().lower().replace("-", "_").replace(" ", "_")
-        key = ALIASES.get(key, key)
-        if key == "gaussian":
-            return Gaussian(DEFAULT_SIGMA if sigma is None else sigma)
-        if key == "cosine":
-            return Cosine(DEFAULT_TEMPERATURE if temperature is None else temperature)
-    names = sorted(BUILTIN_SIMILARITIES) + sorted(ALIASES)
-    raise ValueError(
-        "Unknown `similarity`: expected one of "
-        f"{', '.join(repr(n) for n in names)}, or a keras_fmicl.Similarity "
-        f"instance. Received: similarity={identifier!r}"
-    )
+    else:
+        similarity = None
+        if isinstance(identifier, str):
+            key = identifier.strip().lower().replace("-", "_").replace(" ", "_")
+            key = ALIASES.get(key, key)
+            if key == "gaussian":
+                similarity = Gaussian(DEFAULT_SIGMA if sigma is None else sigma)
+            elif key == "cosine":
+                similarity = Cosine(DEFAULT_TEMPERATURE if temperature is None else temperature)
+        if similarity is None:
+            names = sorted(BUILTIN_SIMILARITIES) + sorted(ALIASES)
+            raise ValueError(
+                "Unknown `similarity`: expected one of "
+                f"{', '.join(repr(n) for n in names)}, or a keras_fmicl.Similarity "
+                f"instance. Received: similarity={identifier!r}"
+            )
+    _warn_unused_parameters(identifier, similarity, sigma, temperature, stacklevel + 1)
+    return similarity
+
+
+def _warn_unused_parameters(identifier, similarity, sigma, temperature, stacklevel):
+    """Warns about `sigma` / `temperature` given to a similarity that ignores them."""
+    is_name = isinstance(identifier, str)
+    for name, value, used_by in (
+        ("sigma", sigma, Gaussian),
+        ("temperature", temperature, Cosine),
+    ):
+        if value is None or (is_name and type(similarity) is used_by):
+            continue
+        if is_name:
+            reason = f"similarity={identifier!r} does not use it"
+        else:
+            reason = f"the similarity {similarity!r} carries its own parameters"
+        warnings.warn(
+            f"`{name}` is ignored: {reason}. Received: {name}={value!r}. "
+            f"Pass {name}=None (the default) to silence this warning.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def serialize(similarity: Similarity) -> dict:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import keras
+import numpy as np
+
 
 def check_positive_number(name: str, value: Any) -> float:
     """`value` as a float if it is a finite number `> 0`, else `ValueError`."""
@@ -49,3 +52,87 @@ class ConfigEquality:
 
     def __hash__(self) -> int:
         return hash((type(self), tuple(sorted(self.get_config().items()))))
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> str:
+    """`value` if it is one of the strings `choices`, else `ValueError`.
+
+    Example:
+
+    ```python
+    check_choice("supervised_form", "supcon", ("decoupled", "supcon"))
+    ```
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(repr(c) for c in choices)}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+def concrete_values(x: Any) -> np.ndarray | None:
+    """The values of `x` as a numpy array when they are known now, else `None`.
+
+    Host data (numpy arrays, lists, Python numbers) and eager tensors are
+    concrete; a symbolic tensor (inside `tf.function` or `jax.jit`) is not.
+    Checks of values go through this: concrete bad values raise a
+    `ValueError` at once, while traced ones must be caught in the graph.
+    (On PyTorch every tensor is concrete; under `torch.compile` reading
+    one splits the graph there.)
+
+    Example:
+
+    ```python
+    concrete_values([1, 2])                           # array([1, 2])
+    jax.jit(lambda t: concrete_values(t) is None)(x)  # True
+    ```
+    """
+    if x is None:
+        return None
+    if isinstance(x, (np.ndarray, np.generic, list, tuple, numbers.Number, str, bytes)):
+        return np.asarray(x)
+    try:
+        return np.asarray(keras.ops.convert_to_numpy(x))
+    except Exception:  # a symbolic tensor: TF raises NotImplementedError, JAX TypeError
+        return None
+
+
+def describe(values: Any, limit: int = 8) -> str:
+    """A short repr of an array-like for error messages (at most `limit` entries)."""
+    array = np.asarray(values)
+    flat = array.ravel()
+    text = np.array2string(flat[:limit], separator=", ", threshold=limit)
+    if flat.size > limit:
+        text = text[:-1] + ", ...]"
+    return f"{text} (shape={array.shape}, dtype={array.dtype})"
+
+
+def check_sample_weight(sample_weight: Any, num_samples: int | None) -> None:
+    """Checks that `sample_weight` is a scalar or of shape `(N,)` / `(N, 1)`.
+
+    `num_samples` is N, or `None` when unknown (then only the rank is
+    checked).
+
+    Example:
+
+    ```python
+    check_sample_weight(np.ones(8), 8)          # fine
+    check_sample_weight(np.ones((8, 2)), 8)     # ValueError
+    ```
+    """
+    if sample_weight is None:
+        return
+    shape = getattr(sample_weight, "shape", None)
+    if shape is None:
+        shape = np.shape(sample_weight)
+    shape = tuple(None if d is None else int(d) for d in shape)
+    if len(shape) == 0:
+        return
+    length_ok = shape[0] is None or num_samples is None or shape[0] == num_samples
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1) or not length_ok:
+        raise ValueError(
+            "`sample_weight` must be None, a scalar, or one weight per "
+            f"sample: shape (N,) or (N, 1) with N = {num_samples}. "
+            f"Received: sample_weight.shape={shape}"
+        )

@@ -174,3 +174,45 @@ def alignment_uniformity(y_pred, labels=None):
         pos_d += [np.sum((y_pred[i, a] - y_pred[j, w]) ** 2) for j, w in positives]
         neg_d += [np.sum((y_pred[i, a] - y_pred[j, w]) ** 2) for j, w in negatives]
     return np.mean(pos_d), np.log(np.mean(np.exp(-2.0 * np.array(neg_d))))
+
+
+def _logsumexp(values):
+    values = np.asarray(values, dtype=np.float64)
+    top = values.max()
+    return top + np.log(np.sum(np.exp(values - top)))
+
+
+def supcon_loss(
+    y_pred,
+    labels=None,
+    similarity="cosine",
+    parameter=0.2,
+    keys=None,
+    queue=None,
+    queue_mask=None,
+    in_batch_negatives=True,
+):
+    """Per-sample SupCon L_out (Khosla et al. 2020), shape (N,), by explicit loops.
+
+    loss(a) = -mean_{p in P(a)} [ l(a,p) - log sum_{b in P(a) U N(a)} e^l(a,b) ]:
+    one softmax over every candidate of the anchor (every other embedding of
+    the batch, or in key mode the keys of the other views, plus the queue),
+    its positives included; log-sum-exp with the maximum shifted out.
+    """
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    n, v, _ = y_pred.shape
+    key_mode = keys is not None
+    candidates = y_pred if keys is None else np.asarray(keys, dtype=np.float64)
+    queue_rows = []
+    if queue is not None:
+        mask = np.ones(len(queue), bool) if queue_mask is None else np.asarray(queue_mask)
+        queue_rows = [q for q, m in zip(np.asarray(queue, np.float64), mask) if m]
+    losses = np.zeros((n, v))
+    for (i, a), (positives, negatives) in pair_sets(n, v, labels, key_mode).items():
+        anchor = y_pred[i, a]
+        pos_l = [log_ratio(anchor, candidates[j, w], similarity, parameter) for j, w in positives]
+        neg_rows = [candidates[j, w] for j, w in negatives] if in_batch_negatives else []
+        neg_l = [log_ratio(anchor, r, similarity, parameter) for r in neg_rows + queue_rows]
+        denominator = _logsumexp(pos_l + neg_l)
+        losses[i, a] = -np.mean([lp - denominator for lp in pos_l])
+    return losses.mean(axis=1)

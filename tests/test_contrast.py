@@ -1,5 +1,6 @@
 """Pairs, masks and negative sums of `keras_fmicl.contrast`, against numpy."""
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -8,6 +9,7 @@ from keras_fmicl import contrast
 from keras_fmicl.similarities import row_dot
 from tests import reference
 from tests.utils import to_numpy
+from tests.utils import traced
 from tests.utils import value_and_grad
 
 
@@ -280,3 +282,95 @@ def test_negative_sum_with_a_derivative_matches_the_masked_sum_and_its_gradient(
     numerical = central_differences(reference_objective, y)
     # finite differences of a sum of ~300: about 1e-8 of absolute error
     np.testing.assert_allclose(grad, numerical, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------- labels and guards
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        ([0, 1, np.nan, 1], r"labels\[2\]=.*nan"),
+        ([0, 1, 2, -3], r"labels\[3\]=.*-3"),
+        ([0.0, 0.5, 1.0, 1.0], r"labels\[1\]=.*0.5"),
+        ([0.0, np.inf, 1.0, 1.0], r"labels\[1\]=.*inf"),
+        (["x", "y", "x", "y"], r"dtype=<U1"),
+        (np.array([b"x", b"y", b"x", b"y"], dtype=object), r"dtype=object"),
+        ([0, 1, 1], r"labels.shape=\(3,\)"),
+        ([[0, 1], [1, 0]], r"labels.shape=\(2, 2\)"),
+        (3, r"labels.shape=\(\)"),
+    ],
+)
+def test_check_labels_rejects_concrete_bad_labels(labels, match):
+    with pytest.raises(ValueError, match=match):
+        contrast.check_labels(labels, 4, "labels")
+
+
+def test_check_labels_accepts_integers_integer_floats_and_booleans():
+    for labels in ([0, 3, 3, 1], [0.0, 3.0, 3.0, 1.0], np.array([[0], [3], [3], [1]]), np.uint8([0, 3, 3, 1])):
+        checked, valid = contrast.check_labels(labels, 4)
+        assert valid is None
+        np.testing.assert_array_equal(to_numpy(checked), [0, 3, 3, 1])
+    checked, _ = contrast.check_labels(np.array([True, False, True, True]), 4)
+    np.testing.assert_array_equal(to_numpy(checked), [1, 0, 1, 1])
+
+
+@pytest.mark.parametrize(
+    "labels, expected_valid",
+    [
+        (np.array([0.0, 1.0, 2.0, 1.0], "float32"), True),
+        (np.array([0.0, 1.0, np.nan, 1.0], "float32"), False),
+        (np.array([0.0, -1.0, 2.0, 1.0], "float32"), False),
+        (np.array([0.0, 1.25, 2.0, 1.0], "float32"), False),
+        (np.array([0.0, np.inf, 2.0, 1.0], "float32"), False),
+        (np.array([0, 1, 2, 1], "int32"), True),
+        (np.array([0, -1, 2, 1], "int32"), False),
+    ],
+)
+def test_traced_labels_set_the_nan_guard(labels, expected_valid):
+    y = embeddings(n=4)
+
+    def guard(x, t):
+        return contrast.build(x, labels=t).nan_guard
+
+    if keras.backend.backend() == "torch" and not expected_valid:
+        # eager PyTorch sees the values: a ValueError instead
+        with pytest.raises(ValueError, match="non-negative integer"):
+            traced(guard)(y, labels)
+        return
+    got = float(to_numpy(traced(guard)(y, labels)))
+    assert np.isnan(got) != expected_valid
+
+
+@pytest.mark.parametrize("part", ["queries", "keys", "queue"])
+def test_a_non_finite_input_sets_the_nan_guard(part):
+    y = embeddings(n=4, d=3)
+    keys = embeddings(n=4, d=3, seed=1)
+    queue = np.ones((3, 3), "float32")
+    batch = contrast.build(y, keys=keys, queue=queue)
+    assert float(to_numpy(batch.nan_guard)) == 0.0
+    {"queries": y, "keys": keys, "queue": queue}[part][0, 0, ...] = np.nan
+    batch = contrast.build(y, keys=keys, queue=queue)
+    assert np.isnan(float(to_numpy(batch.nan_guard)))
+
+
+@pytest.mark.parametrize("keys, labels", [(False, None), (False, [0, 1, 0, 2, 1]), (True, [0, 1, 0, 2, 1])])
+def test_candidate_logsumexp_runs_over_every_positive_and_negative(keys, labels):
+    y = embeddings(n=5, v=3, d=4, seed=7)
+    k = embeddings(n=5, v=3, d=4, seed=8) if keys else None
+    queue = np.random.default_rng(9).normal(size=(4, 4)).astype("float32")
+    queue_mask = np.array([1, 0, 1, 1], bool)
+    batch = contrast.build(y, keys=k, queue=queue, queue_mask=queue_mask, labels=labels, cosine_scale=2.0)
+    got = to_numpy(contrast.candidate_logsumexp(batch, lambda c: c))
+    z = reference.normalise(y.reshape(-1, 4).astype(np.float64))
+    zk = z if k is None else reference.normalise(k.reshape(-1, 4).astype(np.float64))
+    zq = reference.normalise(queue[queue_mask].astype(np.float64))
+    expected = np.zeros(15)
+    for m in range(15):
+        if keys:
+            candidates = [c for c in range(15) if c % 3 != m % 3]
+        else:
+            candidates = [c for c in range(15) if c != m]
+        logits = np.concatenate([2.0 * zk[candidates] @ z[m], 2.0 * zq @ z[m]])
+        expected[m] = np.log(np.sum(np.exp(logits)))
+    np.testing.assert_allclose(got.ravel(), expected, rtol=1e-5)

@@ -1,3 +1,5 @@
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -278,7 +280,7 @@ def test_info_nce_matches_reference(views, supervised, similarity, parameter):
     labels = LABELS if supervised else None
     expected = reference.info_nce_loss(y_pred, labels, similarity, parameter)
     loss = keras_fmicl.InfoNCELoss(
-        temperature=parameter if similarity == "cosine" else 0.2,
+        temperature=parameter if similarity == "cosine" else None,
         similarity=similarity,
         sigma=parameter if similarity == "gaussian" else None,
         reduction=None,
@@ -551,7 +553,7 @@ def test_info_nce_finite_for_extreme_inputs(case, similarity, parameter, supervi
     y_pred = _extreme_cases()[case]
     labels = np.array([0, 1, 0, 0]) if supervised else None
     nce = keras_fmicl.InfoNCELoss(
-        temperature=parameter if similarity == "cosine" else 0.2,
+        temperature=parameter if similarity == "cosine" else None,
         similarity=similarity,
         sigma=parameter if similarity == "gaussian" else None,
     )
@@ -559,15 +561,86 @@ def test_info_nce_finite_for_extreme_inputs(case, similarity, parameter, supervi
     assert np.isfinite(value) and np.all(np.isfinite(grad)), (case, similarity, parameter)
 
 
-@pytest.mark.parametrize("loss_class", [keras_fmicl.FMICLLoss, keras_fmicl.InfoNCELoss])
-@pytest.mark.parametrize("scale", [1e-3, 1e3])
-def test_losses_are_invariant_to_the_scale_of_the_embeddings(loss_class, scale):
-    """Embeddings are normalised: any norm above about 3e-4 gives the same loss."""
-    y_pred = embeddings(seed=32)
-    loss = loss_class(reduction=None)
-    np.testing.assert_allclose(
-        to_numpy(loss(None, y_pred * scale)), to_numpy(loss(None, y_pred)), rtol=1e-5, atol=1e-6
-    )
+SCALE_LOSSES = {
+    "fmicl_gaussian_kl": lambda: keras_fmicl.FMICLLoss("kl", sigma=0.7, reduction=None),
+    "fmicl_cosine_js": lambda: keras_fmicl.FMICLLoss(
+        "js", similarity="cosine", temperature=0.3, reduction=None
+    ),
+    "fmicl_vlc": lambda: keras_fmicl.FMICLLoss("vlc", reduction=None),
+    "info_nce": lambda: keras_fmicl.InfoNCELoss(reduction=None),
+    "supcon": lambda: keras_fmicl.InfoNCELoss(supervised_form="supcon", reduction=None),
+}
+
+
+@pytest.mark.parametrize(
+    "loss_name, supervised",
+    [
+        ("fmicl_gaussian_kl", False),
+        ("fmicl_cosine_js", True),
+        ("fmicl_vlc", False),
+        ("info_nce", False),
+        ("supcon", True),
+    ],
+)
+def test_losses_are_invariant_to_the_scale_of_the_embeddings(loss_name, supervised):
+    """Scale-invariant normalisation: same loss, gradient scaled by 1/scale.
+
+    (Before: 1e-6 fell under the squared-norm floor, 1e30 overflowed with a
+    zero gradient.)
+    """
+    y_pred = embeddings(n=4, v=3, d=5, seed=32)
+    labels = np.array([0, 1, 0, 1]) if supervised else None
+    loss = SCALE_LOSSES[loss_name]()
+    weights = ops.convert_to_tensor(np.array([1.0, 0.5, 2.0, 1.5], "float32"))
+
+    def objective(y):
+        return ops.sum(loss(labels, y) * weights)
+
+    value, (grad,) = value_and_grad(objective, y_pred)
+    per_sample = to_numpy(loss(labels, y_pred))
+    for scale in (1e-30, 1e-6, 1e30):
+        scaled = y_pred * np.float32(scale)
+        scaled_value, (scaled_grad,) = value_and_grad(objective, scaled)
+        np.testing.assert_allclose(scaled_value, value, rtol=1e-5, atol=1e-6, err_msg=str(scale))
+        np.testing.assert_allclose(
+            to_numpy(loss(labels, scaled)), per_sample, rtol=1e-5, atol=1e-6, err_msg=str(scale)
+        )
+        assert np.all(np.isfinite(scaled_grad)) and np.abs(scaled_grad).max() > 0, scale
+        np.testing.assert_allclose(
+            scaled_grad * scale, grad, rtol=1e-4, atol=1e-5 * np.abs(grad).max(), err_msg=str(scale)
+        )
+
+
+@pytest.mark.parametrize(
+    "loss_name, policy, half, scale",
+    [
+        ("fmicl_gaussian_kl", "mixed_float16", "float16", 1e-3),
+        ("supcon", "mixed_float16", "float16", 1e3),
+        ("fmicl_cosine_js", "mixed_bfloat16", "bfloat16", 1e-30),
+        ("fmicl_gaussian_kl", "mixed_bfloat16", "bfloat16", 1e30),
+    ],
+)
+def test_extreme_scales_in_half_precision_give_finite_values_and_gradients(
+    loss_name, policy, half, scale
+):
+    """Half-precision embeddings at extreme scales: finite, and the float32 loss.
+
+    The loss computes in float32 from the half-precision values (whose
+    squares would overflow or underflow in float16 at these scales).
+    """
+    keras.config.set_dtype_policy(policy)
+    y_pred = embeddings(n=4, v=2, d=6, seed=33)
+    loss = SCALE_LOSSES[loss_name]()
+
+    def objective(y):
+        return ops.sum(loss(None, ops.cast(y * scale, half)))
+
+    value, (grad,) = value_and_grad(objective, y_pred)
+    assert np.isfinite(value)
+    assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
+    rounded = to_numpy(ops.cast(ops.cast(y_pred * scale, half), "float32"))
+    expected = to_numpy(loss(None, rounded))
+    np.testing.assert_allclose(to_numpy(loss(None, ops.cast(y_pred * scale, half))), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_warns_when_scores_leave_the_exact_float32_range():
@@ -787,4 +860,428 @@ def test_replacing_the_divergence_or_similarity_after_construction_takes_effect(
     expected = keras_fmicl.FMICLLoss("js", similarity="cosine", temperature=0.3, reduction=None)
     np.testing.assert_allclose(
         to_numpy(loss(None, y_pred)), to_numpy(expected(None, y_pred)), rtol=1e-6
+    )
+
+
+# ------------------------------------------------------------ invalid labels
+
+LOSS_CLASSES = [keras_fmicl.FMICLLoss, keras_fmicl.InfoNCELoss]
+BAD_LABELS = {
+    "nan": (np.array([0.0, 1.0, np.nan, 2.0, 1.0, 0.0]), r"y_true\[2\]=.*nan"),
+    "all_nan": (np.full(6, np.nan), r"6 invalid label"),
+    "inf": (np.array([0.0, 1.0, 2.0, np.inf, 1.0, 0.0]), r"y_true\[3\]=.*inf"),
+    "negative": (np.array([0, 1, -1, 2, 1, 0]), r"y_true\[2\]=.*-1"),
+    "all_negative": (np.full(6, -1), r"non-negative integer"),
+    "fraction": (np.array([0.0, 1.5, 0.0, 2.0, 1.0, 0.0]), r"y_true\[1\]=.*1.5"),
+    "strings": (np.array(["a", "b", "a", "c", "b", "a"]), r"y_true=\['a', 'b'"),
+    "string_list": (["a", "b", "a", "c", "b", "a"], r"dtype=<U1"),
+}
+
+
+@pytest.mark.parametrize("loss_class", LOSS_CLASSES)
+@pytest.mark.parametrize("case", list(BAD_LABELS))
+def test_invalid_concrete_labels_raise_value_error(loss_class, case):
+    """Before: coerced (NaN / -1 to one class, 1.5 rounded): a finite loss."""
+    labels, match = BAD_LABELS[case]
+    y_pred = embeddings()
+    with pytest.raises(ValueError, match=match):
+        loss_class()(labels, y_pred)
+    with pytest.raises(ValueError, match=r"`labels` must be .*non-negative integer"):
+        loss_class().contrast(y_pred, labels=labels)
+    functional = keras_fmicl.fmicl if loss_class is keras_fmicl.FMICLLoss else keras_fmicl.info_nce
+    with pytest.raises(ValueError, match=r"`y_true` must be .*non-negative integer"):
+        functional(labels, y_pred)
+    if np.asarray(labels).dtype.kind in "if":
+        # an eager tensor is concrete too
+        with pytest.raises(ValueError, match=match):
+            loss_class()(ops.convert_to_tensor(labels), y_pred)
+
+
+@pytest.mark.parametrize(
+    "loss_class, case",
+    [
+        (keras_fmicl.FMICLLoss, "nan"),
+        (keras_fmicl.FMICLLoss, "negative"),
+        (keras_fmicl.FMICLLoss, "fraction"),
+        (keras_fmicl.InfoNCELoss, "all_nan"),
+        (keras_fmicl.InfoNCELoss, "inf"),
+        (keras_fmicl.InfoNCELoss, "all_negative"),
+    ],
+)
+def test_invalid_labels_in_a_traced_function_give_a_nan_loss(loss_class, case):
+    """Only seen inside tf.function / jax.jit: NaN, never a coerced finite loss.
+
+    (Eager PyTorch sees every value: a ValueError there.)
+    """
+    labels, _ = BAD_LABELS[case]
+    labels = labels.astype("float32" if labels.dtype.kind == "f" else "int32")
+    y_pred = embeddings()
+    loss = loss_class(reduction=None)
+    fn = traced(lambda y, t: loss(t, y))
+    if keras.backend.backend() == "torch":
+        with pytest.raises(ValueError, match="non-negative integer"):
+            fn(y_pred, labels)
+        return
+    got = to_numpy(fn(y_pred, labels))
+    assert got.shape == (6,) and np.all(np.isnan(got))
+    # valid labels through the same traced function: the reference
+    valid = to_numpy(fn(y_pred, LABELS.astype(labels.dtype)))
+    np.testing.assert_allclose(valid, to_numpy(loss(LABELS, y_pred)), rtol=1e-5, atol=1e-6)
+
+
+def test_invalid_labels_in_fit_give_a_nan_loss_and_terminate_on_nan():
+    x = np.random.default_rng(3).normal(size=(8, 2, 5)).astype("float32")
+    labels = np.array([0, 1, 0, -1, 1, 0, 2, 2])
+    model = keras.Sequential([keras.Input((2, 5)), keras.layers.Dense(4)])
+    model.compile(optimizer="sgd", loss=keras_fmicl.FMICLLoss("js"))
+    if keras.backend.backend() == "torch":  # eager: the values are seen
+        with pytest.raises(ValueError, match=r"y_true\[3\]"):
+            model.fit(x, labels, batch_size=8, epochs=1, verbose=0, shuffle=False)
+        return
+    history = model.fit(
+        x, labels, batch_size=8, epochs=2, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()]
+    )
+    assert len(history.history["loss"]) == 1 and np.isnan(history.history["loss"][0])
+
+
+@pytest.mark.parametrize("loss_class", LOSS_CLASSES)
+def test_integer_valued_float_labels_are_accepted(loss_class):
+    y_pred = embeddings()
+    loss = loss_class(reduction=None)
+    expected = to_numpy(loss(LABELS, y_pred))
+    np.testing.assert_allclose(to_numpy(loss(LABELS.astype("float32"), y_pred)), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(traced(lambda y, t: loss(t, y))(y_pred, LABELS.astype("float32"))),
+        expected, rtol=1e-5, atol=1e-6,
+    )  # fmt: skip
+
+
+def test_large_integer_labels_are_not_merged():
+    """Labels beyond 2^24 are not rounded to float32 (which merged 2^24 and 2^24 + 1)."""
+    y_pred = embeddings()
+    loss = keras_fmicl.FMICLLoss("js", reduction=None)
+    big = (2**24 + np.array([0, 1, 2, 3, 4, 5])).astype("int64")
+    np.testing.assert_allclose(
+        to_numpy(loss(big, y_pred)), to_numpy(loss(np.arange(6), y_pred)), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        to_numpy(loss(big.astype("float64"), y_pred)), to_numpy(loss(np.arange(6), y_pred)), rtol=1e-6
+    )
+
+
+# -------------------------------------------------- non-finite embeddings
+
+NONFINITE_LOSSES = {
+    "kl_gaussian": lambda: keras_fmicl.FMICLLoss("kl", reduction=None),
+    "js_cosine": lambda: keras_fmicl.FMICLLoss("js", similarity="cosine", reduction=None),
+    "pearson": lambda: keras_fmicl.FMICLLoss("pearson", reduction=None),
+    "vlc": lambda: keras_fmicl.FMICLLoss("vlc", reduction=None),
+    "info_nce": lambda: keras_fmicl.InfoNCELoss(reduction=None),
+    "supcon": lambda: keras_fmicl.InfoNCELoss(supervised_form="supcon", reduction=None),
+}
+
+
+@pytest.mark.parametrize(
+    "loss_name, value, supervised",
+    [
+        ("kl_gaussian", np.nan, False),
+        ("kl_gaussian", -np.inf, True),
+        ("js_cosine", np.inf, True),
+        ("pearson", np.nan, False),
+        ("vlc", -np.inf, False),
+        ("info_nce", np.nan, True),
+        ("info_nce", np.inf, False),
+        ("supcon", np.nan, True),
+    ],
+)
+def test_a_non_finite_embedding_makes_every_per_sample_loss_nan(loss_name, value, supervised):
+    """Deliberately NaN (TerminateOnNaN fires), eager and traced."""
+    y_pred = embeddings()
+    y_pred[4, 1, 2] = value
+    labels = LABELS if supervised else None
+    loss = NONFINITE_LOSSES[loss_name]()
+    got = to_numpy(loss(labels, y_pred))
+    assert got.shape == (6,) and np.all(np.isnan(got)), got
+    traced_got = to_numpy(traced(lambda y: loss(labels, y))(y_pred))
+    assert np.all(np.isnan(traced_got)), traced_got
+
+
+@pytest.mark.parametrize(
+    "loss_name, where, value",
+    [
+        ("kl_gaussian", "keys", np.nan),
+        ("vlc", "queue", np.inf),
+        ("info_nce", "masked_queue_entry", np.nan),
+        ("supcon", "keys", -np.inf),
+    ],
+)
+def test_a_non_finite_key_or_queue_entry_makes_the_loss_nan(loss_name, where, value):
+    queries = embeddings(n=5, v=2, seed=5)
+    keys = embeddings(n=5, v=2, seed=6)
+    queue = np.random.default_rng(7).normal(size=(6, 4)).astype("float32")
+    queue_mask = np.array([1, 1, 0, 1, 1, 1], bool)
+    if where == "keys":
+        keys[2, 0, 1] = value
+    else:
+        queue[2 if where == "masked_queue_entry" else 1, 3] = value
+    loss = NONFINITE_LOSSES[loss_name]()
+    got = to_numpy(loss.contrast(queries, keys=keys, queue=queue, queue_mask=queue_mask))
+    assert np.all(np.isnan(got)), got
+
+
+# --------------------------------------------------------- more bad input
+
+
+@pytest.mark.parametrize("loss_class", LOSS_CLASSES)
+def test_zero_embedding_dimension_raises_value_error(loss_class):
+    y_pred = np.ones((6, 2, 0), "float32")
+    match = r"d >= 1.*y_pred.shape=\(6, 2, 0\)"
+    with pytest.raises(ValueError, match=match):
+        loss_class()(None, y_pred)
+    functional = keras_fmicl.fmicl if loss_class is keras_fmicl.FMICLLoss else keras_fmicl.info_nce
+    with pytest.raises(ValueError, match=match):
+        functional(None, y_pred)
+    with pytest.raises(ValueError, match=r"keys.shape=\(6, 2, 0\)"):
+        loss_class().contrast(embeddings(), keys=y_pred)
+
+
+@pytest.mark.parametrize("loss_class", LOSS_CLASSES)
+def test_missing_y_pred_raises_value_error(loss_class):
+    with pytest.raises(ValueError, match="y_pred=None"):
+        loss_class()(None, None)
+    with pytest.raises(ValueError, match="y_pred=None"):
+        loss_class()(LABELS, None)
+    functional = keras_fmicl.fmicl if loss_class is keras_fmicl.FMICLLoss else keras_fmicl.info_nce
+    with pytest.raises(ValueError, match="y_pred=None"):
+        functional(None, None)
+    with pytest.raises(ValueError, match="queries=None"):
+        loss_class().contrast(None)
+
+
+@pytest.mark.parametrize("loss_class", LOSS_CLASSES)
+@pytest.mark.parametrize("shape", [(5,), (7,), (6, 2), (6, 1, 1), (2, 3)])
+def test_sample_weight_of_the_wrong_shape_raises_value_error(loss_class, shape):
+    with pytest.raises(ValueError, match=rf"sample_weight.shape={re.escape(str(shape))}"):
+        loss_class()(None, embeddings(), sample_weight=np.ones(shape, "float32"))
+
+
+@pytest.mark.parametrize("loss_class", LOSS_CLASSES)
+def test_sample_weight_of_shape_n_or_n_by_one_or_scalar_is_accepted(loss_class):
+    y_pred = embeddings(seed=24)
+    per_sample = to_numpy(loss_class(reduction=None)(None, y_pred))
+    weights = np.array([1.0, 0.0, 2.0, 1.0, 0.5, 0.0], "float32")
+    expected = np.sum(per_sample * weights) / 6
+    for w in (weights, weights[:, None], list(weights)):
+        assert float(loss_class()(None, y_pred, sample_weight=w)) == pytest.approx(expected, rel=1e-5)
+    assert float(loss_class()(None, y_pred, sample_weight=2.0)) == pytest.approx(
+        2.0 * per_sample.mean(), rel=1e-5
+    )
+
+
+def test_queue_mask_of_the_wrong_length_raises_value_error():
+    loss = keras_fmicl.FMICLLoss()
+    queries = embeddings(n=4, v=2)
+    queue = np.ones((7, 4), "float32")
+    with pytest.raises(ValueError, match=r"queue_mask.shape=\(5,\) for queue.shape=\(7, 4\)"):
+        loss.contrast(queries, queue=queue, queue_mask=np.ones(5, bool))
+    with pytest.raises(ValueError, match=r"queue_mask.shape=\(7, 1\)"):
+        loss.contrast(queries, queue=queue, queue_mask=np.ones((7, 1), bool))
+    with pytest.raises(ValueError, match=r"queue=None, queue_mask.shape=\(7,\)"):
+        loss.contrast(queries, queue_mask=np.ones(7, bool))
+    with pytest.raises(ValueError, match=r"queue_mask.shape=\(5,\)"):
+        keras_fmicl.info_nce(None, queries, queue=queue, queue_mask=np.ones(5, bool))
+
+
+# ------------------------------------------------ ignored similarity parameters
+
+
+@pytest.mark.parametrize(
+    "make, ignored",
+    [
+        (lambda: keras_fmicl.FMICLLoss(similarity="cosine", sigma=0.5), "sigma"),
+        (lambda: keras_fmicl.FMICLLoss(temperature=0.3), "temperature"),
+        (lambda: keras_fmicl.FMICLLoss("js", similarity="gaussian", temperature=0.3), "temperature"),
+        (lambda: keras_fmicl.FMICLLoss(similarity=keras_fmicl.Gaussian(0.5), sigma=0.7), "sigma"),
+        (lambda: keras_fmicl.InfoNCELoss(sigma=0.3), "sigma"),
+        (lambda: keras_fmicl.InfoNCELoss(similarity="gaussian", temperature=0.2), "temperature"),
+        (lambda: keras_fmicl.fmicl(None, embeddings(), similarity="cosine", sigma=1.0), "sigma"),
+        (lambda: keras_fmicl.fmicl(None, embeddings(), temperature=0.5), "temperature"),
+        (lambda: keras_fmicl.info_nce(None, embeddings(), sigma=1.0), "sigma"),
+        (
+            lambda: keras_fmicl.info_nce(None, embeddings(), similarity="gaussian", temperature=0.1),
+            "temperature",
+        ),
+    ],
+)
+def test_an_ignored_similarity_parameter_warns(make, ignored):
+    with pytest.warns(UserWarning, match=rf"`{ignored}` is ignored.*Received: {ignored}=") as record:
+        make()
+    # the warning points at the caller's line (this file)
+    assert any(w.filename == __file__ for w in record), [w.filename for w in record]
+
+
+def test_default_and_consistent_construction_warns_nothing():
+    import warnings
+
+    y_pred = embeddings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        made = [
+            keras_fmicl.FMICLLoss(),
+            keras_fmicl.FMICLLoss(similarity="cosine"),
+            keras_fmicl.FMICLLoss(similarity="cosine", sigma=None, temperature=0.3),
+            keras_fmicl.FMICLLoss(sigma=0.5, temperature=None),
+            keras_fmicl.InfoNCELoss(),
+            keras_fmicl.InfoNCELoss(similarity="gaussian", sigma=0.4),
+            keras_fmicl.InfoNCELoss(similarity=keras_fmicl.Cosine(0.2)),
+            keras_fmicl.InfoNCELoss(supervised_form="supcon"),
+        ]
+        for loss in made:
+            type(loss).from_config(loss.get_config())
+            keras.losses.deserialize(keras.losses.serialize(loss))
+        keras_fmicl.fmicl(None, y_pred)
+        keras_fmicl.fmicl(None, y_pred, similarity="cosine", temperature=0.4)
+        keras_fmicl.info_nce(None, y_pred)
+        keras_fmicl.info_nce(None, y_pred, similarity="gaussian", sigma=0.5)
+
+
+# ------------------------------------------------- supervised InfoNCE forms
+
+FORM_LABELS = np.array([0, 1, 0, 2, 1, 0])  # several positives per anchor
+
+
+def info_nce_reference(form, *args, **kwargs):
+    function = reference.supcon_loss if form == "supcon" else reference.info_nce_loss
+    return function(*args, **kwargs)
+
+
+@pytest.mark.parametrize("form", ["decoupled", "supcon"])
+@pytest.mark.parametrize("views", [2, 3])
+@pytest.mark.parametrize("supervised", [False, True])
+@pytest.mark.parametrize("similarity, parameter", [("cosine", 0.3), ("gaussian", 0.8)])
+def test_info_nce_forms_match_their_references(form, views, supervised, similarity, parameter):
+    y_pred = embeddings(v=views, seed=34)
+    labels = FORM_LABELS if supervised else None
+    expected = info_nce_reference(form, y_pred, labels, similarity, parameter)
+    key = "temperature" if similarity == "cosine" else "sigma"
+    loss = keras_fmicl.InfoNCELoss(
+        similarity=similarity, supervised_form=form, reduction=None, **{key: parameter}
+    )
+    np.testing.assert_allclose(to_numpy(loss(labels, y_pred)), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["decoupled", "supcon"])
+def test_info_nce_forms_match_their_references_float64(form, float64):
+    y_pred = embeddings(v=3, seed=35, dtype="float64")
+    expected = info_nce_reference(form, y_pred, FORM_LABELS, "cosine", 0.3)
+    got = keras_fmicl.info_nce(FORM_LABELS, y_pred, temperature=0.3, supervised_form=form)
+    assert keras.backend.standardize_dtype(got.dtype) == "float64"
+    np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-9, atol=1e-11)
+
+
+def test_the_two_forms_differ_with_several_positives():
+    y_pred = embeddings(v=3, seed=36)
+    decoupled = reference.info_nce_loss(y_pred, FORM_LABELS, "cosine", 0.3)
+    supcon = reference.supcon_loss(y_pred, FORM_LABELS, "cosine", 0.3)
+    assert np.abs(decoupled - supcon).min() > 1e-2
+
+
+@pytest.mark.parametrize("labels", [None, np.arange(6)[::-1].copy()])
+def test_the_two_forms_coincide_with_one_positive_per_anchor(labels):
+    y_pred = embeddings(v=2, seed=37)
+    decoupled = keras_fmicl.InfoNCELoss(temperature=0.3, reduction=None)
+    supcon = keras_fmicl.InfoNCELoss(temperature=0.3, supervised_form="supcon", reduction=None)
+    np.testing.assert_allclose(
+        to_numpy(supcon(labels, y_pred)), to_numpy(decoupled(labels, y_pred)), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        reference.supcon_loss(y_pred, labels, "cosine", 0.3),
+        reference.info_nce_loss(y_pred, labels, "cosine", 0.3),
+        rtol=1e-12,
+    )
+
+
+def test_supcon_gradient_matches_reference_finite_differences(float64):
+    n, v, d = 3, 2, 3  # sample 0: three positives (its other view, both of sample 2)
+    y_pred = embeddings(n=n, v=v, d=d, seed=38, dtype="float64")
+    labels = np.array([0, 1, 0])
+
+    def objective(y):
+        return ops.sum(keras_fmicl.info_nce(labels, y, temperature=0.3, supervised_form="supcon"))
+
+    _, (grad,) = value_and_grad(objective, y_pred)
+    numerical = np.zeros_like(y_pred)
+    h = 1e-6
+    for index in np.ndindex(*y_pred.shape):
+        step = np.zeros_like(y_pred)
+        step[index] = h
+        numerical[index] = (
+            np.sum(reference.supcon_loss(y_pred + step, labels, "cosine", 0.3))
+            - np.sum(reference.supcon_loss(y_pred - step, labels, "cosine", 0.3))
+        ) / (2 * h)
+    np.testing.assert_allclose(grad, numerical, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("form", ["decoupled", "supcon"])
+@pytest.mark.parametrize("supervised", [False, True])
+def test_info_nce_forms_with_keys_and_queue_match_their_references(form, supervised):
+    """Key mode: the candidates are the keys of the other views, plus the queue."""
+    queries = embeddings(n=6, v=3, seed=39)
+    keys = embeddings(n=6, v=3, seed=40)
+    queue = np.random.default_rng(41).normal(size=(5, 4)).astype("float32")
+    queue_mask = np.array([1, 0, 1, 1, 1], bool)
+    labels = FORM_LABELS if supervised else None
+    loss = keras_fmicl.InfoNCELoss(temperature=0.4, supervised_form=form, reduction=None)
+    for kwargs in (
+        {"keys": keys},
+        {"keys": keys, "queue": queue, "queue_mask": queue_mask},
+        {"keys": keys, "queue": queue, "queue_mask": queue_mask, "in_batch_negatives": False},
+        {"queue": queue},
+    ):
+        expected = info_nce_reference(form, queries, labels, "cosine", 0.4, **kwargs)
+        got = to_numpy(loss.contrast(queries, labels=labels, **kwargs))
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=str(list(kwargs)))
+
+
+def test_supcon_without_negatives_is_finite_and_matches_reference():
+    """Every sample shares the label: the softmax runs over the positives."""
+    y_pred = embeddings(n=4, v=2, d=3, seed=15)
+    labels = np.zeros(4, "int32")
+    loss = keras_fmicl.InfoNCELoss(supervised_form="supcon", reduction=None)
+    np.testing.assert_allclose(
+        to_numpy(loss(labels, y_pred)),
+        reference.supcon_loss(y_pred, labels, "cosine", 0.1),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    _, (grad,) = value_and_grad(lambda y: ops.sum(loss(labels, y)), y_pred)
+    assert np.all(np.isfinite(grad))
+
+
+def test_supcon_mi_estimate_is_log_candidates_minus_loss():
+    y_pred = embeddings(n=6, v=2, seed=42)
+    loss = keras_fmicl.InfoNCELoss(supervised_form="supcon", reduction=None)
+    per_sample, metrics = loss.contrast(y_pred, labels=FORM_LABELS, return_metrics=True)
+    # every anchor's candidates: the 11 other embeddings
+    expected = np.log(11.0) - np.mean(to_numpy(per_sample))
+    assert float(metrics["mi_estimate"]) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("form", ["supCon", "khosla", None, 1])
+def test_bad_supervised_form_raises_value_error(form):
+    with pytest.raises(ValueError, match=rf"`supervised_form` must be one of .*supervised_form={form!r}"):
+        keras_fmicl.InfoNCELoss(supervised_form=form)
+    with pytest.raises(ValueError, match=rf"supervised_form={form!r}"):
+        keras_fmicl.info_nce(None, embeddings(), supervised_form=form)
+
+
+def test_supervised_form_is_serialised():
+    y_pred = embeddings(seed=43)
+    loss = keras_fmicl.InfoNCELoss(temperature=0.2, supervised_form="supcon", reduction=None)
+    assert loss.get_config()["supervised_form"] == "supcon"
+    assert keras_fmicl.InfoNCELoss().get_config()["supervised_form"] == "decoupled"
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert restored.supervised_form == "supcon"
+    np.testing.assert_allclose(
+        to_numpy(restored(FORM_LABELS, y_pred)), to_numpy(loss(FORM_LABELS, y_pred)), rtol=1e-6
     )

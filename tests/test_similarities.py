@@ -113,3 +113,69 @@ def test_serialization_round_trip(name, parameter):
     )
     assert restored == similarity
     assert similarities.get(similarities.serialize(similarity)) == similarity
+
+
+@pytest.mark.parametrize("scale", [1e-37, 1e-30, 1e-6, 1e-3, 1.0, 1e3, 1e30, 3e37])
+def test_l2_normalize_is_scale_invariant_over_the_float32_range(scale):
+    """u / ||u|| with u = x / max|x|: no underflow below the floor, no overflow.
+
+    (Before: a squared norm under 1e-7 was floored, 1e30 overflowed to inf.)
+    """
+    x = np.array([[3.0, -4.0, 0.0], [1.0, 2.0, 2.0], [-0.5, 0.0, 0.0]], "float32")
+    expected = reference.normalise(x)
+    got = to_numpy(similarities.l2_normalize(x * np.float32(scale)))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    if scale > 1e30:
+        return  # the gradient, about 1e-38, is subnormal (flushed to 0 by XLA)
+    # the gradient is 1/scale times that at scale 1: finite and nonzero
+    weights = np.random.default_rng(0).normal(size=x.shape).astype("float32")
+
+    def objective(t):
+        return keras.ops.sum(similarities.l2_normalize(t) * keras.ops.convert_to_tensor(weights))
+
+    _, (grad,) = value_and_grad(objective, x)
+    _, (scaled_grad,) = value_and_grad(objective, x * np.float32(scale))
+    assert np.all(np.isfinite(scaled_grad)) and np.abs(scaled_grad).max() > 0
+    np.testing.assert_allclose(scaled_grad * scale, grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_l2_normalize_in_half_precision_keeps_unit_norms(dtype):
+    """A float16 row of norm 1e3 (whose squared norm overflows float16) or 1e-3."""
+    x = keras.ops.cast(np.array([[600.0, -800.0], [6e-4, 8e-4], [0.0, 0.0]], "float32"), dtype)
+    got = to_numpy(keras.ops.cast(similarities.l2_normalize(x), "float32"))
+    np.testing.assert_allclose(got, [[0.6, -0.8], [0.6, 0.8], [0.0, 0.0]], rtol=1e-2, atol=1e-3)
+
+
+def test_l2_normalize_of_a_non_finite_row_is_nan():
+    x = np.array([[np.inf, 1.0], [np.nan, 0.0], [1.0, 1.0]], "float32")
+    got = to_numpy(similarities.l2_normalize(x))
+    assert np.all(np.isnan(got[:2]))
+    np.testing.assert_allclose(got[2], [2**-0.5, 2**-0.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "identifier, kwargs, ignored",
+    [
+        ("cosine", {"sigma": 0.5}, "sigma"),
+        ("gaussian", {"temperature": 0.5}, "temperature"),
+        ("rbf", {"temperature": 0.5}, "temperature"),
+        (keras_fmicl.Cosine(0.2), {"temperature": 0.5}, "temperature"),
+        (keras_fmicl.Gaussian(0.2), {"sigma": 0.5}, "sigma"),
+    ],
+)
+def test_get_warns_about_an_ignored_parameter(identifier, kwargs, ignored):
+    with pytest.warns(UserWarning, match=rf"`{ignored}` is ignored") as record:
+        similarities.get(identifier, **kwargs)
+    assert record[0].filename == __file__
+
+
+def test_get_is_silent_when_the_parameters_fit():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        similarities.get("cosine", sigma=None, temperature=0.3)
+        similarities.get("gaussian", sigma=0.3, temperature=None)
+        similarities.get(keras_fmicl.Gaussian(0.2))
+        similarities.get(similarities.serialize(keras_fmicl.Cosine(0.2)))
