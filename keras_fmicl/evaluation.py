@@ -104,8 +104,69 @@ def _as_features(x: Any, argument: str) -> Any:
     return x
 
 
+_MAX_ROWS_SHOWN = 10
+
+
+def _row_list(rows: np.ndarray) -> str:
+    """`[3, 17]`, or the first ten indices followed by `...`."""
+    shown = ", ".join(str(int(row)) for row in rows[:_MAX_ROWS_SHOWN])
+    return f"[{shown}{', ...' if rows.size > _MAX_ROWS_SHOWN else ''}]"
+
+
+def _concrete_value(x: Any) -> np.ndarray | None:
+    """The numpy value of `x`, or `None` while `x` is symbolic or traced.
+
+    Inside `jax.jit` or `tf.function` (or for a `KerasTensor`) a tensor has no
+    value yet; `convert_to_numpy` then raises a `TypeError` (JAX tracer) or a
+    `RuntimeError` (`NotImplementedError` of a TensorFlow graph tensor).
+    """
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, keras.KerasTensor):
+        return None
+    try:
+        return np.asarray(ops.convert_to_numpy(x))
+    except (TypeError, RuntimeError):
+        return None
+
+
+def _check_finite(x: Any, subject: str) -> None:
+    """Rejects rows of `x` (rank 2) holding NaN or +-Inf with a `ValueError`.
+
+    One bad feature would otherwise corrupt a whole evaluation without an
+    error: a NaN row is a NaN similarity to every query, an infinite one a
+    NaN unit vector, and a NaN kNN vote or probe loss ends as class 0 or
+    chance accuracy. Only the `(N,)` row mask leaves the device. A symbolic
+    or traced `x` has no value to check: there `_unit_rows` makes a bad row
+    NaN, so `alignment`/`uniformity` end as NaN (never a finite number).
+
+    Args:
+        x: `(N, F)` numpy array or backend tensor.
+        subject: how the error names `x`, e.g. "`train_features`".
+    """
+    if isinstance(x, np.ndarray):
+        row_is_finite = np.all(np.isfinite(x), axis=-1)
+    else:
+        row_is_finite = _concrete_value(ops.all(ops.isfinite(x), axis=-1))
+        if row_is_finite is None:
+            return
+    bad_rows = np.flatnonzero(~np.asarray(row_is_finite, dtype=bool))
+    if bad_rows.size:
+        raise ValueError(
+            f"{subject[:1].upper()}{subject[1:]} must be finite; rows "
+            f"{_row_list(bad_rows)} ({bad_rows.size} of {row_is_finite.shape[0]}) "
+            f"hold NaN or Inf. Received: {bad_rows.size} non-finite rows in an "
+            f"array of shape {tuple(x.shape)}"
+        )
+
+
 def _as_labels(y: Any, argument: str, num_samples: int | None = None) -> np.ndarray:
-    """Integer class labels as a numpy `(N,)` array; `(N, 1)` is accepted."""
+    """Integer class labels as a numpy `(N,)` array; `(N, 1)` is accepted.
+
+    Integer dtypes, and floating labels holding whole numbers (`2.0`), are
+    accepted; NaN, +-Inf, fractions, negative labels, and other dtypes (bool,
+    strings, objects) raise a `ValueError` naming `argument` and the rows.
+    """
     labels = np.asarray(ops.convert_to_numpy(y) if ops.is_tensor(y) else y)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
@@ -115,20 +176,38 @@ def _as_labels(y: Any, argument: str, num_samples: int | None = None) -> np.ndar
             f"Received: {argument}.shape={labels.shape}"
         )
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        if not (
-            np.issubdtype(labels.dtype, np.floating)
-            and np.all(np.isfinite(labels))
-            and np.all(labels == np.round(labels))
-        ):
+        if not np.issubdtype(labels.dtype, np.floating):
             raise ValueError(
                 f"`{argument}` must hold integer class labels. "
                 f"Received: {argument} of dtype {labels.dtype}"
             )
+        non_finite = np.flatnonzero(~np.isfinite(labels))
+        if non_finite.size:
+            raise ValueError(
+                f"`{argument}` must hold integer class labels; rows "
+                f"{_row_list(non_finite)} ({non_finite.size} of {labels.size}) hold "
+                f"NaN or Inf. Received: {argument} of dtype {labels.dtype}"
+            )
+        fractional = np.flatnonzero(labels != np.round(labels))
+        if fractional.size:
+            raise ValueError(
+                f"`{argument}` must hold integer class labels; rows "
+                f"{_row_list(fractional)} hold fractions. Received: a label "
+                f"{labels[fractional[0]]!r} in {argument}"
+            )
+        huge = np.flatnonzero(np.abs(labels) >= 2.0**62)
+        if huge.size:  # would wrap around in the int64 cast
+            raise ValueError(
+                f"`{argument}` must hold class labels below 2**62. "
+                f"Received: a label {labels[huge[0]]!r} in {argument}"
+            )
     labels = labels.astype(np.int64)
-    if labels.size and labels.min() < 0:
+    negative = np.flatnonzero(labels < 0)
+    if negative.size:
         raise ValueError(
-            f"`{argument}` must hold non-negative class labels. "
-            f"Received: a label {labels.min()} in {argument}"
+            f"`{argument}` must hold non-negative class labels; rows "
+            f"{_row_list(negative)} hold negative labels. "
+            f"Received: a label {labels[negative[0]]} in {argument}"
         )
     if num_samples is not None and labels.shape[0] != num_samples:
         raise ValueError(
@@ -138,30 +217,52 @@ def _as_labels(y: Any, argument: str, num_samples: int | None = None) -> np.ndar
     return labels
 
 
-def _resolve_num_classes(num_classes: int | None, *label_sets: np.ndarray) -> int:
-    largest = max((int(labels.max()) for labels in label_sets if labels.size), default=-1)
+def _resolve_num_classes(num_classes: int | None, **label_sets: np.ndarray) -> int:
+    """`num_classes` checked against every label (or inferred: largest + 1).
+
+    Args:
+        num_classes: the user's `num_classes`, or `None`.
+        **label_sets: the label arrays, keyed by their argument names.
+    """
+    largest = max(
+        (int(labels.max()) for labels in label_sets.values() if labels.size), default=-1
+    )
     if num_classes is None:
         return max(largest + 1, 1)
     num_classes = _check_positive_int("num_classes", num_classes)
-    if largest >= num_classes:
-        raise ValueError(
-            "`num_classes` must exceed every label. "
-            f"Received: num_classes={num_classes} with a label {largest}"
-        )
+    for argument, labels in label_sets.items():
+        too_large = np.flatnonzero(labels >= num_classes)
+        if too_large.size:
+            raise ValueError(
+                f"`num_classes` must exceed every label of `{argument}`; rows "
+                f"{_row_list(too_large)} of {argument} hold labels >= {num_classes}. "
+                f"Received: num_classes={num_classes} with a label "
+                f"{labels[too_large[0]]} in {argument}"
+            )
     return num_classes
 
 
 def _unit_rows(x: Any) -> Any:
-    """Rows scaled to unit L2 norm; rows of norm below 1e-6 become zero.
+    """Rows scaled to unit L2 norm; rows of norm at most 1e-6 become zero.
+
+    Each row is first divided by its largest absolute entry, so the squared
+    norm neither overflows (finite features up to the dtype's maximum keep
+    their direction instead of collapsing to a zero row) nor underflows. A
+    row holding NaN or +-Inf comes out all NaN, never zero: where
+    `_check_finite` cannot look (traced code), a bad row still ends as NaN.
 
     Written with `where` and `rsqrt` only: on the JAX and PyTorch backends,
     Keras 3 promotes `ops.maximum(float64, python float)` and the accumulator
     of `ops.mean` to float32, which would silently drop float64 precision.
     """
-    squared_norm = ops.sum(ops.square(x), axis=-1, keepdims=True)
-    is_nonzero = squared_norm > _NORM_EPSILON
-    safe = ops.where(is_nonzero, squared_norm, ops.ones_like(squared_norm))
-    return ops.where(is_nonzero, x * ops.rsqrt(safe), ops.zeros_like(x))
+    scale = ops.max(ops.abs(x), axis=-1, keepdims=True)
+    # NaN > 0 is False: a NaN row keeps scale 1 and stays NaN below.
+    scaled = x / ops.where(scale > 0, scale, ops.ones_like(scale))
+    squared = ops.sum(ops.square(scaled), axis=-1, keepdims=True)  # in [1, F], or 0
+    # `<=` (not `>`) so that a NaN norm counts as non-zero and propagates.
+    is_zero = scale * ops.sqrt(squared) <= math.sqrt(_NORM_EPSILON)
+    safe = ops.where(is_zero, ops.ones_like(squared), squared)
+    return ops.where(is_zero, ops.zeros_like(x), scaled * ops.rsqrt(safe))
 
 
 def _row_block(x: Any, start: int, size: int) -> Any:
@@ -221,6 +322,13 @@ def knn_predict(
         `(M,)` int64 numpy array of predicted labels, and with
         `return_scores=True` also the `(M, num_classes)` numpy vote shares.
 
+    Raises:
+        ValueError: for features holding NaN or +-Inf (the error names the
+            argument and lists the offending rows: one bad row would
+            otherwise drive every vote or the whole probe), for labels that
+            are not non-negative integers (NaN, Inf, fractions, negatives)
+            or not below `num_classes`, and for empty sets.
+
     Example:
 
     >>> train = np.array([[1.0, 0.0], [0.0, 1.0]])
@@ -238,7 +346,7 @@ def knn_predict(
             f"Received: train_features.shape={tuple(train.shape)}"
         )
     labels = _as_labels(train_labels, "train_labels", num_train)
-    num_classes = _resolve_num_classes(num_classes, labels)
+    num_classes = _resolve_num_classes(num_classes, train_labels=labels)
     test = _as_features(test_features, "test_features")
     if test.shape[1] != train.shape[1]:
         raise ValueError(
@@ -246,6 +354,8 @@ def knn_predict(
             f"features. Received: test_features.shape={tuple(test.shape)}, "
             f"train_features.shape={tuple(train.shape)}"
         )
+    _check_finite(train, "`train_features`")
+    _check_finite(test, "`test_features`")
     num_test = _num_rows(test)
     k = min(k, num_train)
 
@@ -304,6 +414,13 @@ def knn_accuracy(
     Returns:
         The fraction of test points whose predicted label is right, a float.
 
+    Raises:
+        ValueError: for features holding NaN or +-Inf (the error names the
+            argument and lists the offending rows: one bad row would
+            otherwise drive every vote or the whole probe), for labels that
+            are not non-negative integers (NaN, Inf, fractions, negatives)
+            or not below `num_classes`, and for empty sets.
+
     Example:
 
     >>> train = np.array([[1.0, 0.0], [0.0, 1.0]])
@@ -323,7 +440,7 @@ def knn_accuracy(
         )
     test_labels = _as_labels(test_labels, "test_labels", num_test)
     if num_classes is not None:
-        num_classes = _resolve_num_classes(num_classes, test_labels)
+        num_classes = _resolve_num_classes(num_classes, test_labels=test_labels)
     predictions = knn_predict(
         train_features,
         train_labels,
@@ -341,6 +458,30 @@ def knn_accuracy(
 # --------------------------------------------------------------------------
 
 
+def _num_images(images: Any, argument: str, expression: str | None = None) -> int | None:
+    """Number of samples of an array or tensor (`None` when it has no shape).
+
+    Raises a `ValueError` for zero samples: `predict` on an empty input
+    fails inside Keras and, on the JAX backend, leaves the model unable to
+    run again, so nothing may reach the encoder before this check.
+
+    Args:
+        images: the inputs of the encoder.
+        argument: the argument named by the error.
+        expression: how the error writes `images` (default: `argument`).
+    """
+    expression = expression or argument
+    shape = getattr(images, "shape", None)
+    if shape is None or len(shape) == 0 or shape[0] is None:
+        return None
+    if int(shape[0]) == 0:
+        raise ValueError(
+            f"`{argument}` must hold at least one sample. "
+            f"Received: {expression}.shape={tuple(shape)}"
+        )
+    return int(shape[0])
+
+
 def extract_features(
     encoder: Any, images: Any, batch_size: int = 256, verbose: int = 0
 ) -> np.ndarray:
@@ -348,16 +489,25 @@ def extract_features(
 
     A `keras.Model` runs through `predict` (compiled, batched); a
     `keras.Layer` or any other callable is called on slices of `batch_size`
-    images (layers with `training=False`).
+    images (layers with `training=False`). Empty `images` raise a
+    `ValueError` before the encoder runs. The features are returned as
+    computed, NaN or Inf included (the evaluation functions reject those).
 
     Args:
         encoder: model, layer or callable mapping images to `(N, F)` features.
-        images: array or tensor of inputs, first axis the samples.
+        images: array or tensor of inputs, first axis the samples (at least
+            one).
         batch_size: number of images per forward pass.
         verbose: verbosity of `predict` (0 = silent).
 
     Returns:
         `(N, F)` numpy array of features.
+
+    Example:
+
+    >>> images = np.random.normal(size=(10, 4, 4, 1)).astype("float32")
+    >>> extract_features(keras.layers.Flatten(), images, batch_size=4).shape
+    (10, 16)
     """
     batch_size = _check_positive_int("batch_size", batch_size)
     if not callable(encoder):
@@ -365,6 +515,7 @@ def extract_features(
             "`encoder` must be a Keras model, layer or callable mapping images to "
             f"features. Received: encoder={encoder!r}"
         )
+    _num_images(images, "images")
     if isinstance(encoder, keras.Model):
         features = encoder.predict(images, batch_size=batch_size, verbose=verbose)
     else:
@@ -388,6 +539,26 @@ def extract_features(
             f"Received: features of shape {features.shape}"
         )
     return features
+
+
+def _probe_features(features: Any, argument: str) -> np.ndarray:
+    """Non-empty, finite `(N, F)` float32 numpy features for the linear probe."""
+    features = _to_numpy(_as_features(features, argument))
+    if features.shape[0] == 0:
+        raise ValueError(
+            f"`{argument}` must hold at least one sample. "
+            f"Received: {argument}.shape={features.shape}"
+        )
+    _check_finite(features, f"`{argument}`")
+    single = features.astype(np.float32)
+    overflow = np.flatnonzero(~np.all(np.isfinite(single), axis=-1))
+    if overflow.size:
+        raise ValueError(
+            f"`{argument}` must fit in float32 (the probe's dtype); rows "
+            f"{_row_list(overflow)} ({overflow.size} of {features.shape[0]}) hold "
+            f"values beyond 3.4e38. Received: {argument} of dtype {features.dtype}"
+        )
+    return single
 
 
 def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -435,6 +606,14 @@ def linear_probe_accuracy(
     Returns:
         `{"train_accuracy": float, "test_accuracy": float}`, top-1.
 
+    Raises:
+        ValueError: for features holding NaN or +-Inf (the error names the
+            argument and lists the offending rows: one bad row would
+            otherwise drive every vote or the whole probe), for labels that
+            are not non-negative integers (NaN, Inf, fractions, negatives)
+            or not below `num_classes`, and for empty sets (or
+            features beyond float32), all before the classifier is built.
+
     Example:
 
     >>> x = np.random.normal(size=(64, 8)).astype("float32")
@@ -448,13 +627,8 @@ def linear_probe_accuracy(
     weight_decay = _check_non_negative_float("weight_decay", weight_decay)
     if seed is not None:
         seed = _check_non_negative_int("seed", seed)
-    train = _to_numpy(_as_features(train_features, "train_features")).astype(np.float32)
-    test = _to_numpy(_as_features(test_features, "test_features")).astype(np.float32)
-    if train.shape[0] == 0 or test.shape[0] == 0:
-        raise ValueError(
-            "`train_features` and `test_features` must hold at least one sample. "
-            f"Received: shapes {train.shape} and {test.shape}"
-        )
+    train = _probe_features(train_features, "train_features")
+    test = _probe_features(test_features, "test_features")
     if train.shape[1] != test.shape[1]:
         raise ValueError(
             "`test_features` and `train_features` must have the same number of "
@@ -463,7 +637,9 @@ def linear_probe_accuracy(
         )
     train_labels = _as_labels(train_labels, "train_labels", train.shape[0])
     test_labels = _as_labels(test_labels, "test_labels", test.shape[0])
-    num_classes = _resolve_num_classes(num_classes, train_labels, test_labels)
+    num_classes = _resolve_num_classes(
+        num_classes, train_labels=train_labels, test_labels=test_labels
+    )
     if standardize:
         train, test = _standardize(train, test)
 
@@ -577,27 +753,37 @@ def few_label_accuracy(
         `{"fraction", "labels_per_draw", "accuracies" (one per draw),
         "mean"}`, accuracies as fractions.
 
+    Raises:
+        ValueError: as `linear_probe_accuracy`, checked on the full training
+            and test sets before the first draw (a NaN row outside every
+            subset is rejected too; the rows named are rows of the arrays
+            passed).
+
     Example:
 
     >>> result = few_label_accuracy(train_x, train_y, test_x, test_y, 0.01)
     >>> result["mean"]
     """
     draws = _check_positive_int("draws", draws)
-    train_labels = _as_labels(train_labels, "train_labels")
-    train = _to_numpy(_as_features(train_features, "train_features"))
-    if train.shape[0] != train_labels.shape[0]:
-        raise ValueError(
-            "`train_labels` must have one label per training sample "
-            f"({train.shape[0]}). Received: train_labels.shape={train_labels.shape}"
-        )
-    test_labels = _as_labels(test_labels, "test_labels")
-    if num_classes is None:
-        num_classes = _resolve_num_classes(None, train_labels, test_labels)
+    fraction = _check_positive_float("fraction", fraction)
+    if fraction > 1:
+        raise ValueError(f"`fraction` must be in (0, 1]. Received: fraction={fraction}")
+    seed = _check_non_negative_int("seed", seed)
+    # Every check runs on the full sets before the first draw: a bad row
+    # outside the first subset must not pass unnoticed, and the rows named
+    # in the errors are rows of the arrays the caller passed.
+    train = _probe_features(train_features, "train_features")
+    test = _probe_features(test_features, "test_features")
+    train_labels = _as_labels(train_labels, "train_labels", train.shape[0])
+    test_labels = _as_labels(test_labels, "test_labels", test.shape[0])
+    num_classes = _resolve_num_classes(
+        num_classes, train_labels=train_labels, test_labels=test_labels
+    )
     accuracies, sizes = [], []
     for draw in range(draws):
         indices = class_balanced_subset(train_labels, fraction, seed=seed + draw)
         result = linear_probe_accuracy(
-            train[indices], train_labels[indices], test_features, test_labels,
+            train[indices], train_labels[indices], test, test_labels,
             num_classes=num_classes, epochs=epochs, seed=seed + draw, **probe_kwargs,
         )
         accuracies.append(result["test_accuracy"])
@@ -617,6 +803,17 @@ def _check_data(data: Any, argument: str) -> tuple[Any, Any]:
             f"Received: {argument} of type {type(data).__name__}"
         )
     return data[0], data[1]
+
+
+def _check_data_labels(images: Any, labels: Any, argument: str) -> np.ndarray:
+    """Labels of a `(images, labels)` pair: valid, one per image, at least one."""
+    num_images = _num_images(images, argument, f"{argument}[0]")
+    labels = _as_labels(labels, f"{argument}[1]", num_images)
+    if labels.size == 0:
+        raise ValueError(
+            f"`{argument}` must hold at least one sample. Received: 0 labels in {argument}[1]"
+        )
+    return labels
 
 
 def linear_evaluation(
@@ -657,16 +854,43 @@ def linear_evaluation(
     Returns:
         `{"train_accuracy": float, "test_accuracy": float}`, top-1.
 
+    Raises:
+        ValueError: for an empty split, bad labels (see
+            `linear_probe_accuracy`) or bad arguments -- all checked before
+            the encoder runs, so a failing call leaves the encoder usable --
+            and for encoder features holding NaN or +-Inf (the rows, i.e.
+            the images, are listed).
+
     Example:
 
     >>> encoder = keras_fmicl.encoders.small_cnn()
     >>> result = linear_evaluation(encoder, (x_train, y_train), (x_test, y_test))
     >>> result["test_accuracy"]
     """
+    # Everything that can be checked without the encoder is checked first:
+    # no forward pass (and, on JAX, no `predict` on an empty input, which
+    # breaks the model for later calls) happens on data that would fail.
     train_images, train_labels = _check_data(train_data, "train_data")
     test_images, test_labels = _check_data(test_data, "test_data")
+    train_labels = _check_data_labels(train_images, train_labels, "train_data")
+    test_labels = _check_data_labels(test_images, test_labels, "test_data")
+    num_classes = _resolve_num_classes(
+        num_classes, **{"train_data[1]": train_labels, "test_data[1]": test_labels}
+    )
+    for name, value, check in (
+        ("epochs", epochs, _check_positive_int),
+        ("batch_size", batch_size, _check_positive_int),
+        ("feature_batch_size", feature_batch_size, _check_positive_int),
+        ("learning_rate", learning_rate, _check_positive_float),
+        ("weight_decay", weight_decay, _check_non_negative_float),
+    ):
+        check(name, value)
+    if seed is not None:
+        _check_non_negative_int("seed", seed)
     train_features = extract_features(encoder, train_images, batch_size=feature_batch_size)
+    _check_finite(train_features, "the encoder's features of the `train_data` images")
     test_features = extract_features(encoder, test_images, batch_size=feature_batch_size)
+    _check_finite(test_features, "the encoder's features of the `test_data` images")
     return linear_probe_accuracy(
         train_features,
         train_labels,
@@ -703,6 +927,12 @@ def alignment(x: Any, y: Any, alpha: float = 2.0) -> Any:
     Returns:
         Scalar tensor (differentiable; `float(...)` gives a Python float).
 
+    Raises:
+        ValueError: for concrete inputs holding NaN or +-Inf (rows listed).
+            Inside `jax.jit` or `tf.function` there is no value to check;
+            there a non-finite row makes the result NaN, never a finite
+            number.
+
     Example:
 
     >>> x = np.eye(3)
@@ -723,6 +953,8 @@ def alignment(x: Any, y: Any, alpha: float = 2.0) -> Any:
         )
     if _num_rows(x) == 0:
         raise ValueError("`x` must hold at least one sample. Received: 0 samples")
+    _check_finite(x, "`x`")
+    _check_finite(y, "`y`")
     if x.dtype != y.dtype:
         y = ops.cast(y, x.dtype)
     squared = ops.sum(ops.square(_unit_rows(x) - _unit_rows(y)), axis=-1)
@@ -748,6 +980,12 @@ def uniformity(x: Any, t: float = 2.0, batch_size: int = 1024) -> Any:
     Returns:
         Scalar tensor (differentiable; `float(...)` gives a Python float).
 
+    Raises:
+        ValueError: for concrete inputs holding NaN or +-Inf (rows listed).
+            Inside `jax.jit` or `tf.function` there is no value to check;
+            there a non-finite row makes the result NaN, never a finite
+            number.
+
     Example:
 
     >>> float(uniformity(np.eye(4), t=2.0))  # orthonormal: ||.||^2 = 2
@@ -766,6 +1004,7 @@ def uniformity(x: Any, t: float = 2.0, batch_size: int = 1024) -> Any:
             "`x` must hold at least two samples (uniformity is a mean over "
             f"distinct pairs). Received: x.shape={tuple(x.shape)}"
         )
+    _check_finite(x, "`x`")
     unit = _unit_rows(x)
     squared_norms = ops.sum(ops.square(unit), axis=-1)  # 1, or 0 for a zero row
     columns = ops.arange(num_samples, dtype="int32")
@@ -829,6 +1068,12 @@ class KNNMonitor(keras.callbacks.Callback):
             an `encoder` attribute, else the trained model itself.
         batch_size: batch size of the feature extraction.
         name: key of the accuracy in the logs.
+
+    The memory bank is `train_data` only: the test points are classified,
+    never added to it. The labels and sizes of both pairs are checked when
+    the callback is created; features holding NaN or +-Inf raise a
+    `ValueError` naming the split and the rows when the accuracy is
+    computed.
     """
 
     def __init__(
@@ -845,6 +1090,9 @@ class KNNMonitor(keras.callbacks.Callback):
         super().__init__()
         self.train_data = _check_data(train_data, "train_data")
         self.test_data = _check_data(test_data, "test_data")
+        # Checked once here, not at the end of an epoch of training.
+        self._train_labels = _check_data_labels(*self.train_data, "train_data")
+        self._test_labels = _check_data_labels(*self.test_data, "test_data")
         self.every_n_epochs = _check_positive_int("every_n_epochs", every_n_epochs)
         self.k = _check_positive_int("k", k)
         self.temperature = _check_positive_float("temperature", temperature)
@@ -874,15 +1122,15 @@ class KNNMonitor(keras.callbacks.Callback):
     def evaluate(self) -> float:
         """kNN accuracy of the current features (usable outside `fit`)."""
         extractor = self._extractor()
-        train_images, train_labels = self.train_data
-        test_images, test_labels = self.test_data
-        train_features = extract_features(extractor, train_images, self.batch_size)
-        test_features = extract_features(extractor, test_images, self.batch_size)
+        train_features = extract_features(extractor, self.train_data[0], self.batch_size)
+        _check_finite(train_features, "the features of the `train_data` images")
+        test_features = extract_features(extractor, self.test_data[0], self.batch_size)
+        _check_finite(test_features, "the features of the `test_data` images")
         return knn_accuracy(
             train_features,
-            train_labels,
+            self._train_labels,
             test_features,
-            test_labels,
+            self._test_labels,
             k=self.k,
             temperature=self.temperature,
         )

@@ -1,8 +1,10 @@
 """Tests of keras_fmicl.evaluation: kNN, linear probe, alignment/uniformity, KNNMonitor."""
 
+import functools
 import glob
 import math
 import os
+import re
 
 import keras
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from keras_fmicl import evaluation
 from tests.utils import to_numpy
+from tests.utils import traced
 from tests.utils import value_and_grad
 
 
@@ -621,3 +624,300 @@ def test_knn_monitor_bad_arguments(kwargs, argument):
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=f"`{argument}`"):
         evaluation.KNNMonitor(**arguments)
+
+
+def _leaky_data():
+    """2-d features whose nearest training point always has the wrong class.
+
+    Test point i sits at angle i * 45 degrees with label i % 2; the training
+    point at i * 45 + 3 degrees carries label 1 - i % 2. A kNN with k=1
+    therefore scores 0.0 -- but 1.0 if the test points (with their labels)
+    leaked into the memory bank, since each would then match itself.
+    """
+    angles = np.deg2rad(45.0 * np.arange(8))
+    test = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype("float32")
+    train = np.stack([np.cos(angles + 0.05), np.sin(angles + 0.05)], axis=1).astype("float32")
+    test_labels = np.arange(8) % 2
+    return (train, 1 - test_labels), (test, test_labels)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_knn_monitor_memory_bank_is_the_training_set_only(k):
+    train_data, test_data = _leaky_data()
+    extractor = keras.layers.Identity()
+    monitor = evaluation.KNNMonitor(train_data, test_data, k=k, feature_extractor=extractor)
+    logs = {}
+    monitor.on_epoch_end(0, logs)  # the path `fit` takes (see the tests above)
+    independent = evaluation.knn_accuracy(
+        evaluation.extract_features(extractor, train_data[0]), train_data[1],
+        evaluation.extract_features(extractor, test_data[0]), test_data[1],
+        k=k, temperature=evaluation.DEFAULT_KNN_TEMPERATURE,
+    )
+    assert monitor.results == {0: independent}
+    assert logs == {"knn_accuracy": independent}
+    assert monitor.evaluate() == independent
+    if k == 1:
+        assert independent == 0.0  # a leak would give 1.0
+
+
+# --------------------------------------------------------------------------
+# Robustness: non-finite features, bad labels, empty sets
+# --------------------------------------------------------------------------
+
+_NON_FINITE = [float("nan"), float("inf"), float("-inf")]
+_BAD_ROWS = [1, 4]  # rows of the training set (12 rows) or of the test set (6 rows)
+
+
+def _small_split(seed=0):
+    """12 training and 6 test rows of two well-separated classes, 3 features."""
+    rng = np.random.default_rng(seed)
+    train_labels = np.arange(12) % 2
+    test_labels = np.arange(6) % 2
+    centers = np.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    train = (centers[train_labels] + rng.normal(size=(12, 3))).astype("float32")
+    test = (centers[test_labels] + rng.normal(size=(6, 3))).astype("float32")
+    return train, train_labels, test, test_labels
+
+
+def _with_bad_rows(x, value, rows=_BAD_ROWS):
+    x = np.array(x, dtype="float32")
+    x[rows, 1] = value
+    return x
+
+
+def _feature_calls():
+    """(name, argument, call(train, train_labels, test, test_labels))."""
+    return [
+        ("knn_predict", "train_features",
+         lambda a, b, c, d: evaluation.knn_predict(a, b, c, k=3)),
+        ("knn_predict", "test_features",
+         lambda a, b, c, d: evaluation.knn_predict(a, b, c, k=3)),
+        ("knn_accuracy", "train_features",
+         lambda a, b, c, d: evaluation.knn_accuracy(a, b, c, d, k=3)),
+        ("knn_accuracy", "test_features",
+         lambda a, b, c, d: evaluation.knn_accuracy(a, b, c, d, k=3)),
+        ("linear_probe_accuracy", "train_features",
+         lambda a, b, c, d: evaluation.linear_probe_accuracy(a, b, c, d, epochs=1)),
+        ("linear_probe_accuracy", "test_features",
+         lambda a, b, c, d: evaluation.linear_probe_accuracy(a, b, c, d, epochs=1)),
+        # 1 label per class: the draws would miss rows 1 and 4 of the training set
+        ("few_label_accuracy", "train_features",
+         lambda a, b, c, d: evaluation.few_label_accuracy(a, b, c, d, 0.1, draws=1, epochs=1)),
+        ("few_label_accuracy", "test_features",
+         lambda a, b, c, d: evaluation.few_label_accuracy(a, b, c, d, 0.1, draws=1, epochs=1)),
+        ("alignment", "x", lambda a, b, c, d: evaluation.alignment(a, np.ones((12, 3)))),
+        ("alignment", "y", lambda a, b, c, d: evaluation.alignment(np.ones((12, 3)), a)),
+        ("uniformity", "x", lambda a, b, c, d: evaluation.uniformity(a)),
+    ]
+
+
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["numpy", "tensor"])
+@pytest.mark.parametrize("value", _NON_FINITE, ids=["nan", "+inf", "-inf"])
+@pytest.mark.parametrize(
+    "function,argument,call", _feature_calls(), ids=[f"{f}-{a}" for f, a, _ in _feature_calls()]
+)
+def test_non_finite_features_are_rejected(function, argument, call, value, as_tensor):
+    train, train_labels, test, test_labels = _small_split()
+    # alignment's y and uniformity's x stand in the training-set slot
+    is_test = argument == "test_features"
+    num_rows = 6 if is_test else 12
+    if is_test:
+        test = _with_bad_rows(test, value)
+    else:
+        train = _with_bad_rows(train, value)
+    if as_tensor:
+        train, test = keras.ops.convert_to_tensor(train), keras.ops.convert_to_tensor(test)
+    message = f"`{argument}` must be finite; rows [1, 4] (2 of {num_rows}) hold NaN or Inf"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call(train, train_labels, test, test_labels)
+
+
+def test_non_finite_rows_are_listed_up_to_ten():
+    train, train_labels, test, _ = _small_split()
+    train = _with_bad_rows(train, float("nan"), rows=list(range(11)))
+    message = "rows [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...] (11 of 12) hold NaN or Inf"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluation.knn_predict(train, train_labels, test)
+
+
+@pytest.mark.parametrize("value", _NON_FINITE, ids=["nan", "+inf", "-inf"])
+@pytest.mark.parametrize("split", ["train_data", "test_data"])
+def test_linear_evaluation_and_monitor_reject_non_finite_encoder_features(split, value):
+    train, train_labels, test, test_labels = _small_split()
+    if split == "train_data":
+        train = _with_bad_rows(train, value)
+    else:
+        test = _with_bad_rows(test, value)
+    encoder = keras.layers.Identity()  # the features are the inputs
+    message = f"features of the `{split}` images must be finite; rows [1, 4]"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluation.linear_evaluation(encoder, (train, train_labels), (test, test_labels), epochs=1)
+    monitor = evaluation.KNNMonitor(
+        (train, train_labels), (test, test_labels), k=3, feature_extractor=encoder
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        monitor.evaluate()
+
+
+@functools.cache
+def _traced_measures():
+    """Traced once per process (and shape): one compilation for all values."""
+    return (
+        traced(lambda x: evaluation.uniformity(x, batch_size=5)),
+        traced(lambda x, y: evaluation.alignment(x, y)),
+    )
+
+
+@pytest.mark.parametrize("value", _NON_FINITE, ids=["nan", "+inf", "-inf"])
+def test_traced_alignment_and_uniformity_end_as_nan(value):
+    # Inside jax.jit / tf.function no value can be checked: the result must be
+    # NaN (so that TerminateOnNaN fires), never a finite number. PyTorch runs
+    # eagerly, where the check raises.
+    train, _, _, _ = _small_split()
+    bad = _with_bad_rows(train, value)
+    uniformity, alignment = _traced_measures()
+    calls = [(uniformity, (bad,)), (alignment, (bad, train)), (alignment, (train, bad))]
+    for function, args in calls:
+        try:
+            result = to_numpy(function(*args))
+        except ValueError as error:
+            assert keras.backend.backend() == "torch", error
+            assert "must be finite; rows [1, 4]" in str(error)
+        else:
+            assert np.isnan(result)
+
+
+def test_huge_finite_features_keep_their_direction():
+    # ||x||^2 overflows float32 beyond ~1.8e19: the rows must not collapse to
+    # zero. (Shapes and arguments of the tests above: JAX compiles nothing new.)
+    train, labels, test, _ = _random_knn_data(0)
+    scaled = np.float32(1e20) * train
+    assert np.all(np.isfinite(scaled))
+    np.testing.assert_array_equal(
+        evaluation.knn_predict(scaled, labels, np.float32(1e20) * test, k=1, batch_size=8),
+        evaluation.knn_predict(train, labels, test, k=1, batch_size=8),
+    )
+    x = np.random.default_rng(11).normal(size=(7, 4)).astype("float32")
+    assert float(evaluation.alignment(x, np.float32(-1e20) * x)) == pytest.approx(4.0, rel=1e-5)
+    simplex = np.float32(1e30) * (np.eye(4) - 0.25)
+    assert float(evaluation.uniformity(simplex, t=2.0)) == pytest.approx(-16.0 / 3.0, rel=1e-5)
+
+
+_BAD_LABELS = {
+    "too_large": (5, "`num_classes` must exceed every label"),
+    "negative": (-1, "negative labels"),
+    "nan": (float("nan"), "hold NaN or Inf"),
+    "inf": (float("inf"), "hold NaN or Inf"),
+    "fraction": (0.5, "hold fractions"),
+}
+
+
+def _label_calls():
+    """(name, argument, takes num_classes, call(train, y_train, test, y_test))."""
+    probe = dict(epochs=1, num_classes=3)
+    return [
+        ("knn_predict", "train_labels", True,
+         lambda a, b, c, d: evaluation.knn_predict(a, b, c, k=3, num_classes=3)),
+        ("knn_accuracy", "train_labels", True,
+         lambda a, b, c, d: evaluation.knn_accuracy(a, b, c, d, k=3, num_classes=3)),
+        ("knn_accuracy", "test_labels", True,
+         lambda a, b, c, d: evaluation.knn_accuracy(a, b, c, d, k=3, num_classes=3)),
+        ("linear_probe_accuracy", "train_labels", True,
+         lambda a, b, c, d: evaluation.linear_probe_accuracy(a, b, c, d, **probe)),
+        ("linear_probe_accuracy", "test_labels", True,
+         lambda a, b, c, d: evaluation.linear_probe_accuracy(a, b, c, d, **probe)),
+        ("few_label_accuracy", "train_labels", True,
+         lambda a, b, c, d: evaluation.few_label_accuracy(a, b, c, d, 0.1, draws=1, **probe)),
+        ("few_label_accuracy", "test_labels", True,
+         lambda a, b, c, d: evaluation.few_label_accuracy(a, b, c, d, 0.1, draws=1, **probe)),
+        ("class_balanced_subset", "labels", False,
+         lambda a, b, c, d: evaluation.class_balanced_subset(b, 0.5)),
+        ("linear_evaluation", "train_data", True,
+         lambda a, b, c, d: evaluation.linear_evaluation(_never_called, (a, b), (c, d), **probe)),
+        ("linear_evaluation", "test_data", True,
+         lambda a, b, c, d: evaluation.linear_evaluation(_never_called, (a, b), (c, d), **probe)),
+        ("KNNMonitor", "train_data", False,
+         lambda a, b, c, d: evaluation.KNNMonitor((a, b), (c, d))),
+        ("KNNMonitor", "test_data", False,
+         lambda a, b, c, d: evaluation.KNNMonitor((a, b), (c, d))),
+    ]
+
+
+def _never_called(images):
+    raise AssertionError("the encoder ran on data that fails the checks")
+
+
+@pytest.mark.parametrize("kind", list(_BAD_LABELS))
+@pytest.mark.parametrize(
+    "function,argument,takes_num_classes,call",
+    _label_calls(),
+    ids=[f"{f}-{a}" for f, a, _, _ in _label_calls()],
+)
+def test_bad_labels_are_rejected(function, argument, takes_num_classes, call, kind):
+    if kind == "too_large" and not takes_num_classes:
+        pytest.skip(f"{function} has no `num_classes`: any non-negative label is a class")
+    train, train_labels, test, test_labels = _small_split()
+    bad_value, message = _BAD_LABELS[kind]
+    is_test = argument in ("test_labels", "test_data")
+    labels = (test_labels if is_test else train_labels).astype("float64")
+    labels[[1, 4]] = bad_value
+    if kind in ("too_large", "negative"):
+        labels = labels.astype("int64")
+    if is_test:
+        test_labels = labels
+    else:
+        train_labels = labels
+    with pytest.raises(ValueError) as error:
+        call(train, train_labels, test, test_labels)
+    text = str(error.value)
+    assert message in text and "rows [1, 4]" in text, text
+    assert f"`{argument}" in text, text  # `train_data` or `train_data[1]`
+
+
+@pytest.mark.parametrize("empty", ["train", "test"])
+def test_empty_split_fails_before_the_encoder_runs_and_leaves_it_usable(empty):
+    rng = np.random.default_rng(18)
+    images = rng.normal(size=(8, 2, 2, 1)).astype("float32")
+    labels = np.arange(8) % 2
+    inputs = keras.Input((2, 2, 1))
+    encoder = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    train_data, test_data = (images, labels), (images, labels)
+    if empty == "train":
+        train_data = (images[:0], labels[:0])
+    else:
+        test_data = (images[:0], labels[:0])
+    for failing in (encoder, keras.layers.Flatten(), _never_called):
+        with pytest.raises(ValueError, match=f"`{empty}_data` must hold at least one sample"):
+            evaluation.linear_evaluation(failing, train_data, test_data, epochs=1)
+        with pytest.raises(ValueError, match="`images` must hold at least one sample"):
+            evaluation.extract_features(failing, images[:0])
+    with pytest.raises(ValueError, match=f"`{empty}_data` must hold at least one sample"):
+        evaluation.KNNMonitor(train_data, test_data)
+    # The same encoder still works (JAX: an empty `predict` used to break it).
+    features = evaluation.extract_features(encoder, images, batch_size=3)
+    assert features.shape[0] == 8 and np.all(np.isfinite(features))
+    result = evaluation.linear_evaluation(
+        encoder, (images, labels), (images, labels), epochs=1, seed=0
+    )
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("empty", ["train_features", "test_features"])
+@pytest.mark.parametrize("function", ["linear_probe_accuracy", "few_label_accuracy"])
+def test_probe_on_an_empty_split_fails_before_building_a_model(empty, function, monkeypatch):
+    train, train_labels, test, test_labels = _small_split()
+    arguments = dict(
+        train_features=train, train_labels=train_labels,
+        test_features=test, test_labels=test_labels,
+    )
+    arguments[empty] = arguments[empty][:0]
+    arguments[empty.replace("features", "labels")] = np.zeros(0, "int64")
+    if function == "few_label_accuracy":
+        arguments["fraction"] = 0.5
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built for an empty split")
+
+    monkeypatch.setattr(keras, "Input", no_model)
+    with pytest.raises(ValueError, match=f"`{empty}` must hold at least one sample"):
+        getattr(evaluation, function)(**arguments)
