@@ -492,9 +492,9 @@ def _check_download_host(name: str, url: str) -> None:
         return  # something answered: let tensorflow-datasets try
     except OSError as err:  # URLError, refused connection, timeout
         raise DatasetNotAvailableError(
-            f"Could not download {name!r}: {parts.netloc} did not answer within "
-            f"{DOWNLOAD_PROBE_TIMEOUT:g} s (no network, or a proxy in HTTPS_PROXY "
-            f"that does not work); run once with network access to download and "
+            f"Could not download {name!r}: no answer from {parts.netloc} (waited "
+            f"at most {DOWNLOAD_PROBE_TIMEOUT:g} s; no network, or a proxy in "
+            f"HTTPS_PROXY that does not work); run once with network access to download and "
             f"prepare it, or pass `data_dir` pointing to a prepared copy "
             f"({_short(err)})."
         ) from err
