@@ -579,9 +579,12 @@ def plot_embedding(features, labels, class_names, run_title, knn_text, path, max
         axis.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     axis.set_xticks([])
     axis.set_yticks([])
-    axis.set_title(f"{run_title}\n{method} of {count:,} test features, {knn_text}", fontsize=10)
+    import textwrap
+
+    title = textwrap.fill(run_title, 80) + f"\n{method} of {count:,} test features, {knn_text}"
+    axis.set_title(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return method
 
@@ -764,6 +767,7 @@ def run_in(backend, output_dir):
     )
     outputs = {"encoder": encoder_path, "curves": curves_path, "history": history_csv.path}
     embedding_method = None
+    start = time.time()
     if FLAGS.embedding_points:
         embedding_path = os.path.join(output_dir, "embedding.png")
         embedding_method = plot_embedding(
@@ -773,6 +777,7 @@ def run_in(backend, output_dir):
         )
         if embedding_method:
             outputs["embedding"] = embedding_path
+    embedding_seconds = time.time() - start
     results = {
         "flags": {name: getattr(FLAGS, name) for name in FLAGS if name in _OWN_FLAGS},
         "settings": dict(
@@ -794,6 +799,7 @@ def run_in(backend, output_dir):
         "few_label": few_label,
         "pretrain_seconds": pretrain_seconds,
         "evaluation_seconds": evaluation_seconds,
+        "embedding_seconds": embedding_seconds,
         "versions": {"keras": keras.__version__, "keras_fmicl": keras_fmicl.__version__, "numpy": np.__version__},
         "embedding_method": embedding_method,
         "outputs": outputs,
@@ -815,6 +821,7 @@ def run_in(backend, output_dir):
           for f, r in few_label.items()],
         ("pretraining time", f"{pretrain_seconds:.0f} s"),
         ("evaluation time", f"{evaluation_seconds:.0f} s"),
+        *([("embedding.png time", f"{embedding_seconds:.0f} s ({embedding_method})")] if embedding_method else []),
         ("outputs", output_dir),
     ]
     width = max(len(k) for k, _ in rows)
