@@ -518,12 +518,15 @@ def plot_curves(history, knn, run_title, path):
     last = max(epochs) if epochs else 0
     axis.plot([last], [100 * knn["final"]], marker="*", markersize=12, color="tab:red", linestyle="none",
               label=f"final, all {knn['final_images']:,} {knn['split']} images: {100 * knn['final']:.2f} %")
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=8, loc="best")
     from matplotlib.ticker import MaxNLocator
 
     for axis in axes.flat:
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) == 1:  # one point: one tick, not a fractional axis
+            axis.set_xticks(epochs)
+            axis.set_xlim(0.5, 1.5)
         axis.grid(alpha=0.3)
     figure.suptitle(run_title, fontsize=10)
     figure.tight_layout()
@@ -756,7 +759,7 @@ def run_in(backend, output_dir):
     split_name = "validation" if FLAGS.evaluate_on == "validation" else "test"
     run_title = (
         f"{FLAGS.dataset}: {describe_loss(loss)}, {FLAGS.mode} mode, {backend} backend, "
-        f"{_setting('epochs')} epochs on {len(train_x):,} images"
+        f"{_setting('epochs')} epoch{'' if _setting('epochs') == 1 else 's'} on {len(train_x):,} images"
     )
     curves_path = os.path.join(output_dir, "curves.png")
     plot_curves(
