@@ -11,20 +11,47 @@ One script for the quick CPU demo and for CIFAR-10 on a GPU:
 It pretrains on the training split (labels unused, except by the online
 linear probe it reports), then evaluates the frozen encoder on the test
 split with weighted kNN (k=200, T=0.1) and a linear classifier, prints a
-summary table and writes to `--output_dir`:
+summary table and writes to `--output_dir` (default
+`runs/<dataset>_<loss>_<mode>_<backend>/`; a run that fails before writing
+anything leaves no folder behind):
 
-    results.json     flags, per-epoch history, kNN and linear top-1, timings
-    curves.png       loss, alignment, uniformity and kNN accuracy per epoch
+    results.json     flags, settings, per-epoch history, kNN and linear top-1,
+                     few-label probes, timings, versions
+    history.csv      one row per epoch (epoch counted from 1), written as
+                     training goes; the columns are what `fit` prints:
+                       loss              the training loss: the contrastive loss
+                                         plus the online probe's loss
+                       contrastive_loss  loss - probe_loss (the f-MICL/InfoNCE part)
+                       probe_loss, probe_accuracy
+                                         the online linear probe on stop-gradient
+                                         features (training batches)
+                       alignment, uniformity
+                                         of the batch embeddings (Wang & Isola
+                                         2020; lower is better for both)
+                       mi_estimate       the bound on the mutual information, nats
+                       knn_accuracy      kNN top-1 on a test subset (every
+                                         --knn_every epochs; empty on the others)
+    curves.png       the same curves, titled with dataset, loss, mode, backend
+    embedding.png    a 2-D map (t-SNE; PCA without scikit-learn) of the test
+                     features, coloured by class, titled with the kNN top-1
     encoder.keras    the pretrained encoder (keras.models.load_model)
+    features.npz     with --save_features: the features the scores come from
 
-Every flag left unset takes the preset of the dataset (see `PRESETS`).
+TensorFlow/XLA's C++ start-up logging (CUDA probing such as "failed call to
+cuInit" on machines without a GPU, oneDNN notices) is hidden; `--debug`
+shows it. Every flag left unset takes the preset of the dataset (see
+`PRESETS`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
+import re
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -77,6 +104,15 @@ flags.DEFINE_enum(
     "model on the accelerator (no TensorFlow needed).",
 )
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_bool(
+    "debug", False,
+    "Show TensorFlow/XLA's C++ logging (CUDA probing, oneDNN notices, device placement), "
+    "hidden by default.",
+)
+flags.DEFINE_integer(
+    "embedding_points", 2000,
+    "Test images drawn in embedding.png (t-SNE on at most this many; 0: no embedding.png).",
+)
 flags.DEFINE_bool(
     "distribute", False,
     "Data-parallel training with the backend's engine: tf.distribute (MirroredStrategy over the GPUs, "
@@ -155,6 +191,8 @@ def check_flags():
             raise FlagError(f"--few_label takes fractions in (0, 1], got {fraction!r}.")
     if FLAGS.few_label_draws < 1:
         raise FlagError(f"--few_label_draws must be >= 1, got {FLAGS.few_label_draws}.")
+    if FLAGS.embedding_points < 0:
+        raise FlagError(f"--embedding_points must be >= 0, got {FLAGS.embedding_points}.")
     if FLAGS.loss == "infonce" and FLAGS.alpha is not None:
         raise FlagError("--alpha weighs the negative term of f-MICL; InfoNCE has none (drop --alpha or use --loss fmicl).")
 
@@ -164,8 +202,86 @@ def select_backend():
     if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", backend) != backend:
         raise FlagError("--backend must be chosen before Keras is imported.")
     os.environ["KERAS_BACKEND"] = backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not FLAGS.debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return backend
+
+
+# TensorFlow/XLA's native start-up lines: glog-style "I0000 00:00:..." lines,
+# absl's notice that they precede InitializeLog, and the oneDNN notice.
+_NATIVE_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
+    r"|.*oneDNN custom operations are on.*)$"
+)
+
+
+@contextlib.contextmanager
+def quiet_native_logging():
+    """Hides the C++ start-up logging of TensorFlow/XLA (unless --debug).
+
+    Those lines go straight to file descriptor 2 before any Python logging
+    is set up, so no environment variable silences all of them: fd 2 is
+    captured while the frameworks load, and everything else written there
+    (Python warnings, errors) is passed on.
+    """
+    if FLAGS.debug:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode("utf-8", "replace").splitlines()
+            kept = [line for line in lines if line.strip() and not _NATIVE_NOISE.match(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+                sys.stderr.flush()
+
+
+def import_frameworks(backend):
+    """Imports Keras, keras_fmicl and (for tf.data) TensorFlow quietly."""
+    with quiet_native_logging():
+        import keras
+        import numpy as np
+
+        import keras_fmicl
+
+        if backend == "tensorflow" or FLAGS.pipeline == "tf_data":
+            try:
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()  # probes CUDA now, quietly
+            except ImportError:
+                pass
+    return keras, np, keras_fmicl
+
+
+def make_output_dir(path):
+    """Creates `path`; returns the folders this call created (deepest last)."""
+    created = []
+    head = os.path.abspath(path)
+    while head and not os.path.exists(head):
+        created.append(head)
+        head = os.path.dirname(head)
+    os.makedirs(path, exist_ok=True)
+    return created[::-1]
+
+
+def remove_if_empty(created):
+    """Removes the folders of `make_output_dir` that are still empty."""
+    for folder in reversed(created):
+        try:
+            os.rmdir(folder)  # only succeeds on an empty folder
+        except OSError:
+            break
 
 
 def load_data(keras_fmicl):
@@ -328,50 +444,209 @@ def setup_distribution(backend):
     return Distribution(rank=rank, processes=world, description=f"torch.distributed, {world} processes")
 
 
-def plot_curves(history, knn_epochs, knn_values, path):
-    import matplotlib
+def describe_loss(loss):
+    """'f-MICL KL, f-Gaussian (sigma 1), alpha 4' or 'InfoNCE, cosine (T 0.1)'."""
+    config = loss.get_config()
+    similarity = loss.similarity
+    if similarity.name == "gaussian":
+        similarity_text = f"f-Gaussian (sigma {getattr(similarity, 'sigma', config.get('sigma')):g})"
+    else:
+        similarity_text = f"cosine (T {getattr(similarity, 'temperature', config.get('temperature')):g})"
+    if config.get("name") == "infonce" or "divergence" not in config:
+        return f"InfoNCE, {similarity_text}"
+    divergence = config["divergence"]
+    if not isinstance(divergence, str):
+        divergence = getattr(loss, "divergence", None)
+        divergence = getattr(divergence, "name", str(divergence))
+    text = f"f-MICL {divergence.upper() if len(divergence) <= 3 else divergence}, {similarity_text}"
+    if config.get("alpha") is not None:
+        text += f", alpha {config['alpha']:g}"
+    return text
 
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        print("Note: matplotlib is not installed; no figures (pip install matplotlib).")
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = range(1, len(history["loss"]) + 1)
-    if "probe_loss" in history:  # plot the contrastive part of the loss
-        history = dict(history)
-        history["loss"] = [a - b for a, b in zip(history["loss"], history["probe_loss"])]
-    figure, axes = plt.subplots(2, 2, figsize=(9, 6.5))
+    return plt
+
+
+def plot_curves(history, knn, run_title, path):
+    """curves.png: loss, alignment, uniformity and kNN top-1 per epoch.
+
+    `knn` holds the kNN curve on the monitor's subset (`epochs`, `accuracy`,
+    `test_images`, `train_images`) and the final kNN top-1 on the whole
+    evaluation split (`final`, `final_images`; `split` names it).
+    """
+    plt = _pyplot()
+    if plt is None:
+        return
+    epochs = list(range(1, len(history["loss"]) + 1))
+    figure, axes = plt.subplots(2, 2, figsize=(9.5, 7))
+    axis = axes.flat[0]
+    if "probe_loss" in history:  # what fit prints, and its contrastive part
+        contrastive = [a - b for a, b in zip(history["loss"], history["probe_loss"])]
+        axis.plot(epochs, history["loss"], marker="o", markersize=3,
+                  label="loss (as printed: contrastive + probe)")
+        axis.plot(epochs, contrastive, marker="o", markersize=3,
+                  label="contrastive loss (loss - probe_loss)")
+        axis.legend(fontsize=8)
+        axis.set_title("training loss")
+    else:
+        axis.plot(epochs, history["loss"], marker="o", markersize=3)
+        axis.set_title("training loss (as printed)")
     panels = [
-        ("loss", "contrastive loss"),
         ("alignment", "alignment (lower: positives closer)"),
         ("uniformity", "uniformity (lower: more spread)"),
     ]
-    for axis, (key, title) in zip(axes.flat, panels):
+    for axis, (key, title) in zip(axes.flat[1:3], panels):
         axis.plot(epochs, history.get(key, []), marker="o", markersize=3)
         axis.set_title(title)
-        axis.set_xlabel("epoch")
-        axis.grid(alpha=0.3)
     axis = axes.flat[3]
-    axis.plot(knn_epochs, [100 * v for v in knn_values], marker="o", color="tab:green")
-    axis.set_title("kNN top-1 (%) on a test subset")
-    axis.set_xlabel("epoch")
-    axis.grid(alpha=0.3)
+    if knn["epochs"]:
+        axis.plot(knn["epochs"], [100 * v for v in knn["accuracy"]], marker="o", color="tab:green",
+                  label=f"{knn['test_images']:,} {knn['split']} images "
+                        f"(memory bank: {knn['train_images']:,} training images)")
+        axis.set_title(f"kNN top-1 (%) on a {knn['test_images']:,}-image {knn['split']} subset")
+    else:
+        axis.set_title("kNN top-1 (%)")
+    last = max(epochs) if epochs else 0
+    axis.plot([last], [100 * knn["final"]], marker="*", markersize=12, color="tab:red", linestyle="none",
+              label=f"final, all {knn['final_images']:,} {knn['split']} images: {100 * knn['final']:.2f} %")
+    axis.legend(fontsize=8, loc="best")
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in axes.flat:
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) == 1:  # one point: one tick, not a fractional axis
+            axis.set_xticks(epochs)
+            axis.set_xlim(0.5, 1.5)
+        axis.grid(alpha=0.3)
+    figure.suptitle(run_title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
+def embed_2d(features, seed):
+    """(N, 2) map of (N, F) features: t-SNE (scikit-learn), else PCA.
+
+    Rows are L2-normalised first: Euclidean distances between them are the
+    cosine distances the kNN evaluation uses.
+    """
+    import numpy as np
+
+    features = np.asarray(features, dtype="float64")
+    features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        TSNE = None
+    if TSNE is not None and len(features) > 6:
+        perplexity = float(min(30.0, (len(features) - 1) / 3.0))
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
+                    random_state=seed)
+        return tsne.fit_transform(features), "t-SNE"
+    centred = features - features.mean(axis=0)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    return centred @ components[:2].T, "PCA"
+
+
+def plot_embedding(features, labels, class_names, run_title, knn_text, path, max_points, seed):
+    """embedding.png: the test features in 2-D, one colour per class."""
+    import numpy as np
+
+    plt = _pyplot()
+    if plt is None:
+        return None
+    labels = np.asarray(labels)
+    count = min(len(labels), max_points)
+    chosen = np.sort(np.random.default_rng(seed).choice(len(labels), count, replace=False))
+    points, method = embed_2d(np.asarray(features)[chosen], seed)
+    labels = labels[chosen]
+    classes = np.unique(labels)
+    figure, axis = plt.subplots(figsize=(8.5, 6.5))
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for index, label in enumerate(classes):
+        mask = labels == label
+        name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
+        axis.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.7,
+                     color=colours(index % colours.N), label=name, rasterized=True)
+    if len(classes) <= 20:
+        axis.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    import textwrap
+
+    title = textwrap.fill(run_title, 80) + f"\n{method} of {count:,} test features, {knn_text}"
+    axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return method
+
+
+class HistoryCSV:
+    """history.csv, one row per epoch, rewritten after every epoch.
+
+    Keras' CSVLogger adds an always-empty `val_*` column for every metric
+    when there is no validation data, and fixes its columns at the first
+    epoch (so a kNN accuracy logged every few epochs would be lost).
+    """
+
+    def __init__(self, path, extra_keys=()):
+        self.path = path
+        self.extra_keys = list(extra_keys)
+        self.rows = []
+        self.keys = None
+
+    def callback(self, keras):
+        logger = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logger.add(epoch + 1, logs or {})
+
+        return _Callback()
+
+    def add(self, epoch, logs):
+        row = {key: float(value) for key, value in logs.items() if not key.startswith("val_")}
+        if "probe_loss" in row and "loss" in row:
+            row["contrastive_loss"] = row["loss"] - row["probe_loss"]
+        if self.keys is None:
+            first = ["loss", "contrastive_loss"]
+            keys = [k for k in first if k in row] + sorted(k for k in row if k not in first)
+            self.keys = keys + [k for k in self.extra_keys if k not in keys]
+        self.rows.append({"epoch": epoch, **row})
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["epoch", *self.keys], extrasaction="ignore", restval="")
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
 def run():
     check_flags()
     backend = select_backend()
-    import keras  # noqa: E402 (the backend is set first)
-    import numpy as np
-
-    import keras_fmicl
-
-    keras.utils.set_random_seed(FLAGS.seed)
     output_dir = FLAGS.output_dir or os.path.join(
         "runs", f"{FLAGS.dataset}_{FLAGS.loss}_{FLAGS.mode}_{backend}"
     )
-    os.makedirs(output_dir, exist_ok=True)
+    created = make_output_dir(output_dir)
+    try:
+        return run_in(backend, output_dir)
+    except BaseException:
+        remove_if_empty(created)  # a failed run leaves no empty folder behind
+        raise
+
+
+def run_in(backend, output_dir):
+    keras, np, keras_fmicl = import_frameworks(backend)  # the backend is set first
+    keras.utils.set_random_seed(FLAGS.seed)
 
     distribution = setup_distribution(backend)
     loss = build_loss(keras_fmicl)
@@ -411,11 +686,14 @@ def run():
     train_images = train_x.astype("float32") / 255.0
     test_images = test_x.astype("float32") / 255.0
     knn_every = _setting("knn_every")
-    callbacks = [keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"))] if is_chief else []
+    history_csv = HistoryCSV(
+        os.path.join(output_dir, "history.csv"), extra_keys=["knn_accuracy"] if knn_every else []
+    )
+    callbacks = [history_csv.callback(keras)] if is_chief else []
     monitor = None
+    subset_train = min(len(train_images), 10000)
+    subset_test = min(len(test_images), 2000)
     if knn_every and is_chief:
-        subset_train = min(len(train_images), 10000)
-        subset_test = min(len(test_images), 2000)
         monitor = keras_fmicl.KNNMonitor(
             (train_images[:subset_train], train_y[:subset_train]),
             (test_images[:subset_test], test_y[:subset_test]),
@@ -478,7 +756,31 @@ def run():
     knn_epochs = sorted(monitor.results) if monitor else []
     knn_curve = [float(monitor.results[e]) for e in knn_epochs] if monitor else []
     knn_epochs = [e + 1 for e in knn_epochs]
-    plot_curves(logs, knn_epochs, knn_curve, os.path.join(output_dir, "curves.png"))
+    split_name = "validation" if FLAGS.evaluate_on == "validation" else "test"
+    run_title = (
+        f"{FLAGS.dataset}: {describe_loss(loss)}, {FLAGS.mode} mode, {backend} backend, "
+        f"{_setting('epochs')} epoch{'' if _setting('epochs') == 1 else 's'} on {len(train_x):,} images"
+    )
+    curves_path = os.path.join(output_dir, "curves.png")
+    plot_curves(
+        logs,
+        dict(epochs=knn_epochs, accuracy=knn_curve, test_images=subset_test, train_images=subset_train,
+             final=float(knn), final_images=len(test_x), split=split_name),
+        run_title, curves_path,
+    )
+    outputs = {"encoder": encoder_path, "curves": curves_path, "history": history_csv.path}
+    embedding_method = None
+    start = time.time()
+    if FLAGS.embedding_points:
+        embedding_path = os.path.join(output_dir, "embedding.png")
+        embedding_method = plot_embedding(
+            test_features, test_y, keras_fmicl.data.CLASS_NAMES.get(FLAGS.dataset), run_title,
+            f"kNN top-1 {100 * knn:.2f} % on all {len(test_x):,} {split_name} images",
+            embedding_path, FLAGS.embedding_points, FLAGS.seed,
+        )
+        if embedding_method:
+            outputs["embedding"] = embedding_path
+    embedding_seconds = time.time() - start
     results = {
         "flags": {name: getattr(FLAGS, name) for name in FLAGS if name in _OWN_FLAGS},
         "settings": dict(
@@ -500,8 +802,10 @@ def run():
         "few_label": few_label,
         "pretrain_seconds": pretrain_seconds,
         "evaluation_seconds": evaluation_seconds,
+        "embedding_seconds": embedding_seconds,
         "versions": {"keras": keras.__version__, "keras_fmicl": keras_fmicl.__version__, "numpy": np.__version__},
-        "outputs": {"encoder": encoder_path, "curves": os.path.join(output_dir, "curves.png")},
+        "embedding_method": embedding_method,
+        "outputs": outputs,
     }
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
@@ -513,13 +817,14 @@ def run():
                    f"{loss.similarity.name} {loss.similarity.get_config()}".strip()),
         ("encoder", f"{_setting('encoder')} (width {_setting('width')})"),
         ("epochs x steps", f"{_setting('epochs')} x {steps_per_epoch} (batch {batch_size})"),
-        ("final loss", f"{logs['loss'][-1]:.4f}" if logs["loss"] else "- (no pretraining)"),
+        ("final loss", final_loss_text(logs)),
         ("kNN top-1 (k=200)", f"{100 * knn:.2f} %"),
         ("linear top-1", f"{100 * linear['test_accuracy']:.2f} %"),
         *[(f"linear top-1, {100 * float(f):g} % labels", f"{100 * r['mean']:.2f} % (mean of {len(r['accuracies'])})")
           for f, r in few_label.items()],
         ("pretraining time", f"{pretrain_seconds:.0f} s"),
         ("evaluation time", f"{evaluation_seconds:.0f} s"),
+        *([("embedding.png time", f"{embedding_seconds:.0f} s ({embedding_method})")] if embedding_method else []),
         ("outputs", output_dir),
     ]
     width = max(len(k) for k, _ in rows)
@@ -530,6 +835,17 @@ def run():
     return results
 
 
+def final_loss_text(logs):
+    """The last epoch's loss as fit printed it, split into its two parts."""
+    if not logs["loss"]:
+        return "- (no pretraining)"
+    text = f"{logs['loss'][-1]:.4f}"
+    if logs.get("probe_loss"):
+        probe = logs["probe_loss"][-1]
+        text += f" (contrastive {logs['loss'][-1] - probe:.4f} + probe {probe:.4f})"
+    return text
+
+
 _OWN_FLAGS = (
     "backend", "dataset", "loss", "divergence", "tsallis_order", "similarity", "sigma",
     "temperature", "alpha", "mode", "momentum", "queue_size", "encoder", "width",
@@ -537,7 +853,7 @@ _OWN_FLAGS = (
     "weight_decay", "max_train_samples", "max_test_samples", "knn_every", "linear_epochs",
     "few_label", "few_label_draws", "save_features",
     "evaluate_on", "validation_samples", "seed", "output_dir", "data_dir", "verbose", "distribute",
-    "pipeline",
+    "pipeline", "debug", "embedding_points",
 )
 
 

@@ -16,7 +16,11 @@ and `int64` labels of shape `(N,)`.
 `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist/`) when present
 and otherwise `keras.datasets.fashion_mnist.load_data()` (a download). A
 dataset that cannot be had raises `DatasetNotAvailableError` with one
-sentence saying how to get it; the original error is chained.
+sentence saying how to get it (`MissingDependencyError`, also an
+`ImportError`, when a Python package is missing: it names the package and
+the `pip install` command); the original error is chained. Without network
+the tensorflow-datasets loaders say so within `DOWNLOAD_PROBE_TIMEOUT`
+seconds rather than after tfds' minutes of retries.
 
 `multiview_dataset` turns such arrays into a `tf.data.Dataset` of batches
 of V augmented views per image, the input of the contrastive losses;
@@ -74,6 +78,17 @@ NUM_CLASSES = {
     "synthetic_cifar": 10,
 }
 """Dataset name -> number of classes (labels in `0 .. n - 1`)."""
+
+CLASS_NAMES = {
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                "horse", "ship", "truck"),
+    "stl10": ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey",
+              "ship", "truck"),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    "digits": tuple(str(digit) for digit in range(10)),
+}
+"""Dataset name -> the name of each label, where the dataset has short ones."""
 
 DIGITS_TRAIN_FRACTION = 0.8
 DIGITS_SPLIT_SEED = 0
@@ -256,6 +271,15 @@ def _fashion_mnist_from_idx(directory: str, split: str) -> tuple | None:
             f"Fashion-MNIST files in {directory} disagree: {len(images)} images "
             f"in {images_path} but {len(labels)} labels in {labels_path}"
         )
+    num_classes = NUM_CLASSES["fashion_mnist"]
+    bad = np.flatnonzero(labels >= num_classes)
+    if bad.size:
+        raise ValueError(
+            f"{labels_path} is not a Fashion-MNIST label file: labels must lie in "
+            f"0..{num_classes - 1}, but {bad.size} of {len(labels)} do not (the "
+            f"first, at index {bad[0]}, is {int(labels[bad[0]])}). Received: a "
+            f"corrupted or foreign file"
+        )
     return images[..., None], labels.astype(np.int64)
 
 
@@ -413,23 +437,113 @@ def _tfds_to_numpy(dataset: Any) -> tuple:
     return images, labels
 
 
+DOWNLOAD_PROBE_TIMEOUT = 5.0
+"""Seconds the tfds loaders wait for the download host to answer before they
+report that there is no network (tensorflow-datasets itself retries for
+minutes). `None` skips the check."""
+
+# Import names whose pip package has another name.
+_PIP_NAMES = {"sklearn": "scikit-learn", "PIL": "pillow", "yaml": "pyyaml"}
+
+
+class MissingDependencyError(DatasetNotAvailableError, ImportError):
+    """A dataset needs a Python package that is not installed.
+
+    Both a `DatasetNotAvailableError` and an `ImportError`; the message names
+    the package and the `pip install` command.
+    """
+
+
+def _missing_dependency(name: str, err: ImportError) -> MissingDependencyError:
+    module = (getattr(err, "name", None) or "").split(".")[0]
+    if not module:
+        module = "tensorflow-datasets"
+    package = _PIP_NAMES.get(module, module)
+    return MissingDependencyError(
+        f"Loading {name!r} with tensorflow-datasets needs the Python package "
+        f"`{package}`, which is not installed: `pip install {package}` (or "
+        f'`pip install "keras-fmicl[tensorflow]"`, which declares it). '
+        f"This is not a network problem ({_short(err)})."
+    )
+
+
+def _check_download_host(name: str, url: str) -> None:
+    """Fails fast, in one sentence, when `url`'s host cannot be reached.
+
+    A HEAD request to the host's root through the environment's proxies
+    (`HTTPS_PROXY`, `NO_PROXY`, ... as tensorflow-datasets' own `requests`
+    download would use them), with `DOWNLOAD_PROBE_TIMEOUT` seconds to
+    connect. Any HTTP answer, error statuses included, counts as reachable.
+    """
+    import http.client
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if DOWNLOAD_PROBE_TIMEOUT is None:
+        return
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return
+    request = urllib.request.Request(f"{parts.scheme}://{parts.netloc}/", method="HEAD")
+    try:
+        urllib.request.urlopen(request, timeout=DOWNLOAD_PROBE_TIMEOUT).close()
+    except (urllib.error.HTTPError, http.client.HTTPException):
+        return  # something answered: let tensorflow-datasets try
+    except OSError as err:  # URLError, refused connection, timeout
+        raise DatasetNotAvailableError(
+            f"Could not download {name!r}: no answer from {parts.netloc} (waited "
+            f"at most {DOWNLOAD_PROBE_TIMEOUT:g} s; no network, or a proxy in "
+            f"HTTPS_PROXY that does not work); run once with network access to download and "
+            f"prepare it, or pass `data_dir` pointing to a prepared copy "
+            f"({_short(err)})."
+        ) from err
+
+
+def _download_urls(builder: Any) -> list:
+    """The URLs `builder` downloads from (from its checksums file)."""
+    url_infos = type(builder).url_infos
+    return sorted(url_infos) if url_infos else []
+
+
+def _needs_download(builder: Any) -> bool:
+    """Whether preparing `builder` would download (nothing prepared, nothing
+    already downloaded under `<data_dir>/downloads`)."""
+    if os.path.isfile(os.path.join(os.fspath(builder.data_dir), "dataset_info.json")):
+        return False
+    root = getattr(builder, "data_dir_root", None)
+    downloads = None if root is None else os.path.join(os.fspath(root), "downloads")
+    return not (downloads and os.path.isdir(downloads) and os.listdir(downloads))
+
+
 def _load_tfds(name: str, split: str, data_dir: str | None) -> tuple:
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
-        raise DatasetNotAvailableError(
+        raise MissingDependencyError(
             f"Loading {name!r} needs tensorflow-datasets: install it with "
-            f"`pip install tensorflow-datasets` and run once with network "
-            f"access to download the data ({_short(err)})."
+            f'`pip install tensorflow-datasets` (or `pip install "keras-fmicl[tensorflow]"`) '
+            f"and run once with network access to download the data ({_short(err)})."
         ) from err
+    data_dir = None if data_dir is None else os.fspath(data_dir)
     try:
-        dataset = tfds.load(
-            name,
-            split=split,
-            as_supervised=True,
-            data_dir=None if data_dir is None else os.fspath(data_dir),
-        )
+        builder = tfds.builder(name, data_dir=data_dir)
+        probe = DOWNLOAD_PROBE_TIMEOUT is not None and _needs_download(builder)
+        urls = _download_urls(builder) if probe else []
+    except ImportError as err:
+        raise _missing_dependency(name, err) from err
+    except Exception as err:
+        raise DatasetNotAvailableError(
+            f"Could not set up {name!r} (split {split!r}) with tensorflow-datasets: "
+            f"{_short(err)}."
+        ) from err
+    if urls:
+        _check_download_host(name, urls[0])
+    try:
+        dataset = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir)
         return _tfds_to_numpy(dataset)
+    except ImportError as err:
+        raise _missing_dependency(name, err) from err
     except Exception as err:
         raise DatasetNotAvailableError(
             f"Could not load {name!r} (split {split!r}) with tensorflow-datasets: "
@@ -451,8 +565,12 @@ def cifar10(split: str = "train", data_dir: str | None = None) -> tuple:
         `(images, labels)`: `uint8` `(N, 32, 32, 3)` and `int64` `(N,)` in 0..9.
 
     Raises:
-        DatasetNotAvailableError: tensorflow-datasets is missing or the data
-            can be neither found nor downloaded.
+        MissingDependencyError: tensorflow-datasets, or a package it needs,
+            is not installed (also an `ImportError`; the message gives the
+            `pip install` command).
+        DatasetNotAvailableError: the data can be neither found nor
+            downloaded; without network this comes within
+            `DOWNLOAD_PROBE_TIMEOUT` seconds.
     """
     return _load_tfds("cifar10", _check_split("cifar10", split), data_dir)
 

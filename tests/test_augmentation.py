@@ -230,6 +230,21 @@ def test_crops_differ_between_calls_and_seeds_reproduce_them():
     np.testing.assert_allclose(a[:, 1:-1, 1:-1], exact[:, 1:-1, 1:-1], atol=0.1)
 
 
+def test_a_seeded_crop_draws_new_boxes_on_every_call():
+    """Issue 13 item 19: a seed must fix the *sequence* of crops, not one crop
+    repeated on every call (which the unseeded test above cannot see)."""
+    images = ramp_images()
+    first, second = RandomResizedCrop(16, 16, antialias=False, seed=7), RandomResizedCrop(
+        16, 16, antialias=False, seed=7
+    )
+    calls = [recover_boxes(to_numpy(first(images))) for _ in range(3)]
+    for earlier, later in ((0, 1), (1, 2), (0, 2)):
+        assert not np.array_equal(calls[earlier], calls[later]), (earlier, later)
+    # a second layer with the same seed replays the same sequence of calls
+    for expected in calls:
+        np.testing.assert_array_equal(recover_boxes(to_numpy(second(images))), expected)
+
+
 # --------------------------------------------------------------------------
 # SimCLRAugmentation
 
@@ -390,6 +405,36 @@ def test_simclr_seeded_views_are_reproducible():
         np.testing.assert_array_equal(to_numpy(first(images)), to_numpy(second(images)))
     other = to_numpy(SimCLRAugmentation(seed=12, **settings)(images))
     assert not np.allclose(to_numpy(first(images)), other)
+
+
+@pytest.mark.parametrize(
+    "channels, settings",
+    [
+        (3, dict(crop_scale=(0.2, 1.0))),
+        (3, dict(IDENTITY_CROP, flip=True)),
+        (1, dict(IDENTITY_CROP, color_jitter_strength=0.5, color_jitter_probability=0.5)),
+        (3, dict(IDENTITY_CROP, color_jitter_strength=0.5, color_jitter_probability=1.0)),
+        (3, dict(IDENTITY_CROP, grayscale_probability=0.5)),
+        (3, dict(IDENTITY_CROP, blur_probability=0.5)),
+        (3, dict(color_jitter_strength=0.5, grayscale_probability=0.2, blur_probability=0.5, flip=True)),
+    ],
+    ids=["crop", "flip", "jitter_grey", "jitter_colour", "grayscale", "blur", "all"],
+)
+def test_seeded_simclr_draws_new_views_on_every_call(channels, settings):
+    """Issue 13 item 19: two calls of one seeded layer give two different
+    views; two layers with the same seed give the same sequence. Each random
+    part alone (the others off), so that no part's random stream can freeze
+    unseen behind the others."""
+    images = random_images(channels)
+    first, second = simclr(seed=5, **settings), simclr(seed=5, **settings)
+    calls = [to_numpy(first(images)) for _ in range(3)]
+    for earlier, later in ((0, 1), (1, 2), (0, 2)):
+        changed = np.abs(calls[earlier] - calls[later]).reshape(BATCH, -1).max(axis=1) > 1e-3
+        assert changed.any(), (earlier, later)
+        if "crop_scale" in settings and settings["crop_scale"] != (1.0, 1.0):
+            assert changed.all(), (earlier, later, changed)  # a new box for every image
+    for expected in calls:
+        np.testing.assert_array_equal(to_numpy(second(images)), expected)
 
 
 def test_simclr_inference_is_the_centred_resize():

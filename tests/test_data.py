@@ -1,8 +1,10 @@
 """Loaders (IDX parser, Fashion-MNIST, tfds mock data, digits) and tf.data pipelines."""
 
+import contextlib
 import gzip
 import os
 import struct
+import subprocess
 import sys
 
 import keras
@@ -145,6 +147,24 @@ def test_fashion_mnist_mismatched_counts_raise(tmp_path):
         data.fashion_mnist("train", data_dir=tmp_path)
 
 
+@pytest.mark.parametrize("bad_label", [10, 200, 255])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_fashion_mnist_labels_outside_0_to_9_raise(tmp_path, split, bad_label):
+    """Issue 13 item 6: a label byte of 200 used to load silently."""
+    labels = write_fashion_dir(tmp_path)[split][1].copy()
+    labels[1] = bad_label
+    labels_name = FASHION_FILES[split][1]
+    write(tmp_path / labels_name, idx_bytes(labels, "u1"), True)
+    with pytest.raises(ValueError) as info:
+        data.load("fashion_mnist", split, data_dir=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / labels_name) in message
+    assert "0..9" in message and f"is {bad_label}" in message and "index 1" in message
+    # the other split, with valid labels, still loads
+    other = "test" if split == "train" else "train"
+    assert data.load("fashion_mnist", other, data_dir=tmp_path)[1].max() <= 9
+
+
 def test_fashion_mnist_without_files_falls_back_to_keras(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
     train = (rng.integers(0, 256, (4, 28, 28)).astype(np.uint8), np.arange(4, dtype=np.uint8))
@@ -219,7 +239,7 @@ def test_tfds_loaders_with_mock_data(name, splits, shape, num_classes):
     tfds = pytest.importorskip("tensorflow_datasets")
     assert data.SPLITS[name] == splits
     assert data.NUM_CLASSES[name] == num_classes
-    with tfds.testing.mock_data(num_examples=6):
+    with tfds.testing.mock_data(num_examples=6), no_download_probe():
         for split in splits:
             for images, labels in (data.load(name, split), getattr(data, name)(split)):
                 assert images.shape == (6, *shape) and images.dtype == np.uint8, split
@@ -236,6 +256,7 @@ def test_tfds_failure_gives_one_clear_sentence(monkeypatch):
         raise cause
 
     monkeypatch.setattr(tfds, "load", failing_load)
+    monkeypatch.setattr(data, "DOWNLOAD_PROBE_TIMEOUT", None)  # straight to tfds.load
     with pytest.raises(data.DatasetNotAvailableError) as info:
         data.load("cifar100", "test", data_dir="/nowhere")
     message = str(info.value)
@@ -250,6 +271,100 @@ def test_missing_tfds_gives_one_clear_sentence(monkeypatch):
         data.stl10("unlabelled")
     assert "\n" not in str(info.value)
     assert isinstance(info.value.__cause__, ImportError)
+    assert isinstance(info.value, ImportError)
+
+
+@contextlib.contextmanager
+def no_download_probe():
+    """tfds mock data needs no network: skip the loaders' connectivity check."""
+    saved = data.DOWNLOAD_PROBE_TIMEOUT
+    data.DOWNLOAD_PROBE_TIMEOUT = None
+    try:
+        yield
+    finally:
+        data.DOWNLOAD_PROBE_TIMEOUT = saved
+
+
+def test_tfds_cifar10_builder_works_with_the_installed_extras(tmp_path):
+    """Issue 13 item 10: `pip install -e ".[all]"` left out `importlib_resources`,
+    which tensorflow-datasets (through etils) needs to read the checksums of
+    its downloads: CIFAR-10 could not load, with an error blaming the network.
+    Builds the builder and reads its download URLs, without downloading."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    builder = tfds.builder("cifar10", data_dir=str(tmp_path))
+    urls = data._download_urls(builder)
+    assert any("cifar-10" in url for url in urls), urls
+    assert data._needs_download(builder)
+
+
+def test_extras_declare_what_the_tfds_loaders_need():
+    """Every extra that installs tensorflow-datasets also installs the
+    packages it needs at run time but does not declare (see setup.cfg)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(os.path.join(os.path.dirname(os.path.dirname(__file__)), "setup.cfg"))
+    extras = config["options.extras_require"]
+    for extra in ("tensorflow", "all", "test"):
+        requirements = extras[extra]
+        assert "tensorflow-datasets" in requirements, extra
+        assert "importlib_resources" in requirements, extra
+
+
+def test_missing_package_inside_tfds_is_named_with_its_pip_command(monkeypatch):
+    """A package tensorflow-datasets imports lazily is missing: a
+    MissingDependencyError (an ImportError) naming it, not a network error."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    cause = ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources")
+
+    def missing(builder):
+        raise cause
+
+    monkeypatch.setattr(data, "_download_urls", missing)
+    with pytest.raises(ImportError) as info:
+        data.load("cifar10", "test", data_dir="/nowhere")
+    message = str(info.value)
+    assert isinstance(info.value, data.MissingDependencyError)
+    assert isinstance(info.value, data.DatasetNotAvailableError)
+    assert "`pip install importlib_resources`" in message
+    assert "not a network problem" in message and "\n" not in message
+    assert info.value.__cause__ is cause
+    # the same from inside tfds.load
+    monkeypatch.setattr(data, "_download_urls", lambda builder: [])
+    monkeypatch.setattr(tfds, "load", lambda *args, **kwargs: missing(None))
+    with pytest.raises(data.MissingDependencyError, match="pip install importlib_resources"):
+        data.load("cifar10", "test", data_dir="/nowhere")
+
+
+def test_offline_tfds_download_fails_fast_with_one_sentence(tmp_path):
+    """Issue 13 item 11: offline, tfds retried for ~205 s before failing. A
+    subprocess whose proxy is a closed port (127.0.0.1:9) must fail with the
+    one-sentence error well within the timeout (the probe waits 5 s at most)."""
+    pytest.importorskip("tensorflow_datasets")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
+               https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9",
+               NO_PROXY="", no_proxy="", PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3")
+    code = (
+        "import sys\n"
+        "from keras_fmicl import data\n"
+        "try:\n"
+        f"    data.load('cifar10', 'test', data_dir={str(tmp_path)!r})\n"
+        "except data.DatasetNotAvailableError as error:\n"
+        "    print(type(error).__name__, error)\n"
+        "    sys.exit(3)\n"
+    )
+    try:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                timeout=60, env=env, cwd=root)
+    except subprocess.TimeoutExpired:
+        pytest.fail("an offline CIFAR-10 download did not fail within 60 s")
+    assert result.returncode == 3, result.stdout + result.stderr[-3000:]
+    assert result.stdout.startswith("DatasetNotAvailableError Could not download 'cifar10'")
+    assert "no answer from www.cs.toronto.edu (waited at most 5 s" in result.stdout
+    assert "network" in result.stdout and "data_dir" in result.stdout
+    assert len(result.stdout.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "downloads" / "extracted")
 
 
 # ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The example end to end, as a user runs it: a subprocess per run."""
 
+import csv
 import json
 import os
 import re
@@ -39,8 +40,9 @@ def error_lines(stderr):
     ]
 
 
-def run_example(*args, timeout=300):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def run_example(*args, timeout=300, env=None):
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
     return subprocess.run(
         [sys.executable, SCRIPT, f"--backend={keras.backend.backend()}", *args],
         capture_output=True,
@@ -51,9 +53,16 @@ def run_example(*args, timeout=300):
     )
 
 
+NATIVE_NOISE = re.compile(r"cuInit|oneDNN|InitializeLog|^[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]", re.M)
+
+
 def test_tiny_run_writes_every_output(tmp_path):
-    result = run_example(*TINY, f"--output_dir={tmp_path}")
+    # as a user runs it: without the TF_CPP_MIN_LOG_LEVEL=3 of tests/conftest.py
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = run_example(*TINY, f"--output_dir={tmp_path}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    # issue 13 item 15: no native start-up logging (cuInit errors, oneDNN notices)
+    assert not NATIVE_NOISE.findall(result.stderr), result.stderr[-3000:]
     assert "kNN top-1 (k=200)" in result.stdout and "linear top-1" in result.stdout
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
@@ -64,9 +73,24 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert results["knn_curve"]["epochs"] == [1, 2]
     assert 0.0 <= results["knn_top1"] <= 1.0 and 0.0 <= results["linear_top1"] <= 1.0
     assert results["loss"]["divergence"] == "kl"
-    assert os.path.getsize(tmp_path / "curves.png") > 10_000
-    with open(tmp_path / "curves.png", "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for name in ("curves.png", "embedding.png"):  # issue 13 item 18: embedding.png
+        assert os.path.getsize(tmp_path / name) > 10_000, name
+        with open(tmp_path / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+    assert results["embedding_method"] in ("t-SNE", "PCA")
+    assert results["outputs"]["embedding"] == str(tmp_path / "embedding.png")
+    # issue 13 item 14: history.csv has the epochs' columns, none all-empty
+    with open(tmp_path / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert not [key for key in rows[0] if key.startswith("val_")], list(rows[0])
+    for key in ["loss", "contrastive_loss", "probe_loss", "alignment", "uniformity", "mi_estimate", "knn_accuracy"]:
+        values = [float(row[key]) for row in rows]
+        assert np.all(np.isfinite(values)), key
+    for row, loss, probe in zip(rows, results["history"]["loss"], results["history"]["probe_loss"]):
+        assert float(row["loss"]) == pytest.approx(loss)  # the loss fit prints
+        assert float(row["contrastive_loss"]) == pytest.approx(loss - probe)
+    assert "contrastive" in result.stdout.split("final loss")[1].splitlines()[0]
     encoder = keras.models.load_model(tmp_path / "encoder.keras")
     features = keras.ops.convert_to_numpy(encoder(np.zeros((2, 8, 8, 1), "float32")))
     assert features.shape == (2, 64)  # small_cnn width 16: 4 * 16 features
@@ -120,6 +144,8 @@ def test_missing_dataset_gives_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "*")
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    default_output = os.path.join(ROOT, "runs", f"fashion_mnist_fmicl_simclr_{keras.backend.backend()}")
+    existed = os.path.exists(default_output)
     result = run_example(
         "--dataset=fashion_mnist", f"--data_dir={tmp_path}", "--epochs=1", "--warmup_epochs=0", timeout=200
     )
@@ -129,6 +155,29 @@ def test_missing_dataset_gives_one_sentence(tmp_path, monkeypatch):
     lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr
     assert "Fashion-MNIST" in lines[0] or "fashion_mnist" in lines[0]
+    # issue 13 item 11: the failed run leaves no empty run folder behind
+    assert existed or not os.path.exists(default_output)
+
+
+def test_offline_cifar10_fails_fast_and_leaves_no_folder(tmp_path):
+    """Issue 13 item 11: offline, tensorflow-datasets retried for ~205 s; the
+    run must end with one sentence (the probe waits 5 s at most) and remove
+    the output folder it created."""
+    pytest.importorskip("tensorflow_datasets")
+    proxy = "http://127.0.0.1:9"  # nothing listens on port 9: no network
+    env = dict(os.environ, HTTPS_PROXY=proxy, HTTP_PROXY=proxy, https_proxy=proxy, http_proxy=proxy,
+               NO_PROXY="", no_proxy="")
+    output_dir = tmp_path / "runs" / "cifar"
+    try:
+        result = run_example("--dataset=cifar10", f"--data_dir={tmp_path / 'tfds'}",
+                             f"--output_dir={output_dir}", timeout=90, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("an offline CIFAR-10 run did not fail within 90 s")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "Could not download 'cifar10'" in lines[0] and "network" in lines[0]
+    assert not os.path.exists(tmp_path / "runs")
 
 
 def test_the_package_exports_what_the_example_uses():

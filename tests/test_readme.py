@@ -1,0 +1,91 @@
+"""The README's code runs as printed (issue 13 item 13).
+
+Every ```python block of README.md runs on its own, in a fresh namespace,
+under the current backend, in a temporary working directory. The training
+blocks set `EPOCHS = <n>` on a line of their own; the test runs them with
+`EPOCHS = 1`. A block that needs a download (or a GPU) is preceded by an
+HTML comment `<!-- not-run: reason -->` and is skipped with that reason:
+those blocks, and only those, show up as skipped (`pytest -ra` lists them).
+"""
+
+import os
+import re
+
+import keras
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(?P<reason>.+?)\s*-->$")
+EPOCHS = re.compile(r"^EPOCHS = \d+", re.M)
+
+
+def readme_blocks(path=README):
+    """[(language, first code line number, code, not-run reason or None)]."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    blocks, index = [], 0
+    while index < len(lines):
+        match = re.match(r"^```(\w*)\s*$", lines[index])
+        if not match:
+            index += 1
+            continue
+        start = index + 1
+        end = start
+        while end < len(lines) and lines[end].strip() != "```":
+            end += 1
+        before = [line.strip() for line in lines[:index] if line.strip()]
+        marker = NOT_RUN.match(before[-1]) if before else None
+        blocks.append(
+            (match.group(1), start + 1, "\n".join(lines[start:end]), marker and marker.group("reason"))
+        )
+        index = end + 1
+    return blocks
+
+
+PYTHON_BLOCKS = [block for block in readme_blocks() if block[0] == "python"]
+
+
+def test_the_readme_has_python_blocks_and_its_two_commands():
+    assert len(PYTHON_BLOCKS) >= 5
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    for marker in ("<!-- main-command -->", "<!-- test-command -->"):
+        after = text.split(marker, 1)[1].lstrip("\n")
+        assert after.startswith("```sh\n"), marker  # the two commands stay sh blocks
+    # a not-run marker must sit right before a block, never stray
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("<!--") and "not-run" in line:
+            assert NOT_RUN.match(line.strip()), line
+            assert lines[index + 1].startswith("```python"), line
+
+
+@pytest.mark.parametrize(
+    "line, code, reason",
+    [block[1:] for block in PYTHON_BLOCKS],
+    ids=[f"line_{block[1]}" for block in PYTHON_BLOCKS],
+)
+def test_readme_python_block_runs(line, code, reason, tmp_path, monkeypatch):
+    if reason:
+        pytest.skip(f"README.md line {line}: not-run ({reason})")
+    monkeypatch.chdir(tmp_path)  # blocks may write files (TensorBoard logs, ...)
+    code = EPOCHS.sub("EPOCHS = 1", code)
+    namespace = {"__name__": "__readme__"}
+    exec(compile(code, f"README.md, block at line {line}", "exec"), namespace)
+    keras.backend.clear_session()
+
+
+def test_the_block_parser_sees_markers(tmp_path):
+    """The parser itself: marked blocks carry their reason, others None."""
+    path = tmp_path / "README.md"
+    path.write_text(
+        "text\n\n```python\nx = 1\n```\n\n<!-- not-run: needs a GPU -->\n```python\ny = 2\n```\n"
+        "```sh\nls\n```\n",
+        encoding="utf-8",
+    )
+    assert readme_blocks(str(path)) == [
+        ("python", 4, "x = 1", None),
+        ("python", 9, "y = 2", "needs a GPU"),
+        ("sh", 12, "ls", None),
+    ]
