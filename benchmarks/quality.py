@@ -221,7 +221,7 @@ def run_one(name, flags, seed, args, runs_dir) -> dict | None:
     settings.update(flags)
     work_dir = os.path.join(runs_dir, "work", f"{name}__seed{seed}")
     command = [sys.executable, EXAMPLE, f"--backend={args.backend}", f"--seed={seed}",
-               f"--output_dir={work_dir}", "--verbose=0"]
+               f"--output_dir={work_dir}", "--verbose=0", "--embedding_points=0"]
     command += [f"--{key}={value}" for key, value in settings.items()]
     if args.suite != "table":
         command += ["--evaluate_on=validation", f"--validation_samples={args.validation_samples}"]

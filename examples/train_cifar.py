@@ -357,7 +357,7 @@ def build_loss(keras_fmicl):
     similarity = FLAGS.similarity or ("gaussian" if FLAGS.loss == "fmicl" else "cosine")
     if FLAGS.loss == "infonce":
         return keras_fmicl.InfoNCELoss(
-            temperature=FLAGS.temperature or keras_fmicl.losses.DEFAULT_INFONCE_TEMPERATURE,
+            temperature=FLAGS.temperature,
             similarity=similarity,
             sigma=FLAGS.sigma,
         )

@@ -6,7 +6,7 @@ where `r = exp(l)` is the density ratio modelled by the similarity and `f*`
 is the convex conjugate. By Fenchel-Young `f*(f'(u)) = u f'(u) - f(u)`, so a
 divergence only needs `f` and `f'`.
 
-The built-in divergences (contract table, `shared/fmicl-math.md` section 3):
+The built-in divergences (contract table, `docs/fmicl-math.md` section 3):
 
 | name                | f(u)                           | positive f'(e^l)                | negative f*(f'(e^l))          |
 |---------------------|--------------------------------|---------------------------------|-------------------------------|

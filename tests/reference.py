@@ -1,6 +1,6 @@
 """An independent float64 numpy reference of the f-MICL contract.
 
-Written from the definitions of `shared/fmicl-math.md`, not from the package:
+Written from the definitions of `docs/fmicl-math.md`, not from the package:
 divergences from their generator f and its derivative f' (the negative score
 is the Fenchel-Young identity u f'(u) - f(u)), similarities from the
 normalised embeddings directly (the Gaussian one from the norm of the
