@@ -39,11 +39,13 @@ Reference:
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 import warnings
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_fmicl import distributed
@@ -55,7 +57,18 @@ VIEWS_KEY = "views"
 
 
 def _check_momentum(momentum: Any) -> Any:
-    if momentum is None or callable(momentum):
+    if momentum is None:
+        return None
+    if callable(momentum):
+        # A schedule is checked at step 0 here; inside the training step an
+        # out-of-range value becomes NaN (see `current_momentum`).
+        value = float(ops.convert_to_numpy(momentum(ops.convert_to_tensor(0, dtype="int32"))))
+        if not 0 <= value <= 1:
+            raise ValueError(
+                "A `momentum` schedule must return a number in [0, 1] at every "
+                f"step. Received: momentum={momentum!r}, whose value at step 0 "
+                f"is {value!r}"
+            )
         return momentum
     if (
         isinstance(momentum, bool)
@@ -70,6 +83,53 @@ def _check_momentum(momentum: Any) -> Any:
     return float(momentum)
 
 
+def _all_finite(tensors: list) -> Any:
+    """Scalar bool: whether every float tensor of the list is finite."""
+    tensors = [ops.convert_to_tensor(t) for t in tensors if t is not None]
+    checks = [
+        ops.all(ops.isfinite(ops.stop_gradient(t)))
+        for t in tensors
+        if keras.backend.is_float_dtype(keras.backend.standardize_dtype(t.dtype))
+    ]
+    if not checks:
+        return ops.convert_to_tensor(True)
+    return ops.all(ops.stack(checks))
+
+
+def _nan_unless(condition: Any) -> Any:
+    """`0.0` where `condition` holds, else NaN (added to a loss to poison it)."""
+    return ops.where(condition, 0.0, float("nan"))
+
+
+def _array_leaves(data: Any) -> list | None:
+    """The arrays of in-memory data (arrays, tensors, lists/dicts of them);
+    `None` for a dataset, a `PyDataset` or a generator."""
+    if data is None:
+        return None
+    leaves = keras.tree.flatten(data)
+    if not leaves or not all(hasattr(leaf, "shape") and hasattr(leaf, "__array__") for leaf in leaves):
+        return None
+    return leaves
+
+
+class _WithoutAutocast(keras.layers.Layer):
+    """Runs `fn(x)` with mixed precision's autocast switched off.
+
+    Inside the model's call, reading a float32 variable under a mixed policy
+    returns its value cast to the compute dtype; on PyTorch, assigning such a
+    variable then writes into that temporary copy and is lost. The EMA of the
+    key network runs through this layer (`autocast=False`), so it reads the
+    float32 master weights and its assignments land.
+    """
+
+    def __init__(self, fn, **kwargs):
+        super().__init__(autocast=False, dtype="float32", **kwargs)
+        self._fn = fn
+
+    def call(self, x):
+        return self._fn(x)
+
+
 def _check_layer(name: str, value: Any, required: bool = False) -> Any:
     if value is None and not required:
         return None
@@ -80,6 +140,17 @@ def _check_layer(name: str, value: Any, required: bool = False) -> Any:
             + f". Received: {name}={value!r}"
         )
     return value
+
+
+class _CopyOf(keras.initializers.Initializer):
+    """Initializer returning a copy of a variable's current value."""
+
+    def __init__(self, variable: keras.Variable):
+        self.variable = variable
+
+    def __call__(self, shape, dtype=None):
+        # a copy, not the same buffer (JAX donates each state buffer)
+        return ops.copy(ops.cast(self.variable.value, dtype or self.variable.dtype))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -99,6 +170,34 @@ class ContrastiveModel(keras.Model):
     model.fit(images, epochs=100)           # images in [0, 1], no labels
     features = model.predict(images)        # encoder features
     ```
+
+    Training safeguards, the same on every backend:
+
+    * NaN: a NaN or infinite input, weight, key-network copy or queue entry
+      makes the reported loss NaN (never a finite number while the weights
+      turn NaN), so `keras.callbacks.TerminateOnNaN` stops the training.
+    * A batch of a single sample (the remainder of `2k + 1` samples in
+      batches of `k`) has no negatives: it is skipped with a warning,
+      without any update of the weights, metrics or optimizer.
+    * `queue_size` must hold the keys of a batch (`batch_size * num_views`):
+      checked before training for in-memory data and for batches of static
+      size; a batch of a size unknown when the step is traced (a `tf.data`
+      pipeline batched with `drop_remainder=False`, under TensorFlow) that
+      is too large makes the loss NaN.
+    * Exact resume with `keras.callbacks.BackupAndRestore`: the model's
+      variables, the queue and the random states of its augmenter are
+      checkpointed, but not the order in which `fit` shuffles in-memory
+      arrays (Keras draws it from a global random generator); with
+      `shuffle=True` on arrays the resumed run sees other batches, and `fit`
+      warns. For an exact resume pass the raw images as arrays with
+      `shuffle=False` (the views are drawn by the model's augmenter, whose
+      state is checkpointed). A `tf.data` pipeline is not checkpointed
+      either: a fresh `keras_fmicl.data.multiview_dataset(..., seed=...)`
+      starts again from the shuffle order and views of its first epoch.
+
+    The loss itself is the contract of `docs/fmicl-math.md` (section 4, with
+    the momentum-encoder variants); a MoCo v2 step contrasts its queries
+    with the queue of the previous steps and enqueues its keys afterwards.
 
     `fit` reports the loss, `alignment` and `uniformity` of the batch
     embeddings (Wang & Isola 2020), `mi_estimate` (the lower bound on the
@@ -121,11 +220,17 @@ class ContrastiveModel(keras.Model):
         momentum: `None` for SimCLR; else the EMA momentum of the key
             network, a number in `[0, 1)` or a schedule of the training
             step such as `keras_fmicl.CosineMomentum(0.99, total_steps)`.
+            A schedule must return a value in `[0, 1]` (1 freezes the key
+            network): it is checked at step 0 when the model is created
+            (ValueError), and a later value outside makes the loss NaN.
         queue_size: `K >= 0`; with `momentum`, `K > 0` selects MoCo v2: the
             negatives are a FIFO queue of the K most recent keys. 0 (the
             default) uses the keys of the batch (MoCo v3).
         num_classes: number of classes of the online linear probe trained
-            on `fit(x, y)`; `None` (default) for no probe.
+            on `fit(x, y)`; `None` (default) for no probe. The labels must
+            be integers in `[0, num_classes)`: in-memory labels are checked
+            by `fit`, `evaluate`, `train_on_batch` and `test_on_batch`
+            (ValueError); invalid labels from a dataset make the loss NaN.
         **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
     """
 
@@ -175,6 +280,8 @@ class ContrastiveModel(keras.Model):
             self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
             self.probe_accuracy = keras.metrics.SparseCategoricalAccuracy(name="probe_accuracy")
         self._warned = set()
+        # set by `fit` when it has checked the batch size of in-memory data
+        self._batch_size_checked = False
 
     # ------------------------------------------------------------------ build
 
@@ -282,17 +389,26 @@ class ContrastiveModel(keras.Model):
                 ("non_trainable", layer.non_trainable_variables),
             ):
                 for index, variable in enumerate(variables):
+                    # The copy starts as the online variable through its
+                    # initializer: an `assign` here would be dropped when
+                    # `fit` builds the model inside a stateless (symbolic)
+                    # scope, leaving the key network at zero. autocast=False:
+                    # the EMA is kept and assigned in the variable dtype
+                    # under a mixed precision policy.
                     copy = self.add_weight(
                         shape=variable.shape,
                         dtype=variable.dtype,
-                        initializer="zeros",
+                        initializer=_CopyOf(variable),
                         trainable=False,
+                        autocast=False,
                         name=f"key_{layer.name}_{kind}_{index}",
                     )
-                    # a copy, not the same buffer (JAX donates each state buffer)
-                    copy.assign(ops.copy(variable.value))
                     self._key_index[id(variable)] = len(self.key_variables)
                     self.key_variables.append(copy)
+        updater = _WithoutAutocast(self._ema_update, name="key_network_update")
+        # a plain function attribute: the helper layer stays out of the
+        # model's tracked layers (and of its saved state)
+        self._run_ema_update = lambda momentum: updater(momentum)
 
     def _key_state(self, layer_index: int) -> tuple[list, list]:
         """The key copies of an online layer's (trainable, non-trainable) variables."""
@@ -305,18 +421,28 @@ class ContrastiveModel(keras.Model):
     # ------------------------------------------------------------------- call
 
     def current_momentum(self) -> Any:
-        """The EMA momentum of this step (a schedule is read at `training_steps`)."""
+        """The EMA momentum of this step (a schedule is read at `training_steps`).
+
+        A schedule's value outside `[0, 1]` becomes NaN, so the key network
+        and the loss turn NaN instead of training on it (no clipping).
+        """
         if callable(self.momentum):
-            return ops.cast(self.momentum(self.training_steps.value), "float32")
+            momentum = ops.cast(self.momentum(self.training_steps.value), "float32")
+            return ops.where((momentum >= 0.0) & (momentum <= 1.0), momentum, float("nan"))
         return self.momentum
 
     def _update_key_network(self):
-        momentum = self.current_momentum()
+        self._run_ema_update(ops.convert_to_tensor(self.current_momentum(), dtype="float32"))
+
+    def _ema_update(self, momentum: Any) -> Any:
+        """`theta_k <- m theta_k + (1 - m) theta_q` (run without autocast)."""
         for index, layer in enumerate(self._online_layers()):
             keys, _ = self._key_state(index)
             for key, online in zip(keys, layer.trainable_variables):
                 online_value = ops.stop_gradient(ops.cast(online.value, key.dtype))
-                key.assign(momentum * key.value + (1.0 - momentum) * online_value)
+                momentum_value = ops.cast(momentum, key.dtype)
+                key.assign(momentum_value * key.value + (1.0 - momentum_value) * online_value)
+        return momentum
 
     def _key_forward(self, images: Any, training: bool) -> Any:
         x = images
@@ -464,9 +590,18 @@ class ContrastiveModel(keras.Model):
         self.mi_estimate_tracker.update_state(metrics["mi_estimate"], sample_weight=has_negatives)
         total = total + self._probe_loss(y, y_pred["features"], sample_weight)
         if training and self.queue_size > 0:
-            self._enqueue(keys)
+            total = total + self._enqueue(keys)
         for loss in self.losses:
             total = total + ops.cast(ops.sum(loss), total.dtype)
+        # NaN never vanishes from the loss: max pooling (eagerly, and more
+        # so fused under XLA) may turn NaN activations into finite ones (the
+        # loss then stays finite while the gradients, and the weights, are
+        # NaN). A NaN or
+        # infinite input, weight, key-network copy or queue entry (the EMA
+        # of a NaN update, or of an out-of-range momentum) makes the loss
+        # NaN, so `keras.callbacks.TerminateOnNaN` stops the training.
+        state = [v.value for v in self.weights]
+        total = total + ops.cast(_nan_unless(_all_finite(keras.tree.flatten(x) + state)), total.dtype)
         # under tf.distribute the replicas' gradients are summed
         return distributed.scale_loss(total)
 
@@ -496,22 +631,38 @@ class ContrastiveModel(keras.Model):
                 "to train it, or set num_classes=None.",
             )
             return 0.0
-        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        labels = ops.reshape(labels, (-1,))
+        # Invalid labels (outside [0, num_classes), NaN, fractional) cannot be
+        # checked in a traced step: they make the loss NaN. Concrete labels
+        # are checked by `fit`, `evaluate`, `train_on_batch` and
+        # `test_on_batch` with a ValueError. The cross-entropy sees class 0
+        # in their place (an out-of-range class crashes it on some backends).
+        valid = (labels >= 0) & (labels < self.num_classes)
+        if keras.backend.is_float_dtype(keras.backend.standardize_dtype(labels.dtype)):
+            valid = valid & (labels == ops.floor(labels))
+        labels = ops.where(valid, labels, ops.zeros_like(labels))
+        labels = ops.cast(labels, "int32")
         flat = ops.reshape(ops.stop_gradient(features), (-1, features.shape[-1]))
         view_labels = ops.repeat(labels, self.num_views, axis=0)
         logits = ops.cast(self.probe(flat), "float32")
         per_view = keras.losses.sparse_categorical_crossentropy(view_labels, logits, from_logits=True)
         per_sample = ops.mean(ops.reshape(per_view, (-1, self.num_views)), axis=1)
-        probe_loss = self._weighted_mean(per_sample, sample_weight)
+        probe_loss = self._weighted_mean(per_sample, sample_weight) + _nan_unless(ops.all(valid))
         self.probe_loss_tracker.update_state(probe_loss)
         self.probe_accuracy.update_state(view_labels, logits)
         return probe_loss
 
-    def _enqueue(self, keys: Any):
+    def _enqueue(self, keys: Any) -> Any:
         """Writes the keys of this batch (sample-major) over the oldest entries.
 
         Under data parallelism with global negatives the queue receives the
-        keys of the global batch, identically on every replica.
+        keys of the global batch, identically on every replica. The keys are
+        written after the loss of the step is computed: a step contrasts its
+        queries with the queue of the previous steps.
+
+        Returns:
+            A term for the loss: `0.0`, or NaN when a batch of unknown size
+            (at tracing) turns out to hold more keys than the queue.
         """
         flat = ops.reshape(ops.stop_gradient(keys), (-1, self.queue.shape[-1]))
         if self.loss.global_negatives:
@@ -520,10 +671,26 @@ class ContrastiveModel(keras.Model):
         if count is not None and count > self.queue_size:
             raise ValueError(
                 f"`queue_size` ({self.queue_size}) must be at least the number of "
-                f"keys of a batch (batch size x num_views = {count})."
+                f"keys of a batch (batch size x num_views = {count}). Received: "
+                f"queue_size={self.queue_size}"
             )
+        overflow = 0.0
         if count is None:
+            if not self._batch_size_checked:
+                self._warn_once(
+                    "unknown_batch_size",
+                    "The batch size is unknown when the training step is traced "
+                    "(e.g. a tf.data pipeline batched with drop_remainder=False, "
+                    "or a PyDataset or generator under TensorFlow), "
+                    f"so `queue_size` ({self.queue_size}) cannot be checked "
+                    "against the keys of a batch before training: a batch of "
+                    "more than queue_size // num_views = "
+                    f"{self.queue_size // self.num_views} samples makes the loss "
+                    "NaN. Batch with drop_remainder=True to have it checked "
+                    "before training.",
+                )
             count = ops.shape(flat)[0]
+            overflow = _nan_unless(count <= self.queue_size)
         pointer = self.queue_pointer.value
         positions = (pointer + ops.arange(count, dtype="int32")) % self.queue_size
         self.queue.assign(
@@ -531,6 +698,198 @@ class ContrastiveModel(keras.Model):
         )
         self.queue_pointer.assign((pointer + count) % self.queue_size)
         self.queue_count.assign(ops.minimum(self.queue_count.value + count, self.queue_size))
+        return overflow
+
+    # -------------------------------------------------------------------- fit
+
+    def _check_probe_labels(self, y: Any, argument: str = "y"):
+        """ValueError for concrete probe labels outside [0, num_classes)."""
+        if self.probe is None or _array_leaves(y) is None:
+            return
+        try:
+            labels = np.asarray(y).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            return  # e.g. a tensor on an accelerator: checked in the step
+        if labels.dtype.kind not in "biuf":
+            raise ValueError(
+                f"`{argument}` must hold integer class labels in [0, num_classes="
+                f"{self.num_classes}) for the online probe. Received: "
+                f"{argument} of dtype {labels.dtype}"
+            )
+        with np.errstate(invalid="ignore"):
+            bad = ~((labels >= 0) & (labels < self.num_classes) & (labels == np.floor(labels)))
+        if bad.any():
+            index = int(np.argmax(bad))
+            raise ValueError(
+                f"`{argument}` must hold integer class labels in [0, num_classes="
+                f"{self.num_classes}) for the online probe. Received: "
+                f"{argument}[{index}]={labels[index].item()!r}"
+                + (f" ({int(bad.sum())} invalid labels in all)" if bad.sum() > 1 else "")
+            )
+
+    def _warn_single_sample_batch(self):
+        self._warn_once(
+            "single_sample_batch",
+            "A batch of a single sample cannot be contrasted (the sample has no "
+            "negatives) and is skipped: no update of the weights, the metrics "
+            "or the optimizer. This happens when the number of samples is 1 "
+            "more than a multiple of batch_size: pick another batch_size, or "
+            "drop the remainder of the data.",
+        )
+
+    def _check_fit_data(self, x: Any, y: Any, batch_size: Any, validation_split: float,
+                        shuffle: Any, callbacks: Any, steps_per_epoch: Any):
+        self._check_probe_labels(y)
+        leaves = _array_leaves(x)
+        if leaves is None:
+            return
+        if shuffle and any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks or []):
+            self._warn_once(
+                "backup_and_shuffle",
+                "`BackupAndRestore` does not make a resumed fit identical with "
+                "shuffle=True on in-memory arrays: Keras draws the order of "
+                "the samples from a global random generator that is not "
+                "checkpointed. For an exact resume pass the raw images with "
+                "shuffle=False: the views drawn by the model's augmenter are "
+                "checkpointed (see the ContrastiveModel docstring).",
+            )
+        num_samples = leaves[0].shape[0]
+        if num_samples is None:
+            return
+        if validation_split:
+            num_samples = int(math.floor(num_samples * (1.0 - validation_split)))
+        batch_size = batch_size or 32  # Keras' default for arrays
+        keys = min(batch_size, num_samples) * self.num_views
+        if self.queue_size > 0 and keys > self.queue_size:
+            raise ValueError(
+                f"`queue_size` ({self.queue_size}) must be at least the number of "
+                f"keys of a batch (batch size x num_views = {keys}). Received: "
+                f"queue_size={self.queue_size}"
+            )
+        # the batches hold at most `batch_size` samples: checked above
+        self._batch_size_checked = True
+        if steps_per_epoch is None and num_samples % batch_size == 1:
+            self._warn_single_sample_batch()
+
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        verbose="auto",
+        callbacks=None,
+        validation_split=0.0,
+        validation_data=None,
+        shuffle=True,
+        class_weight=None,
+        sample_weight=None,
+        initial_epoch=0,
+        steps_per_epoch=None,
+        validation_steps=None,
+        validation_batch_size=None,
+        validation_freq=1,
+    ):
+        """`keras.Model.fit`, with checks of the data before training.
+
+        Concrete probe labels outside `[0, num_classes)` raise a ValueError
+        (in a `tf.data` pipeline they make the loss NaN); a batch of a single
+        sample is skipped with a warning; `BackupAndRestore` with
+        `shuffle=True` on arrays warns that the resumed run differs.
+        """
+        self._batch_size_checked = False
+        self._check_fit_data(x, y, batch_size, validation_split, shuffle, callbacks, steps_per_epoch)
+        if isinstance(validation_data, (list, tuple)) and len(validation_data) >= 2:
+            self._check_probe_labels(validation_data[1], "validation_data")
+        try:
+            return super().fit(
+                x=x,
+                y=y,
+                batch_size=batch_size,
+                epochs=epochs,
+                verbose=verbose,
+                callbacks=callbacks,
+                validation_split=validation_split,
+                validation_data=validation_data,
+                shuffle=shuffle,
+                class_weight=class_weight,
+                sample_weight=sample_weight,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch,
+                validation_steps=validation_steps,
+                validation_batch_size=validation_batch_size,
+                validation_freq=validation_freq,
+            )
+        finally:
+            self._batch_size_checked = False
+
+    def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        """`keras.Model.evaluate`, checking concrete probe labels first.
+
+        As in `fit`, a batch of a single sample is skipped with a warning.
+        """
+        self._check_probe_labels(y)
+        leaves = _array_leaves(x)
+        if leaves is not None and leaves[0].shape[0] is not None:
+            if kwargs.get("steps") is None and leaves[0].shape[0] % (batch_size or 32) == 1:
+                self._warn_single_sample_batch()
+        return super().evaluate(x, y, batch_size, *args, **kwargs)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        """`keras.Model.train_on_batch`, checking concrete probe labels first."""
+        self._check_probe_labels(y)
+        return super().train_on_batch(x, y, *args, **kwargs)
+
+    def test_on_batch(self, x, y=None, *args, **kwargs):
+        """`keras.Model.test_on_batch`, checking concrete probe labels first."""
+        self._check_probe_labels(y)
+        return super().test_on_batch(x, y, *args, **kwargs)
+
+    def _skipped_step(self, *args) -> Any:
+        """The result of a step that changes nothing: the current metrics.
+
+        Two arguments `(state, data)` are the stateless (JAX) signature,
+        which returns `(logs, state)` with the metric variables last.
+        """
+        if len(args) == 2:
+            state = args[0]
+            mapping = list(zip(self.metrics_variables, state[-1]))
+            with keras.StatelessScope(state_mapping=mapping):
+                logs = self.get_metrics_result()
+            return logs, state
+        return self.get_metrics_result()
+
+    def _step_or_skip(self, step, *args) -> Any:
+        """Runs `step`, or skips a batch of a single sample (see `fit`).
+
+        With a static batch size (JAX, PyTorch) the choice is made when the
+        step is traced; with a dynamic one (TensorFlow) by `ops.cond`. Under
+        data parallelism a replica's batch may hold one sample (the negatives
+        come from the global batch): every step runs.
+        """
+        if distributed.num_replicas() > 1:
+            return step(*args)
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(args[-1])
+        first = keras.tree.flatten(x)[0]
+        size = first.shape[0]
+        if size is not None:
+            if size >= 2:
+                return step(*args)
+            self._warn_single_sample_batch()
+            return self._skipped_step(*args)
+        return ops.cond(
+            ops.shape(first)[0] >= 2,
+            lambda: step(*args),
+            lambda: self._skipped_step(*args),
+        )
+
+    def train_step(self, *args):
+        """The backend's training step; a batch of one sample is skipped."""
+        return self._step_or_skip(super().train_step, *args)
+
+    def test_step(self, *args):
+        """The backend's evaluation step; a batch of one sample is skipped."""
+        return self._step_or_skip(super().test_step, *args)
 
     # ----------------------------------------------------------------- saving
 

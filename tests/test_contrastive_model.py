@@ -19,10 +19,17 @@ def digits():
     return images[:256].astype("float32") / 255.0, labels[:256]
 
 
-def make_model(mode="simclr", num_classes=10, seed=0, momentum=0.9, queue_size=128, augmenter=True):
+def make_model(
+    mode="simclr", num_classes=10, seed=0, momentum=0.9, queue_size=128, augmenter=True, tiny=False
+):
+    """A small model; `tiny`: a one-layer dense encoder (fast to compile)."""
     keras.utils.set_random_seed(seed)
+    if tiny:
+        encoder = keras.Sequential([keras.Input(IMAGE), keras.layers.Flatten(), keras.layers.Dense(16)])
+    else:
+        encoder = keras_fmicl.small_cnn(IMAGE, width=8)
     kwargs = dict(
-        encoder=keras_fmicl.small_cnn(IMAGE, width=8),
+        encoder=encoder,
         projector=keras_fmicl.ProjectionHead(32, 16),
         augmenter=keras_fmicl.SimCLRAugmentation(
             8, crop_scale=(0.4, 1.0), flip=False, value_range=(0, 1), seed=seed
@@ -421,3 +428,253 @@ def test_compile_rejects_metrics_and_predict_rejects_views(digits):
         model.predict(views_of(images[:4]), verbose=0)
     with pytest.raises(ValueError, match="received views"):
         model.predict({"views": views_of(images[:4])}, verbose=0)
+
+
+# ------------------------------------------------------------ hardening (#13)
+
+
+class _OnlineWeightsPerEpoch(keras.callbacks.Callback):
+    """Records the online weights at the start of every epoch (one step each)."""
+
+    def __init__(self):
+        super().__init__()
+        self.online = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        layers = self.model._online_layers()
+        self.online.append([to_numpy(v.value).copy() for layer in layers for v in layer.trainable_variables])
+
+
+@pytest.mark.parametrize(
+    "policy, mode",
+    [("float32", "moco"), ("mixed_float16", "mocov3"), ("mixed_bfloat16", "moco")],
+)
+def test_fit_builds_and_trains_the_key_network_under_every_policy(policy, mode, digits):
+    # Regression: with the model built by `fit` (inside a stateless scope) the
+    # key copies started at zero; under mixed precision on PyTorch the EMA
+    # assignments were lost (assigned to an autocast copy): nothing trained.
+    images, _ = digits
+    keras.config.set_dtype_policy(policy)
+    m = 0.5
+    model = compile_model(make_model(mode, num_classes=None, momentum=m, queue_size=64, augmenter=False, tiny=True))
+    # the online layers exist before `fit` (which builds the model itself)
+    model.projector.build(model.encoder.output_shape)
+    assert not model.built
+    recorder = _OnlineWeightsPerEpoch()
+    history = model.fit(views_of(images[:16]), batch_size=16, epochs=3, verbose=0, callbacks=[recorder])
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses))
+    assert len(set(losses)) > 1, losses
+    expected = [w.astype("float64") for w in recorder.online[0]]  # the copy made at build
+    for online in recorder.online:  # theta_k <- m theta_k + (1 - m) theta_q, every step
+        expected = [m * k + (1 - m) * q for k, q in zip(expected, online)]
+    keys, _ = _key_and_online(model)
+    for key, value in zip(keys, expected):
+        assert key.dtype == np.float32
+        np.testing.assert_allclose(key, value, rtol=1e-5, atol=1e-6)
+    assert all(np.abs(key).max() > 0 for key in keys[:1])
+
+
+def test_a_nan_pixel_makes_the_loss_nan_and_terminate_on_nan_stops(digits):
+    # Regression: under jit the NaN was lost in the encoder (max pooling):
+    # the loss stayed finite while the weights turned NaN.
+    images, _ = digits
+    views = views_of(images[:32])
+    views[3, 1, 4, 4, 0] = np.nan
+    model = compile_model(make_model("moco", num_classes=None, augmenter=False))
+    history = model.fit(
+        views, batch_size=16, epochs=3, verbose=0, shuffle=False,
+        callbacks=[keras.callbacks.TerminateOnNaN()],
+    )
+    assert len(history.history["loss"]) == 1
+    assert np.isnan(history.history["loss"][0])
+    assert int(to_numpy(model.optimizer.iterations.value)) == 1
+
+
+def test_a_momentum_schedule_out_of_range_is_rejected_or_makes_the_loss_nan(digits):
+    images, _ = digits
+    with pytest.raises(ValueError, match="value at step 0 is 1.5"):
+        make_model("moco", momentum=lambda step: ops.cast(step, "float32") + 1.5)
+    # valid at step 0, out of range from step 1: NaN at the second step
+    model = compile_model(
+        make_model(
+            "mocov3", num_classes=None, augmenter=False, tiny=True,
+            momentum=lambda step: ops.where(step > 0, 1.5, 0.9),
+        )
+    )
+    history = model.fit(
+        views_of(images[:48]), batch_size=16, epochs=1, verbose=0, shuffle=False,
+        callbacks=[keras.callbacks.TerminateOnNaN()],
+    )
+    assert np.isnan(history.history["loss"][0])
+    assert int(to_numpy(model.optimizer.iterations.value)) == 2
+
+
+@pytest.mark.parametrize("label", [10, -1, np.nan, 2.5])
+def test_invalid_probe_labels_raise_before_training(label, digits):
+    images, labels = digits
+    bad = labels[:32].astype("float32")
+    bad[5] = label
+    model = compile_model(make_model("simclr"))
+    match = rf"`y` must hold integer class labels.*y\[5\]={label!r}"
+    with pytest.raises(ValueError, match=match):
+        model.fit(images[:32], bad, batch_size=16, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=match):
+        model.train_on_batch(images[:32], bad)
+    with pytest.raises(ValueError, match=match):
+        model.evaluate(images[:32], bad, verbose=0)
+    with pytest.raises(ValueError, match=r"`validation_data` must hold integer"):
+        model.fit(images[:32], labels[:32], validation_data=(images[:32], bad), verbose=0)
+    if not np.isnan(label) and label == int(label):
+        with pytest.raises(ValueError, match=rf"y\[5\]={int(label)}"):
+            model.fit(images[:32], bad.astype("int64"), batch_size=16, verbose=0)
+    assert not model.built
+
+
+def test_invalid_probe_labels_in_a_dataset_make_the_loss_nan(digits):
+    # Labels seen only inside the traced step: NaN loss (out-of-range labels
+    # used to crash the cross-entropy on TensorFlow and PyTorch, and to train
+    # silently on JAX).
+    tf = pytest.importorskip("tensorflow")
+    images, labels = digits
+    views = views_of(images[:32])
+
+    def dataset(label):
+        bad = labels[:32].astype("float32")
+        bad[5] = label
+        return tf.data.Dataset.from_tensor_slices((views, bad)).batch(16, drop_remainder=True)
+
+    model = compile_model(make_model("simclr", augmenter=False, tiny=True))
+    history = model.fit(dataset(10), epochs=2, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
+    assert len(history.history["loss"]) == 1
+    assert np.isnan(history.history["loss"][0])
+    assert int(to_numpy(model.optimizer.iterations.value)) == 1
+    for label in [-1, 2.5, np.nan]:
+        assert np.isnan(model.evaluate(dataset(label), verbose=0, return_dict=True)["loss"]), label
+    assert np.isfinite(model.evaluate(dataset(3), verbose=0, return_dict=True)["probe_loss"])
+
+
+def test_queue_smaller_than_the_batch_of_in_memory_data_raises_before_training(digits):
+    images, _ = digits
+    model = compile_model(make_model("moco", num_classes=None, queue_size=16))
+    with pytest.raises(ValueError, match=r"`queue_size` \(16\).*= 32"):
+        model.fit(images[:32], batch_size=16, epochs=1, verbose=0)
+    assert not model.built
+
+
+def test_queue_smaller_than_a_batch_of_unknown_size_stops_at_the_first_step(digits):
+    tf = pytest.importorskip("tensorflow")
+    images, _ = digits
+    # 33 samples batched by 16 without drop_remainder: unknown batch size
+    dataset = tf.data.Dataset.from_tensor_slices(views_of(images[:33])).batch(16)
+    assert dataset.element_spec.shape[0] is None
+    model = compile_model(make_model("moco", num_classes=None, queue_size=16, augmenter=False, tiny=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            history = model.fit(dataset, epochs=1, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
+        except ValueError as error:  # static shapes in the step (JAX, PyTorch)
+            assert "`queue_size` (16)" in str(error)
+            return
+    # dynamic batch size in the traced step (TensorFlow): a warning when the
+    # step is traced, a NaN loss at the first step
+    assert any("cannot be checked" in str(w.message) for w in caught)
+    assert np.isnan(history.history["loss"][0])
+    assert int(to_numpy(model.optimizer.iterations.value)) == 1
+
+
+def test_backup_and_restore_with_shuffled_arrays_warns_once(digits, tmp_path):
+    images, _ = digits
+    views = views_of(images[:32])
+
+    def warnings_of(model, **kwargs):
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # epochs=0: the data checks run, no training step is compiled
+            model.fit(views, batch_size=16, epochs=0, verbose=0, callbacks=[backup], **kwargs)
+        return [str(w.message) for w in caught if "BackupAndRestore" in str(w.message)]
+
+    def built_model():
+        model = compile_model(make_model("simclr", num_classes=None, augmenter=False, tiny=True))
+        model.build(views.shape)  # BackupAndRestore needs a built model
+        return model
+
+    model = built_model()
+    first = warnings_of(model)  # shuffle=True, Keras' default
+    assert len(first) == 1 and "shuffle=False" in first[0]
+    assert not warnings_of(model)  # once per model
+    assert not warnings_of(built_model(), shuffle=False)
+
+
+def test_a_final_batch_of_one_sample_is_skipped_with_one_warning(digits):
+    images, labels = digits
+    views, k = views_of(images[:17]), 8
+
+    def fit(num_samples):
+        model = compile_model(make_model("moco", seed=5, augmenter=False, tiny=True))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(views[:num_samples], labels[:num_samples], batch_size=k, epochs=2, verbose=0, shuffle=False)
+        return model, [w for w in caught if "single sample" in str(w.message)]
+
+    skipped, warned = fit(2 * k + 1)
+    assert len(warned) == 1
+    reference, warned = fit(2 * k)
+    assert not warned
+    assert int(to_numpy(skipped.optimizer.iterations.value)) == 4
+    for a, b in zip(skipped.variables, reference.variables):
+        np.testing.assert_array_equal(to_numpy(a.value), to_numpy(b.value), err_msg=a.path)
+    for a, b in zip(skipped.metrics_variables, reference.metrics_variables):
+        np.testing.assert_array_equal(to_numpy(a.value), to_numpy(b.value), err_msg=a.path)
+    evaluated = skipped.evaluate(views, labels[:17], batch_size=k, verbose=0, return_dict=True)
+    assert np.isfinite(evaluated["loss"])
+
+
+def test_the_model_draws_different_views_per_sample_and_per_view(digits):
+    images, _ = digits
+    keras.utils.set_random_seed(0)
+    model = keras_fmicl.ContrastiveModel(
+        encoder=keras.Sequential([keras.Input(IMAGE), keras.layers.Flatten()]),  # features = views
+        augmenter=keras.layers.GaussianNoise(0.1, seed=0),
+        num_views=3,
+    )
+    same = np.repeat(images[7:8], 4, axis=0)  # one image, four times
+    views = to_numpy(model(same, training=True)["features"]).reshape(12, -1)
+    distances = np.abs(views[:, None] - views[None]).max(axis=-1)
+    off_diagonal = distances[~np.eye(12, dtype=bool)]
+    assert off_diagonal.min() > 1e-3, "two drawn views are identical"
+
+
+def test_a_moco_step_contrasts_with_the_queue_of_the_previous_steps(digits):
+    from tests import reference
+
+    images, _ = digits
+    model = compile_model(
+        make_model("moco", num_classes=None, momentum=0.5, queue_size=64, augmenter=False, tiny=True),
+        loss=keras_fmicl.FMICLLoss("kl", sigma=0.5, alpha=1.0),
+    )
+    views = views_of(images[:16])
+    first, second = views[:8], views[8:]
+    model.build(first.shape)
+    model.train_on_batch(first)
+    queue = to_numpy(model.queue.value).copy()
+    mask = np.arange(64) < int(to_numpy(model.queue_count.value))
+    assert mask.sum() == 16
+    # the queries and keys of step 2, without changing the model's state
+    outputs, _ = model.stateless_call(
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        second,
+        training=True,
+    )
+    queries, keys = to_numpy(outputs["queries"]), to_numpy(outputs["keys"])
+    loss = model.train_on_batch(second, return_dict=True)["loss"]
+    options = dict(in_batch_negatives=False, divergence="kl", similarity="gaussian", parameter=0.5, alpha=1.0)
+    expected = reference.fmicl_loss(queries, keys=keys, queue=queue, queue_mask=mask, **options).mean()
+    assert loss == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    # a queue that already held the step's own keys gives another loss
+    own = reference.fmicl_loss(
+        queries, keys=keys, queue=to_numpy(model.queue.value), queue_mask=np.arange(64) < 32, **options
+    ).mean()
+    assert abs(own - expected) > 1e-3
