@@ -39,10 +39,14 @@ Reference:
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import keras
+
+from keras_fmicl.validation import check_integer
+from keras_fmicl.validation import check_positive_integer
+from keras_fmicl.validation import is_integer
+from keras_fmicl.validation import is_real
 
 _PACKAGE = "keras_fmicl"
 
@@ -74,14 +78,6 @@ _DataLayer = _data_layer_base()
 # Argument validation.
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_pair(name: str, value: Any, condition: str, valid) -> tuple:
     message = (
         f"`{name}` must be a pair (min, max) with {condition}. "
@@ -89,7 +85,7 @@ def _check_pair(name: str, value: Any, condition: str, valid) -> tuple:
     )
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(message)
-    if not all(_is_real(v) and math.isfinite(v) for v in value):
+    if not all(is_real(v) and math.isfinite(v) for v in value):
         raise ValueError(message)
     low, high = float(value[0]), float(value[1])
     if not (low <= high and valid(low, high)):
@@ -107,30 +103,22 @@ def _check_ratio(name: str, value: Any) -> tuple:
     return _check_pair(name, value, "0 < min <= max", lambda lo, hi: 0 < lo)
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if not _is_int(value) or value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
 def _check_image_size(value: Any) -> tuple:
     message = (
         "`image_size` must be a positive integer or a pair (height, width) "
         f"of positive integers. Received: image_size={value!r}"
     )
-    if _is_int(value):
+    if is_integer(value):
         value = (value, value)
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(message)
-    if not all(_is_int(v) and v > 0 for v in value):
+    if not all(is_integer(v) and v > 0 for v in value):
         raise ValueError(message)
     return int(value[0]), int(value[1])
 
 
 def _check_probability(name: str, value: Any) -> float:
-    if not _is_real(value) or not 0 <= value <= 1:
+    if not is_real(value) or not 0 <= value <= 1:
         raise ValueError(
             f"`{name}` must be a probability in [0, 1]. "
             f"Received: {name}={value!r}"
@@ -145,9 +133,7 @@ def _check_bool(name: str, value: Any) -> bool:
 
 
 def _check_seed(value: Any) -> int | None:
-    if value is not None and not _is_int(value):
-        raise ValueError(f"`seed` must be an integer or None. Received: seed={value!r}")
-    return None if value is None else int(value)
+    return check_integer("seed", value, allow_none=True)
 
 
 def _sub_seed(seed: int | None, offset: int) -> int | None:
@@ -284,8 +270,8 @@ class RandomResizedCrop(_DataLayer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.height = _check_positive_int("height", height)
-        self.width = _check_positive_int("width", width)
+        self.height = check_positive_integer("height", height)
+        self.width = check_positive_integer("width", width)
         self.scale = _check_scale("scale", scale)
         self.ratio = _check_ratio("ratio", ratio)
         if interpolation not in _INTERPOLATIONS:
@@ -531,7 +517,7 @@ class SimCLRAugmentation(_DataLayer):
         self.crop_ratio = _check_ratio("crop_ratio", crop_ratio)
         self.flip = _check_bool("flip", flip)
         if (
-            not _is_real(color_jitter_strength)
+            not is_real(color_jitter_strength)
             or not 0 <= color_jitter_strength <= _MAX_COLOR_JITTER_STRENGTH
         ):
             raise ValueError(
@@ -549,7 +535,7 @@ class SimCLRAugmentation(_DataLayer):
         self.blur_probability = _check_probability("blur_probability", blur_probability)
         self.blur_sigma = _check_ratio("blur_sigma", blur_sigma)
         if blur_kernel_size is not None and (
-            not _is_int(blur_kernel_size)
+            not is_integer(blur_kernel_size)
             or blur_kernel_size <= 0
             or blur_kernel_size % 2 == 0
         ):

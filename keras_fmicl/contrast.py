@@ -1,7 +1,8 @@
 """Which embeddings contrast with which: the positives and negatives of a batch.
 
 A batch holds N samples seen in V >= 2 views, an `(N, V, d)` tensor. The
-M = N V embeddings are anchors (contract section 4). For anchor `a = (i, v)`:
+M = N V embeddings are anchors (`docs/fmicl-math.md`, section 4). For
+anchor `a = (i, v)`:
 
 * positives: the other views `(i, w)`, `w != v`; with labels also every view
   of every sample `j != i` with `y_j == y_i`;
@@ -14,30 +15,37 @@ in-batch negatives are the keys `(j, w)` of the other samples for `w != v`
 (MoCo v3: for two views, query 1 against the keys of view 2); a queue of `K`
 earlier keys adds `K` negatives (MoCo v2).
 
-`ContrastiveBatch` holds the cosine similarities of these pairs, computed
-from matmuls of normalised embeddings (never an `(M, M, d)` tensor), with
-boolean masks applied by `where`, so that each loss evaluates its own scores
-on them. The positives of a sample come from an `(N, V, V)` block (`view_dots`), so
-that the self-supervised case never evaluates positive scores on the full
-`(M, M)` matrix. Without labels or keys, the negatives of an anchor are its
-whole row but its own sample's `V` entries: `negative_sum` then subtracts
-those from the row sum (evaluated on the `(N, V, V)` block) instead of
-masking the row, when the scores' range makes that accurate
-(`subtraction_is_accurate`): no `(M, M)` mask is built at all. When the
-queries contrast with themselves, the `(M, M)` matrix is `w w^T` for one
-operand `w`, and `symmetric_row_sum` differentiates the negatives' row
-sums with one `(M, M) x (M, d)` matmul instead of the two of autodiff.
+`build` returns a `ContrastiveBatch`, the pair set: the cosines of these
+pairs, computed from matmuls of normalised embeddings (never an
+`(M, M, d)` tensor), and the boolean masks that select them, applied by
+`where`. It is built in four steps: `validate` (shapes, dtypes, labels),
+`_gather` (the candidates, global under data parallelism, and the
+`(M, M)` matrix), `_masks` (positives and negatives of the matrix, their
+counts) and `_queue` (the `(M, K)` matrix of a queue).
+
+One scaling convention: every cosine tensor of a `ContrastiveBatch` holds
+`scale * cos + offset` for the `(scale, offset)` the loss asked `build` for
+(its fast paths fold a factor and a constant into the matmul,
+`keras_fmicl.fast_paths`); `to_cosine` undoes it. The positives of a
+sample come from an `(N, V, V)` block (`own_sample`), so that the
+self-supervised case never evaluates positive scores on the full `(M, M)`
+matrix.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Any
+from typing import Callable
+from typing import NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_fmicl import backend_ops
 from keras_fmicl import distributed
 from keras_fmicl.similarities import l2_normalize
 from keras_fmicl.similarities import row_dot
@@ -57,113 +65,101 @@ def _static_shape(x: Any) -> tuple:
     return tuple(None if d is None else int(d) for d in x.shape)
 
 
+@dataclasses.dataclass(eq=False)
 class ContrastiveBatch:
-    """Cosines and masks of the positive and negative pairs of a batch.
+    """The pair set of a batch: cosines and masks of its positive and negative pairs.
+
+    Every cosine tensor (`own_sample`, `batch_matrix`, `queue_matrix`) holds
+    `scale * cos + offset`.
 
     Attributes:
+        scale, offset: Python floats, the map of every cosine tensor.
         num_samples: N (a Python int when static, else a scalar tensor).
         num_views: V (always static).
-        cosine_scale: the factor the `positive_cosine` block carries: the
-            similarity's `cosine_scale` (1/temperature, 1/sigma^2), folded
-            into the queries before the matmuls.
-        batch_cosine_scale, batch_cosine_offset: `batch_cosine` and
-            `queue_cosine` hold `batch_cosine_scale * cos +
-            batch_cosine_offset` (the loss may fold the exponent of its
-            negative scores or the similarity's offset into the matmul).
-        positive_cosine: `(N, V, V)`: (scaled) cosine of query `(i, v)` and
-            key `(i, w)`.
-        positive_mask: `(V, V)` bool, `w != v`.
-        batch_cosine: `(M, M)`: cosine of every query and every key, or
-            `None` when the batch holds no negatives nor label positives.
-        symmetric_operand: `(M, d)` `w = sqrt(batch_cosine_scale) z^` when
-            the queries contrast with themselves on one replica (then
-            `batch_cosine = w w^T + batch_cosine_offset`, built on first
-            use), else `None`.
-        batch_positive_mask: `(M, M)` bool: other samples with the same
-            label (supervised only), else `None`.
-        batch_negative_mask: `(M, M)` bool, or `None` without in-batch
-            negatives; built on first use.
-        in_batch_negatives: whether `batch_cosine` holds negatives.
-        other_sample_negatives: whether the in-batch negatives of an anchor
-            are exactly every candidate of every other sample (no labels,
-            no momentum keys): its negative sum is then the row sum minus
-            its own sample's `V` entries (`negative_sum`).
-        num_other_samples: `N_global - 1` as a Python int when static,
-            else `None`.
-        queue_cosine: `(M, K)`: cosine of every query and every queue entry,
-            or `None`.
-        queue_mask: `(K,)` bool of the valid queue entries, or `None` (all).
+        dtype: the compute dtype.
+        own_sample: `(N, V, V)`: query `(i, v)` against key `(i, w)`, for
+            every `w` (the anchor's own view included).
+        positive_mask: `(V, V)` bool, `w != v`: the positives of `own_sample`.
         positive_count: positives per anchor, `(N, V)` or a scalar.
         negative_count: negatives per anchor, `(N, V)` or a scalar.
         nan_guard: scalar, 0 or NaN: NaN when an input holds a NaN or an
-            infinity or traced labels are invalid (`build`); the losses add
-            it to their per-sample values.
+            infinity or traced labels are invalid; the losses add it to
+            their per-sample values.
+        in_batch_negatives: whether `batch_matrix` holds negatives.
+        other_sample_negatives: whether the in-batch negatives of an anchor
+            are exactly every candidate of every other sample (no labels,
+            no momentum keys): its negative sum may then be the row sum
+            minus `own_sample` (`keras_fmicl.fast_paths.negative_sum`).
+        num_other_samples: `N_global - 1` as a Python int when static,
+            else `None`.
+        symmetric_operand: `(M, d)` `w = sqrt(scale) z^` when the queries
+            contrast with themselves on one replica (then `batch_matrix =
+            w w^T + offset`), else `None`.
+        batch_positive_mask: `(M, M)` bool: other samples with the same
+            label (supervised only), else `None`.
+        queue_matrix: `(M, K)`: every query against every queue entry, or
+            `None`.
+        queue_mask: `(K,)` bool of the valid queue entries, or `None` (all).
+        batch_matrix_fn, batch_negative_mask_fn: zero-argument builders of
+            `batch_matrix` and `batch_negative_mask` (`None`: no such
+            tensor), called on first use: a loss that subtracts the
+            same-sample pairs never builds the `(M, M)` mask.
     """
 
-    def __init__(
-        self,
-        batch_negative_mask: Any = None,
-        batch_cosine: Any = None,
-        symmetric_operand: Any = None,
-        **fields,
-    ):
-        self.__dict__.update(fields)
-        # A tensor, or a zero-argument callable building it on first use:
-        # the f-MICL loss does not need the (M, M) mask at all when it
-        # subtracts the same-sample pairs instead (one pass fewer, eager).
-        self._batch_negative_mask = batch_negative_mask
-        self.symmetric_operand = symmetric_operand
-        self._batch_cosine = batch_cosine
+    scale: float
+    offset: float
+    num_samples: Any
+    num_views: int
+    dtype: str
+    own_sample: Any
+    positive_mask: Any
+    positive_count: Any
+    negative_count: Any
+    nan_guard: Any
+    in_batch_negatives: bool = False
+    other_sample_negatives: bool = False
+    num_other_samples: int | None = None
+    symmetric_operand: Any = None
+    batch_positive_mask: Any = None
+    queue_matrix: Any = None
+    queue_mask: Any = None
+    batch_matrix_fn: Callable[[], Any] | None = None
+    batch_negative_mask_fn: Callable[[], Any] | None = None
 
-    @property
+    @functools.cached_property
+    def batch_matrix(self) -> Any:
+        """`(M, M_global)`: every query against every in-batch key, or `None`."""
+        return None if self.batch_matrix_fn is None else self.batch_matrix_fn()
+
+    @functools.cached_property
     def batch_negative_mask(self) -> Any:
-        if callable(self._batch_negative_mask):
-            self._batch_negative_mask = self._batch_negative_mask()
-        return self._batch_negative_mask
-
-    @property
-    def batch_cosine(self) -> Any:
-        if self._batch_cosine is None and self.symmetric_operand is not None:
-            # w w^T + offset, the offset inside the matmul (an extra column,
-            # no (M, M) addition): still symmetric.
-            w = self.symmetric_operand
-            self._batch_cosine = row_dot(*_with_offset_column(w, w, self.batch_cosine_offset))
-        return self._batch_cosine
+        """`(M, M_global)` bool of the in-batch negatives, or `None`."""
+        return None if self.batch_negative_mask_fn is None else self.batch_negative_mask_fn()
 
     def reshape_rows(self, x: Any) -> Any:
         """`(M,)` per-anchor values to `(N, V)`."""
         return ops.reshape(x, (-1, self.num_views))
 
-    def batch_cosine_at(self, scale: float) -> Any:
-        """`batch_cosine` as `scale * cos` (without its own scale and offset)."""
-        return _affine(
-            self.batch_cosine, (self.batch_cosine_scale, self.batch_cosine_offset), (scale, 0.0)
-        )
-
-    def same_sample_cosine(self) -> Any:
-        """`(N, V, V)`: the entries of `batch_cosine` of each anchor's own sample.
-
-        Query `(i, v)` against key `(i, w)` for every `w` (itself included),
-        with `batch_cosine`'s scale and offset, from the `(N, V, V)` block
-        (no gather).
-        """
-        return _affine(
-            self.positive_cosine,
-            (self.cosine_scale, 0.0),
-            (self.batch_cosine_scale, self.batch_cosine_offset),
-        )
+    def to_cosine(self, x: Any) -> Any:
+        """The cosines of a tensor of the batch (undoes `scale` and `offset`)."""
+        if self.offset != 0.0:
+            x = x - self.offset
+        return x * (1.0 / self.scale) if self.scale != 1.0 else x
 
 
-def _affine(x: Any, source: tuple, target: tuple) -> Any:
-    """`x = a cos + b` with `(a, b) = source`, mapped to `a' cos + b'` of `target`."""
-    (scale, offset), (new_scale, new_offset) = source, target
-    if offset != 0.0:
-        x = x - offset
-    if scale != new_scale:
-        x = x * (new_scale / scale)
-    if new_offset != 0.0:
-        x = x + new_offset
-    return x
+class _Inputs(NamedTuple):
+    """The validated inputs of `build`, in the compute dtype."""
+
+    queries: Any
+    keys: Any  # None: the queries contrast with themselves
+    queue: Any
+    queue_mask: Any
+    labels: Any
+    labels_valid: Any
+    dtype: str
+    n_static: int | None
+    num_views: int
+    dim: int | None
 
 
 def check_embeddings(x: Any, argument: str) -> Any:
@@ -302,6 +298,90 @@ def _all_finite(x: Any) -> Any:
     return ops.all(ops.isfinite(x))
 
 
+
+def validate(
+    queries: Any,
+    keys: Any | None = None,
+    queue: Any | None = None,
+    queue_mask: Any | None = None,
+    labels: Any | None = None,
+    in_batch_negatives: bool = True,
+    query_argument: str = "y_pred",
+    label_argument: str = "y_true",
+) -> _Inputs:
+    """Step 1 of `build`: checks shapes and labels, casts to the compute dtype.
+
+    Raises:
+        ValueError: bad shapes, concrete bad labels, a `queue_mask` without
+            a queue, a batch of one without a queue, or no negatives at all.
+    """
+    queries = check_embeddings(queries, query_argument)
+    dtype = compute_dtype(queries)
+    queries = ops.cast(queries, dtype)
+    n_static, num_views, dim = _static_shape(queries)
+    if keys is not None:
+        keys = ops.cast(check_embeddings(keys, "keys"), dtype)
+        k_shape = _static_shape(keys)
+        if any(a is not None and b is not None and a != b for a, b in zip(k_shape, (n_static, num_views, dim))):
+            raise ValueError(
+                "`keys` must have the shape of the queries (N, V, d) = "
+                f"{(n_static, num_views, dim)}. Received: keys.shape={k_shape}"
+            )
+    if queue is not None:
+        queue = ops.cast(ops.convert_to_tensor(queue), dtype)
+        q_shape = _static_shape(queue)
+        if len(q_shape) != 2 or (q_shape[1] is not None and dim is not None and q_shape[1] != dim):
+            raise ValueError(
+                f"`queue` must have shape (K, d) with d = {dim}. Received: "
+                f"queue.shape={q_shape}"
+            )
+    if queue_mask is not None:
+        if queue is None:
+            raise ValueError(
+                "`queue_mask` marks the valid entries of a `queue`, but no "
+                "queue was given. Received: queue=None, "
+                f"queue_mask.shape={_static_shape(ops.convert_to_tensor(queue_mask))}"
+            )
+        queue_mask = ops.convert_to_tensor(queue_mask)
+        m_shape = _static_shape(queue_mask)
+        if len(m_shape) != 1 or (
+            m_shape[0] is not None and q_shape[0] is not None and m_shape[0] != q_shape[0]
+        ):
+            raise ValueError(
+                f"`queue_mask` must have shape (K,) = ({q_shape[0]},), one flag "
+                "per entry of `queue`. Received: "
+                f"queue_mask.shape={m_shape} for queue.shape={q_shape}"
+            )
+        queue_mask = ops.cast(queue_mask, "bool")
+    if n_static == 1 and queue is None:
+        raise ValueError(
+            f"`{query_argument}` must hold at least 2 samples (axis 0): with a "
+            "batch of one there are no negatives. Received: "
+            f"{query_argument}.shape={(n_static, num_views, dim)}"
+        )
+    labels, labels_valid = check_labels(labels, n_static, label_argument)
+    if not in_batch_negatives and queue is None:
+        raise ValueError(
+            "With `in_batch_negatives=False` a `queue` of negatives is "
+            "required. Received: queue=None"
+        )
+    return _Inputs(
+        queries, keys, queue, queue_mask, labels, labels_valid, dtype, n_static, num_views, dim
+    )
+
+
+def _nan_guard(inputs: _Inputs) -> Any:
+    """0, or NaN when an input holds a NaN or an infinity or traced labels
+    are invalid: one pass over the `(M, d)` inputs."""
+    valid = _all_finite(inputs.queries)
+    for x in (inputs.keys, inputs.queue):
+        if x is not None:
+            valid = ops.logical_and(valid, _all_finite(x))
+    if inputs.labels_valid is not None:
+        valid = ops.logical_and(valid, inputs.labels_valid)
+    return ops.cast(ops.where(valid, 0.0, float("nan")), inputs.dtype)
+
+
 def build(
     queries: Any,
     keys: Any | None = None,
@@ -312,9 +392,8 @@ def build(
     global_negatives: bool = True,
     query_argument: str = "y_pred",
     label_argument: str = "y_true",
-    cosine_scale: float = 1.0,
-    batch_cosine_scale: float | None = None,
-    batch_cosine_offset: float = 0.0,
+    scale: float = 1.0,
+    offset: float = 0.0,
 ) -> ContrastiveBatch:
     """Builds the `ContrastiveBatch` of queries against keys (and a queue).
 
@@ -332,14 +411,11 @@ def build(
             the global batch (all replicas), not only the replica's shard.
         query_argument, label_argument: the argument names of the queries
             and labels used in error messages.
-        cosine_scale: factor applied to the normalised queries, so that every
-            cosine of the batch comes out multiplied by it (one `(M, d)`
-            product instead of an `(M, M)` one).
-        batch_cosine_scale: the factor of the `(M, M)` and `(M, K)`
-            matrices, if other than `cosine_scale`.
-        batch_cosine_offset: a constant added to those matrices inside the
-            matmul (a column of `batch_cosine_offset` appended to the
-            queries, of ones to the keys): no `(M, M)` addition.
+        scale, offset: every cosine tensor of the result holds
+            `scale * cos + offset`: the normalised queries are multiplied
+            by `scale` (one `(M, d)` product instead of an `(M, M)` one) and
+            the offset enters the matmuls as a column of `offset` appended
+            to the queries, of ones to the keys (no `(M, M)` addition).
 
     Bad shapes and concrete bad labels raise a `ValueError`. Values that
     make the loss meaningless and that only the computation sees, a NaN or
@@ -348,215 +424,187 @@ def build(
     `nan_guard` to NaN: the losses add it to every per-sample value, so
     that the loss is NaN (and `keras.callbacks.TerminateOnNaN` fires),
     never a silently finite number.
+
+    Example:
+
+    ```python
+    batch = contrast.build(y_pred, scale=2.0)   # tensors hold 2 cos
+    ```
     """
-    queries = check_embeddings(queries, query_argument)
-    dtype = compute_dtype(queries)
-    queries = ops.cast(queries, dtype)
-    n_static, num_views, dim = _static_shape(queries)
-    self_contrast = keys is None
-    if not self_contrast:
-        keys = ops.cast(check_embeddings(keys, "keys"), dtype)
-        k_shape = _static_shape(keys)
-        if any(a is not None and b is not None and a != b for a, b in zip(k_shape, (n_static, num_views, dim))):
-            raise ValueError(
-                "`keys` must have the shape of the queries (N, V, d) = "
-                f"{(n_static, num_views, dim)}. Received: keys.shape={k_shape}"
-            )
-    if queue is not None:
-        queue = ops.cast(ops.convert_to_tensor(queue), dtype)
-        q_shape = _static_shape(queue)
-        if len(q_shape) != 2 or (q_shape[1] is not None and dim is not None and q_shape[1] != dim):
-            raise ValueError(
-                f"`queue` must have shape (K, d) with d = {dim}. Received: "
-                f"queue.shape={q_shape}"
-            )
-    has_queue = queue is not None
-    if queue_mask is not None:
-        if not has_queue:
-            raise ValueError(
-                "`queue_mask` marks the valid entries of a `queue`, but no "
-                "queue was given. Received: queue=None, "
-                f"queue_mask.shape={_static_shape(ops.convert_to_tensor(queue_mask))}"
-            )
-        queue_mask = ops.convert_to_tensor(queue_mask)
-        m_shape = _static_shape(queue_mask)
-        if len(m_shape) != 1 or (
-            m_shape[0] is not None and q_shape[0] is not None and m_shape[0] != q_shape[0]
-        ):
-            raise ValueError(
-                f"`queue_mask` must have shape (K,) = ({q_shape[0]},), one flag "
-                "per entry of `queue`. Received: "
-                f"queue_mask.shape={m_shape} for queue.shape={q_shape}"
-            )
-    if n_static == 1 and not has_queue:
-        raise ValueError(
-            f"`{query_argument}` must hold at least 2 samples (axis 0): with a "
-            "batch of one there are no negatives. Received: "
-            f"{query_argument}.shape={(n_static, num_views, dim)}"
-        )
-    labels, labels_valid = check_labels(labels, n_static, label_argument)
-    # NaN when an input holds a NaN or an infinity, or traced labels are
-    # invalid (see the docstring): one pass over the (M, d) inputs.
-    all_valid = _all_finite(queries)
-    if not self_contrast:
-        all_valid = ops.logical_and(all_valid, _all_finite(keys))
-    if has_queue:
-        all_valid = ops.logical_and(all_valid, _all_finite(queue))
-    if labels_valid is not None:
-        all_valid = ops.logical_and(all_valid, labels_valid)
-    nan_guard = ops.cast(ops.where(all_valid, 0.0, float("nan")), dtype)
-    if not in_batch_negatives and not has_queue:
-        raise ValueError(
-            "With `in_batch_negatives=False` a `queue` of negatives is "
-            "required. Received: queue=None"
-        )
-
-    num_samples = n_static if n_static is not None else ops.shape(queries)[0]
-    num_anchors = num_samples * num_views
-
-    queries = l2_normalize(queries)
-    keys = queries if self_contrast else l2_normalize(keys)
-    if batch_cosine_scale is None:
-        batch_cosine_scale = cosine_scale
-    unit_queries = queries
-    if cosine_scale != 1.0:
-        # Every "cosine" below is cosine_scale * cos: one (M, d) product
-        # here instead of an (M, M) one after each matmul.
-        queries = unit_queries * cosine_scale
-    matrix_queries = queries
-    if batch_cosine_scale != cosine_scale:
-        matrix_queries = unit_queries * batch_cosine_scale
-
-    positive_cosine = view_dots(queries, keys)
+    inputs = validate(
+        queries, keys, queue, queue_mask, labels, in_batch_negatives, query_argument, label_argument
+    )
+    num_views = inputs.num_views
+    num_samples = inputs.n_static if inputs.n_static is not None else ops.shape(inputs.queries)[0]
+    unit_queries = l2_normalize(inputs.queries)
+    self_contrast = inputs.keys is None
+    unit_keys = unit_queries if self_contrast else l2_normalize(inputs.keys)
+    queries = unit_queries * scale if scale != 1.0 else unit_queries
+    own_sample = backend_ops.view_dots(queries, unit_keys)
+    if offset != 0.0:
+        own_sample = own_sample + offset
     # A tensor, not a numpy constant: numpy arrays inside the loss break
     # torch.compile graphs (Keras' torch convert_to_tensor reads ndarray.dtype).
     view_index = ops.arange(num_views, dtype="int32")
-    positive_mask = ops.not_equal(view_index[:, None], view_index[None, :])
-    positive_count = float(num_views - 1)
-    batch_cosine = batch_positive_mask = batch_negative_mask = symmetric_operand = None
-    negative_count = 0.0
-    other_sample_negatives = False
-    num_other_samples = None
-
-    if in_batch_negatives or labels is not None:
-        flat_queries = ops.reshape(matrix_queries, (-1, ops.shape(queries)[-1]))
-        flat_keys = ops.reshape(keys, (-1, ops.shape(keys)[-1]))
-        # Under data parallelism the candidates are the keys of the global
-        # batch: replica r holds samples r N .. (r + 1) N - 1.
-        replicas = distributed.num_replicas() if global_negatives else 1
-        offset = 0
-        candidate_labels = labels
-        if replicas > 1:
-            flat_keys = distributed.all_gather(flat_keys)
-            offset = distributed.replica_index() * num_samples
-            if labels is not None:
-                candidate_labels = distributed.all_gather(labels)
-        elif self_contrast and batch_cosine_scale > 0:
-            # One operand on both sides, w = sqrt(scale) z^, and a symmetric
-            # matrix w w^T: `symmetric_row_sum` differentiates its row sums
-            # with one matmul, and the compilers differentiate w w^T itself
-            # with one matmul fewer ((G + G^T) w).
-            symmetric_operand = ops.reshape(
-                unit_queries * math.sqrt(batch_cosine_scale), (-1, ops.shape(queries)[-1])
-            )
-        if symmetric_operand is None:
-            batch_cosine = row_dot(
-                *_with_offset_column(flat_queries, flat_keys, batch_cosine_offset)
-            )
-        if n_static is not None:
-            num_other_samples = n_static * replicas - 1
-        anchor_index = ops.arange(num_anchors, dtype="int32")
-        candidate_index = ops.arange(num_anchors * replicas, dtype="int32")
-
-        def other_sample():
-            anchor_sample = anchor_index // num_views + offset
-            candidate_sample = candidate_index // num_views
-            return ops.not_equal(anchor_sample[:, None], candidate_sample[None, :])
-
-        def other_view():
-            return ops.not_equal(
-                (anchor_index % num_views)[:, None], (candidate_index % num_views)[None, :]
-            )
-
-        if labels is None:
-            other_sample_negatives = self_contrast and in_batch_negatives
-            if self_contrast:
-                negatives = other_sample
-            else:
-                negatives = lambda: ops.logical_and(other_sample(), other_view())  # noqa: E731
-            per_other_sample = num_views if self_contrast else num_views - 1
-            negative_count = ops.cast(
-                (num_samples * replicas - 1) * per_other_sample, dtype
-            )
-        else:
-            anchor_labels = ops.repeat(labels, num_views, axis=0)
-            candidate_labels = ops.repeat(candidate_labels, num_views, axis=0)
-            same_label = ops.equal(anchor_labels[:, None], candidate_labels[None, :])
-            negatives = ops.logical_not(same_label)
-            positives = ops.logical_and(same_label, other_sample())
-            if not self_contrast:
-                view_mask = other_view()
-                negatives = ops.logical_and(negatives, view_mask)
-                positives = ops.logical_and(positives, view_mask)
-            batch_positive_mask = positives
-            positive_count = positive_count + ops.reshape(
-                ops.sum(ops.cast(positives, dtype), axis=1), (-1, num_views)
-            )
-            negative_count = ops.reshape(
-                ops.sum(ops.cast(negatives, dtype), axis=1), (-1, num_views)
-            )
-        if in_batch_negatives:
-            batch_negative_mask = negatives
-        else:
-            negative_count = 0.0
-
-    queue_cosine = None
-    if has_queue:
-        flat_queries = ops.reshape(matrix_queries, (-1, ops.shape(queries)[-1]))
-        queue_cosine = row_dot(
-            *_with_offset_column(flat_queries, l2_normalize(queue), batch_cosine_offset)
-        )
-        if queue_mask is not None:
-            queue_mask = ops.cast(queue_mask, "bool")
-            negative_count = negative_count + ops.sum(ops.cast(queue_mask, dtype))
-        else:
-            negative_count = negative_count + ops.cast(ops.shape(queue)[0], dtype)
-
-    return ContrastiveBatch(
-        cosine_scale=cosine_scale,
-        batch_cosine_scale=batch_cosine_scale,
-        batch_cosine_offset=batch_cosine_offset,
-        in_batch_negatives=batch_negative_mask is not None,
-        other_sample_negatives=other_sample_negatives,
-        num_other_samples=num_other_samples,
+    fields = dict(
+        scale=scale,
+        offset=offset,
         num_samples=num_samples,
         num_views=num_views,
-        dtype=dtype,
-        positive_cosine=positive_cosine,
-        positive_mask=positive_mask,
-        positive_count=positive_count,
-        batch_cosine=batch_cosine,
-        symmetric_operand=symmetric_operand,
-        batch_positive_mask=batch_positive_mask,
-        batch_negative_mask=batch_negative_mask,
-        queue_cosine=queue_cosine,
-        queue_mask=queue_mask,
-        negative_count=negative_count,
-        nan_guard=nan_guard,
+        dtype=inputs.dtype,
+        own_sample=own_sample,
+        positive_mask=ops.not_equal(view_index[:, None], view_index[None, :]),
+        positive_count=float(num_views - 1),
+        negative_count=0.0,
+        nan_guard=_nan_guard(inputs),
     )
+    flat_queries = ops.reshape(queries, (-1, ops.shape(queries)[-1]))
+    if in_batch_negatives or inputs.labels is not None:
+        candidates = _gather(
+            inputs, unit_queries, unit_keys, flat_queries, scale, offset, global_negatives
+        )
+        fields.update(_masks(inputs, candidates, num_samples, in_batch_negatives))
+    if inputs.queue is not None:
+        queue_matrix, queue_count = _queue(inputs, flat_queries, offset)
+        fields["queue_matrix"] = queue_matrix
+        fields["queue_mask"] = inputs.queue_mask
+        fields["negative_count"] = fields["negative_count"] + queue_count
+    return ContrastiveBatch(**fields)
 
 
-def view_dots(queries: Any, keys: Any) -> Any:
-    """`(N, V, V)` dot products of each sample's query views with its key views.
+class _Candidates(NamedTuple):
+    """The in-batch candidates of the anchors (`_gather`)."""
 
-    An `(N, V, V, d)` product summed over `d` on PyTorch, whose batched
-    matmul of N tiny `(V, d) x (d, V)` products costs more than the whole
-    elementwise pass (eager and compiled); XLA lowers the `einsum` well.
-    Either way the tensor is O(M V d), never O(M^2 d).
+    replicas: int
+    sample_offset: Any  # sample index of this replica's first anchor
+    labels: Any  # the candidates' labels, or None
+    symmetric_operand: Any
+    batch_matrix_fn: Callable[[], Any]
+
+
+def _gather(
+    inputs: _Inputs,
+    unit_queries: Any,
+    unit_keys: Any,
+    flat_queries: Any,
+    scale: float,
+    offset: float,
+    global_negatives: bool,
+) -> _Candidates:
+    """Step 2 of `build`: the in-batch candidates and the `(M, M_global)` matrix.
+
+    Under data parallelism the candidates are the keys of the global batch,
+    gathered from every replica: replica r holds samples r N .. (r + 1) N - 1.
+    On one replica, a batch contrasted with itself has one operand on both
+    sides, `w = sqrt(scale) z^`, and a symmetric matrix `w w^T`: the fast
+    paths differentiate its row sums with one matmul
+    (`fast_paths.symmetric_row_sum`), and the compilers differentiate
+    `w w^T` itself with one matmul fewer (`(G + G^T) w`).
     """
-    if keras.backend.backend() == "torch":
-        return ops.sum(queries[:, :, None, :] * keys[:, None, :, :], axis=-1)
-    return ops.einsum("nvd,nwd->nvw", queries, keys)
+    dim = ops.shape(unit_queries)[-1]
+    flat_keys = ops.reshape(unit_keys, (-1, dim))
+    replicas = distributed.num_replicas() if global_negatives else 1
+    sample_offset = 0
+    labels = inputs.labels
+    symmetric_operand = None
+    if replicas > 1:
+        flat_keys = distributed.all_gather(flat_keys)
+        sample_offset = distributed.replica_index() * (
+            inputs.n_static if inputs.n_static is not None else ops.shape(inputs.queries)[0]
+        )
+        if labels is not None:
+            labels = distributed.all_gather(labels)
+    elif inputs.keys is None and scale > 0:
+        symmetric_operand = ops.reshape(unit_queries * math.sqrt(scale), (-1, dim))
+    if symmetric_operand is not None:
+        operands = (symmetric_operand, symmetric_operand)
+    else:
+        operands = (flat_queries, flat_keys)
+
+    def batch_matrix():
+        # The offset inside the matmul (an extra column, no (M, M)
+        # addition): w w^T + offset stays symmetric.
+        return row_dot(*_with_offset_column(*operands, offset))
+
+    return _Candidates(replicas, sample_offset, labels, symmetric_operand, batch_matrix)
+
+
+def _masks(
+    inputs: _Inputs, candidates: _Candidates, num_samples: Any, in_batch_negatives: bool
+) -> dict:
+    """Step 3 of `build`: which entries of the matrix are positives and negatives.
+
+    Returns the `ContrastiveBatch` fields of the in-batch pairs: the matrix,
+    its masks (the negative one built on first use), the counts.
+    """
+    num_views = inputs.num_views
+    self_contrast = inputs.keys is None
+    replicas = candidates.replicas
+    num_anchors = num_samples * num_views
+    anchor_index = ops.arange(num_anchors, dtype="int32")
+    candidate_index = ops.arange(num_anchors * replicas, dtype="int32")
+
+    def other_sample():
+        anchor_sample = anchor_index // num_views + candidates.sample_offset
+        candidate_sample = candidate_index // num_views
+        return ops.not_equal(anchor_sample[:, None], candidate_sample[None, :])
+
+    def other_view():
+        return ops.not_equal(
+            (anchor_index % num_views)[:, None], (candidate_index % num_views)[None, :]
+        )
+
+    fields = dict(
+        symmetric_operand=candidates.symmetric_operand,
+        batch_matrix_fn=candidates.batch_matrix_fn,
+        num_other_samples=(
+            None if inputs.n_static is None else inputs.n_static * replicas - 1
+        ),
+    )
+    dtype = inputs.dtype
+    if inputs.labels is None:
+        fields["other_sample_negatives"] = self_contrast and in_batch_negatives
+        if self_contrast:
+            negatives = other_sample
+        else:
+            negatives = lambda: ops.logical_and(other_sample(), other_view())  # noqa: E731
+        per_other_sample = num_views if self_contrast else num_views - 1
+        negative_count = ops.cast((num_samples * replicas - 1) * per_other_sample, dtype)
+    else:
+        anchor_labels = ops.repeat(inputs.labels, num_views, axis=0)
+        candidate_labels = ops.repeat(candidates.labels, num_views, axis=0)
+        same_label = ops.equal(anchor_labels[:, None], candidate_labels[None, :])
+        negative_mask = ops.logical_not(same_label)
+        positives = ops.logical_and(same_label, other_sample())
+        if not self_contrast:
+            view_mask = other_view()
+            negative_mask = ops.logical_and(negative_mask, view_mask)
+            positives = ops.logical_and(positives, view_mask)
+        negatives = lambda: negative_mask  # noqa: E731
+        fields["batch_positive_mask"] = positives
+        fields["positive_count"] = float(num_views - 1) + ops.reshape(
+            ops.sum(ops.cast(positives, dtype), axis=1), (-1, num_views)
+        )
+        negative_count = ops.reshape(
+            ops.sum(ops.cast(negative_mask, dtype), axis=1), (-1, num_views)
+        )
+    if in_batch_negatives:
+        fields["in_batch_negatives"] = True
+        fields["batch_negative_mask_fn"] = negatives
+        fields["negative_count"] = negative_count
+    return fields
+
+
+def _queue(inputs: _Inputs, flat_queries: Any, offset: float) -> tuple[Any, Any]:
+    """Step 4 of `build`: the `(M, K)` matrix of the queue and its count of negatives."""
+    queue_matrix = row_dot(
+        *_with_offset_column(flat_queries, l2_normalize(inputs.queue), offset)
+    )
+    if inputs.queue_mask is not None:
+        count = ops.sum(ops.cast(inputs.queue_mask, inputs.dtype))
+    else:
+        count = ops.cast(ops.shape(inputs.queue)[0], inputs.dtype)
+    return queue_matrix, count
 
 
 def _with_offset_column(queries: Any, keys: Any, offset: float) -> tuple[Any, Any]:
@@ -577,218 +625,96 @@ def masked_sum(values: Any, mask: Any | None, axis: int = -1) -> Any:
 
 
 def positive_sum(batch: ContrastiveBatch, score_fn, anchor_stat=None) -> Any:
-    """Per-anchor `(N, V)` sum of `score_fn(cosine[, anchor_stat])` over positives.
+    """Per-anchor `(N, V)` sum of `score_fn(x[, anchor_stat])` over the positives.
 
     Args:
         batch: the `ContrastiveBatch`.
-        score_fn: `score_fn(cosine)` or, with `anchor_stat`,
-            `score_fn(cosine, stat)` elementwise.
+        score_fn: `score_fn(x)` or, with `anchor_stat`, `score_fn(x, stat)`,
+            elementwise, of the batch's tensors (`scale * cos + offset`).
         anchor_stat: optional `(N, V)` per-anchor value broadcast to the pairs.
     """
     if anchor_stat is None:
-        block = score_fn(batch.positive_cosine)
+        block = score_fn(batch.own_sample)
     else:
-        block = score_fn(batch.positive_cosine, anchor_stat[:, :, None])
+        block = score_fn(batch.own_sample, anchor_stat[:, :, None])
     total = masked_sum(block, batch.positive_mask)
     if batch.batch_positive_mask is not None:
-        cosine = batch.batch_cosine_at(batch.cosine_scale)
         if anchor_stat is None:
-            cross = score_fn(cosine)
+            cross = score_fn(batch.batch_matrix)
         else:
-            cross = score_fn(cosine, ops.reshape(anchor_stat, (-1, 1)))
+            cross = score_fn(batch.batch_matrix, ops.reshape(anchor_stat, (-1, 1)))
         total = total + batch.reshape_rows(masked_sum(cross, batch.batch_positive_mask))
     return total
 
 
-# The largest factor by which subtracting the same-sample pairs from a row
-# sum may amplify its relative rounding error (8 bits): see `negative_sum`.
-MAX_ERROR_AMPLIFICATION = 256.0
+def _masked_parts(batch: ContrastiveBatch, log_ratio_fn, with_positives: bool) -> list:
+    """`(log ratios, flat)` of the candidates, `-inf` off their masks.
 
-
-def subtraction_is_accurate(batch: ContrastiveBatch, core_bounds: tuple | None) -> bool:
-    """Whether `negative_sum` may subtract the same-sample pairs from row sums.
-
-    The row sum of an anchor holds its `V (N - 1)` negatives and the `V`
-    pairs of its own sample. With scores in `[low, high]`, `low > 0`, the
-    rounding error of the row sum, relative to the negatives' sum, is at
-    most `1 + (high / low) / (N - 1)` times that of the masked sum. It is
-    used when that factor is at most `1 + MAX_ERROR_AMPLIFICATION` (`N - 1`
-    taken as 1 when N is not static).
+    `flat`: whether the row sums are `(M,)` (reshaped to `(N, V)`) rather
+    than `(N, V)`. The negatives, and with `with_positives` the positives
+    too (the `own_sample` block and the label positives).
     """
-    if not batch.other_sample_negatives or core_bounds is None:
-        return False
-    low, high = core_bounds
-    if not 0.0 < low <= high < float("inf"):
-        return False
-    others = 1 if batch.num_other_samples is None else batch.num_other_samples
-    return others > 0 and high / low <= MAX_ERROR_AMPLIFICATION * others
+    neg_inf = ops.cast(float("-inf"), batch.dtype)
+    parts = []
+    if with_positives:
+        parts.append((log_ratio_fn(batch.own_sample), batch.positive_mask, False))
+    matrix_mask = batch.batch_negative_mask if batch.in_batch_negatives else None
+    if with_positives and batch.batch_positive_mask is not None:
+        positives = batch.batch_positive_mask
+        matrix_mask = positives if matrix_mask is None else ops.logical_or(matrix_mask, positives)
+    if matrix_mask is not None:
+        parts.append((log_ratio_fn(batch.batch_matrix), matrix_mask, True))
+    if batch.queue_matrix is not None:
+        mask = None if batch.queue_mask is None else batch.queue_mask[None, :]
+        parts.append((log_ratio_fn(batch.queue_matrix), mask, True))
+    # Exponentiate the masked log ratios (-inf off the mask, exp -> 0): the
+    # excluded pairs (an anchor with itself: l = 1/temperature) would
+    # otherwise overflow and turn the gradient of `where` into 0 * inf = NaN.
+    return [
+        (log_ratio if mask is None else ops.where(mask, log_ratio, neg_inf), flat)
+        for log_ratio, mask, flat in parts
+    ]
 
 
-def symmetric_row_sum(
-    operand: Any,
-    matrix: Any,
-    score_fn,
-    score_derivative,
-    mask: Any = None,
-) -> Any:
-    """Row sums of `score_fn(w w^T + c)`, differentiated with one matmul.
+def _logsumexp_rows(batch: ContrastiveBatch, masked_parts: list) -> tuple[Any, Any]:
+    """`(N, V)` log-sum-exp over the parts of each anchor, and its shift.
 
-    For `S = w w^T + c` (symmetric, `c` a constant) and row sums
-    `r_m = sum_k s(S_mk)`, the gradient of `sum_m g_m r_m` with respect to
-    `w_j` is `sum_k (g_j + g_k) s'(S_jk) w_k`: one `(M, M) x (M, d)`
-    product, where differentiating through the matmul takes two (`G w` and
-    `G^T w`).
-
-    Args:
-        operand: `(M, d)` `w`.
-        matrix: `w w^T + c` (its own gradient is not used: everything flows
-            to `operand`).
-        score_fn: elementwise `s`.
-        score_derivative: `score_derivative(x, values)`: `s'(x)` elementwise,
-            given `values = s(x)`.
-        mask: optional symmetric `(M, M)` bool: sum only where it is true.
-
-    Returns:
-        `(M,)` row sums.
+    The shift is the row maximum (no gradient); `-inf` where a row is empty.
     """
-    # The matrix reaches the function through a list emptied after the
-    # call, not as an input nor a closed-over variable: its gradient is not
-    # used, and Keras' torch custom gradient keeps the inputs and the
-    # function (its closure) until the backward pass.
-    matrices = [ops.stop_gradient(matrix)]
 
-    @ops.custom_gradient
-    def row_sums(w):
-        x = matrices[0]
-        values = score_fn(x)
-        sums = masked_sum(values, mask)
-        # Evaluated here, so that the backward keeps one (M, M) tensor (eager
-        # torch frees `values`; XLA schedules it as it likes).
-        derivative = score_derivative(x, values)
+    def rows(x, flat):
+        return batch.reshape_rows(x) if flat else x
 
-        def grad(*args, upstream=None):
-            # TensorFlow and JAX pass the upstream gradient positionally,
-            # torch as `upstream` after the inputs.
-            if upstream is None:
-                (upstream,) = args
-            weights = (upstream[:, None] + upstream[None, :]) * derivative
-            if mask is not None:
-                weights = ops.where(mask, weights, 0.0)
-            # einsum, not matmul: Keras' torch matmul computes float64 in float32.
-            return ops.einsum("mk,kd->md", weights, w)
-
-        return sums, grad
-
-    sums = row_sums(operand)
-    matrices.clear()
-    return sums
-
-
-def negative_sum(
-    batch: ContrastiveBatch,
-    score_fn,
-    core_bounds: tuple | None = None,
-    row_sum=None,
-    score_derivative=None,
-) -> Any:
-    """Per-anchor `(N, V)` sum of `score_fn(cosine)` over the negatives.
-
-    `score_fn` receives cosines at `batch.batch_cosine_scale`. Without
-    labels or momentum keys the negatives of an anchor are every entry of
-    its row but its own sample's `V`: when `core_bounds` (the smallest and
-    largest positive value `score_fn` can take) show the subtraction to be
-    accurate (`subtraction_is_accurate`), the sum is the full row sum minus
-    those `V` entries, evaluated on the `(N, V, V)` block. That needs no
-    `(M, M)` mask nor `where` (fewer elementwise passes; on eager backends
-    each is a pass over `M^2` values). Otherwise the row is masked.
-
-    `score_derivative(matrix, values)`, if given, is the elementwise
-    derivative of `score_fn` (`values = score_fn(matrix)`): on a symmetric
-    batch (`symmetric_operand`) the row sums, plain or masked, are then
-    differentiated with one matmul (`symmetric_row_sum`).
-    `row_sum`, if given, computes `sum(score_fn(matrix), axis=-1)` of the
-    full rows in a cheaper way; the subtraction then uses it, with
-    autodiff, instead of the symmetric route (eager torch's squared norms:
-    cheaper there than the passes of an explicit derivative).
-    """
-    total = None
-    if batch.in_batch_negatives:
-        if subtraction_is_accurate(batch, core_bounds):
-            if (
-                batch.symmetric_operand is not None
-                and score_derivative is not None
-                and row_sum is None
-            ):
-                row_total = symmetric_row_sum(
-                    batch.symmetric_operand, batch.batch_cosine, score_fn, score_derivative
-                )
-            elif row_sum is None:
-                row_total = ops.sum(score_fn(batch.batch_cosine), axis=-1)
-            else:
-                row_total = row_sum(batch.batch_cosine)
-            row_total = batch.reshape_rows(row_total)
-            own_sample = ops.sum(score_fn(batch.same_sample_cosine()), axis=-1)
-            total = row_total - own_sample
-        elif batch.symmetric_operand is not None and score_derivative is not None:
-            # The negative mask of a batch against itself is symmetric too.
-            total = batch.reshape_rows(
-                symmetric_row_sum(
-                    batch.symmetric_operand,
-                    batch.batch_cosine,
-                    score_fn,
-                    score_derivative,
-                    mask=batch.batch_negative_mask,
-                )
-            )
-        else:
-            total = batch.reshape_rows(
-                masked_sum(score_fn(batch.batch_cosine), batch.batch_negative_mask)
-            )
-    if batch.queue_cosine is not None:
-        queue_total = batch.reshape_rows(
-            masked_sum(score_fn(batch.queue_cosine), batch.queue_mask)
-        )
-        total = queue_total if total is None else total + queue_total
-    return total
+    shift = None
+    for masked, flat in masked_parts:
+        # amax, not max: Keras' torch `max` breaks torch.compile graphs.
+        row_max = rows(ops.amax(masked, axis=-1), flat)
+        shift = row_max if shift is None else ops.where(row_max > shift, row_max, shift)
+    shift = ops.stop_gradient(shift)
+    return shift, rows
 
 
 def negative_logsumexp(batch: ContrastiveBatch, log_ratio_fn) -> tuple[Any, Any]:
     """Per-anchor `(N, V)` log-sum-exp of the log ratios of the negatives.
 
-    `log_ratio_fn` receives cosines at `batch.batch_cosine_scale`.
+    `log_ratio_fn` receives the batch's tensors (`scale * cos + offset`).
 
     Returns:
         `(lse, has_negatives)`; `lse` is 0 (not -inf) where an anchor has no
         negative, so that values and gradients stay finite.
     """
-    parts = []
-    if batch.in_batch_negatives:
-        parts.append((log_ratio_fn(batch.batch_cosine), batch.batch_negative_mask))
-    if batch.queue_cosine is not None:
-        mask = None if batch.queue_mask is None else batch.queue_mask[None, :]
-        parts.append((log_ratio_fn(batch.queue_cosine), mask))
-    neg_inf = ops.cast(float("-inf"), batch.dtype)
-    # Exponentiate the masked log ratios (-inf off the mask, exp -> 0): the
-    # excluded pairs (an anchor with itself: l = 1/temperature) would
-    # otherwise overflow and turn the gradient of `where` into 0 * inf = NaN.
-    masked_parts = [
-        log_ratio if mask is None else ops.where(mask, log_ratio, neg_inf)
-        for log_ratio, mask in parts
-    ]
-    shift = None
-    for masked in masked_parts:
-        # amax, not max: Keras' torch `max` breaks torch.compile graphs.
-        row_max = ops.amax(masked, axis=-1)
-        shift = row_max if shift is None else ops.where(row_max > shift, row_max, shift)
-    shift = ops.stop_gradient(shift)
+    masked_parts = _masked_parts(batch, log_ratio_fn, with_positives=False)
+    shift, rows = _logsumexp_rows(batch, masked_parts)
     has_negatives = ops.isfinite(shift)
     shift = ops.where(has_negatives, shift, ops.zeros_like(shift))
     total = 0.0
-    for masked in masked_parts:
-        total = total + ops.sum(ops.exp(masked - shift[:, None]), axis=-1)
+    for masked, _ in masked_parts:
+        total = total + batch.reshape_rows(
+            ops.sum(ops.exp(masked - ops.reshape(shift, (-1, 1))), axis=-1)
+        )
     safe_total = ops.where(has_negatives, total, ops.ones_like(total))
     lse = ops.where(has_negatives, ops.log(safe_total) + shift, ops.zeros_like(shift))
-    return batch.reshape_rows(lse), batch.reshape_rows(has_negatives)
+    return lse, has_negatives
 
 
 def candidate_logsumexp(batch: ContrastiveBatch, log_ratio_fn) -> Any:
@@ -798,42 +724,11 @@ def candidate_logsumexp(batch: ContrastiveBatch, log_ratio_fn) -> Any:
     batch contrasted with itself every other embedding of the batch; with
     keys, the keys of the other views; plus the queue. (SupCon's
     denominator, `losses.info_nce(..., supervised_form="supcon")`.)
-    `log_ratio_fn` receives cosines at `batch.cosine_scale`. An anchor
-    always has a positive, so the result is finite for finite inputs.
+    `log_ratio_fn` receives the batch's tensors. An anchor always has a
+    positive, so the result is finite for finite inputs.
     """
-    neg_inf = ops.cast(float("-inf"), batch.dtype)
-    # (log ratios, mask, whether the row sums need reshaping to (N, V))
-    parts = [(log_ratio_fn(batch.positive_cosine), batch.positive_mask, False)]
-    matrix_mask = None
-    if batch.in_batch_negatives:
-        matrix_mask = batch.batch_negative_mask
-    if batch.batch_positive_mask is not None:
-        positives = batch.batch_positive_mask
-        matrix_mask = positives if matrix_mask is None else ops.logical_or(matrix_mask, positives)
-    if matrix_mask is not None:
-        parts.append((log_ratio_fn(batch.batch_cosine_at(batch.cosine_scale)), matrix_mask, True))
-    if batch.queue_cosine is not None:
-        queue_cosine = _affine(
-            batch.queue_cosine,
-            (batch.batch_cosine_scale, batch.batch_cosine_offset),
-            (batch.cosine_scale, 0.0),
-        )
-        mask = None if batch.queue_mask is None else batch.queue_mask[None, :]
-        parts.append((log_ratio_fn(queue_cosine), mask, True))
-    # As `negative_logsumexp`: -inf off the mask before the exponential.
-    masked_parts = [
-        (log_ratio if mask is None else ops.where(mask, log_ratio, neg_inf), flat)
-        for log_ratio, mask, flat in parts
-    ]
-
-    def rows(x, flat):
-        return batch.reshape_rows(x) if flat else x
-
-    shift = None
-    for masked, flat in masked_parts:
-        row_max = rows(ops.amax(masked, axis=-1), flat)
-        shift = row_max if shift is None else ops.where(row_max > shift, row_max, shift)
-    shift = ops.stop_gradient(shift)
+    masked_parts = _masked_parts(batch, log_ratio_fn, with_positives=True)
+    shift, rows = _logsumexp_rows(batch, masked_parts)
     flat_shift = ops.reshape(shift, (-1, 1))
     total = 0.0
     for masked, flat in masked_parts:
@@ -850,23 +745,16 @@ def embedding_metrics(batch: ContrastiveBatch) -> dict:
       `exp(-2 ||z^_a - z^_n||^2) = exp(4 cos - 4)`.
     """
     sg = ops.stop_gradient
-    unscale = 1.0 / batch.cosine_scale
-    distance = lambda c: 2.0 - 2.0 * unscale * sg(c)  # noqa: E731
-    matrix_unscale = 1.0 / batch.batch_cosine_scale
-    matrix_offset = batch.batch_cosine_offset
-    pos_total = ops.sum(positive_sum(batch, distance))
-    pos_count = ops.sum(batch.positive_count * ops.ones((batch.num_samples, batch.num_views), batch.dtype))
-    alignment = pos_total / pos_count
-    lse, has_negatives = negative_logsumexp(
-        batch, lambda c: 4.0 * matrix_unscale * (sg(c) - matrix_offset) - 4.0
-    )
-    neg_count = batch.negative_count * ops.ones((batch.num_samples, batch.num_views), batch.dtype)
+    pos_total = ops.sum(positive_sum(batch, lambda x: 2.0 - 2.0 * batch.to_cosine(sg(x))))
+    ones = ops.ones((batch.num_samples, batch.num_views), batch.dtype)
+    alignment = pos_total / ops.sum(batch.positive_count * ones)
+    lse, has_negatives = negative_logsumexp(batch, lambda x: 4.0 * batch.to_cosine(sg(x)) - 4.0)
     # log of the mean over all negative pairs of the batch
     lse_flat = ops.reshape(lse, (-1,))
     has_flat = ops.reshape(has_negatives, (-1,))
     neg_inf = ops.cast(float("-inf"), batch.dtype)
     total_lse = ops.logsumexp(ops.where(has_flat, lse_flat, neg_inf))
-    total_count = ops.sum(neg_count)
+    total_count = ops.sum(batch.negative_count * ones)
     uniformity = ops.where(
         total_count > 0,
         total_lse - ops.log(ops.maximum(total_count, 1.0)),

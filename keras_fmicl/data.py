@@ -48,13 +48,17 @@ from __future__ import annotations
 
 import gzip
 import inspect
-import numbers
 import os
 from typing import Any
 from typing import Callable
 
 import keras
 import numpy as np
+
+from keras_fmicl import backend_ops
+from keras_fmicl.validation import check_integer
+from keras_fmicl.validation import check_positive_integer
+from keras_fmicl.validation import is_real
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 """Where the Debian package `dataset-fashion-mnist` puts its IDX files."""
@@ -134,28 +138,15 @@ def _check_split(name: str, split: Any) -> str:
     return split
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
+_check_positive_int = check_positive_integer
 
 
 def _check_seed(seed: Any) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
-    return int(seed)
+    return check_integer("seed", seed, allow_none=True)
 
 
 def _check_rescale(rescale: Any) -> float:
-    if (
-        isinstance(rescale, bool)
-        or not isinstance(rescale, numbers.Real)
-        or not 0 < rescale < float("inf")
-    ):
+    if not is_real(rescale) or not 0 < rescale < float("inf"):
         raise ValueError(
             "`rescale` must be a positive number (1/255 maps uint8 pixels to "
             f"[0, 1], 1.0 keeps [0, 255]). Received: rescale={rescale!r}"
@@ -716,7 +707,7 @@ def _augment_fn(augmenter: Any) -> Callable[[Any], Any]:
             "`augmenter` must be a Keras layer or a callable mapping a batch "
             f"of images to a batch of images. Received: augmenter={augmenter!r}"
         )
-    if isinstance(augmenter, keras.Model) and keras.backend.backend() != "tensorflow":
+    if isinstance(augmenter, keras.Model) and not backend_ops.models_run_in_tf_data():
         raise ValueError(
             "`augmenter` runs inside tf.data, where a keras.Model or "
             f"keras.Sequential cannot run under the {keras.backend.backend()!r} "

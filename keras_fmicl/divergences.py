@@ -32,8 +32,8 @@ Reference:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import numbers
 from typing import Any
 
 import keras
@@ -41,11 +41,10 @@ import numpy as np
 from keras import ops
 
 from keras_fmicl.validation import ConfigEquality
+from keras_fmicl.validation import Registry
+from keras_fmicl.validation import is_real
 
 _PACKAGE = "keras_fmicl"
-# Largest argument of `math.exp` below float64 overflow.
-_EXP_OVERFLOW = 709.0
-
 
 def capped_exp(x: Any) -> Any:
     """`exp(x)`, continued linearly above a cap so that it stays finite.
@@ -75,6 +74,55 @@ def _finfo_max(dtype: str) -> float:
     return float(np.finfo(dtype).max)
 
 
+# The elementwise cores a `NegativeForm` may name (their fast forms, bounds
+# and derivatives live in `keras_fmicl.fast_paths`).
+NEGATIVE_CORES = ("exp", "softplus", "sigmoid_squared")
+
+
+@dataclasses.dataclass(frozen=True)
+class NegativeForm:
+    """Declares a negative score of the form `scale * core(k * l) + offset`.
+
+    The one speed hint a `Divergence` may carry (`Divergence.negative_form`).
+    The loss (`keras_fmicl.fast_paths`) then evaluates the negatives with
+    the fastest form it knows for `core`: an `exp` folded into the matmul
+    (`exp(k l)` for an affine similarity), the row sums minus the anchor's
+    own sample, a one-matmul gradient. The hint must agree with
+    `negative_score` (the tests of the package check the built-in ones).
+
+    Attributes:
+        core: `"exp"` (`e^x`), `"softplus"` (`log(1 + e^x)`) or
+            `"sigmoid_squared"` (`sigmoid(x)^2`).
+        k: the factor of `l` inside the core.
+        scale, offset: the affine map applied to the core.
+
+    Example:
+
+    ```python
+    NegativeForm("exp", k=2.0, offset=-1.0)   # Pearson: e^(2l) - 1
+    ```
+    """
+
+    core: str
+    k: float = 1.0
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def __post_init__(self):
+        if self.core not in NEGATIVE_CORES:
+            raise ValueError(
+                f"`core` must be one of {', '.join(map(repr, NEGATIVE_CORES))}. "
+                f"Received: core={self.core!r}"
+            )
+        for field in ("k", "scale", "offset"):
+            value = getattr(self, field)
+            if not is_real(value) or not math.isfinite(value) or (field == "k" and value == 0):
+                raise ValueError(
+                    f"`{field}` must be a finite number (`k` non-zero). "
+                    f"Received: {field}={value!r}"
+                )
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Divergence(ConfigEquality):
     """Base class of f-divergences.
@@ -85,6 +133,18 @@ class Divergence(ConfigEquality):
     identity `f*(f'(u)) = u f'(u) - f(u)`, both at `u = exp(l)`. Subclasses
     may override `positive_score` and `negative_score` with forms that are
     stable in the log ratio `l` (all built-in divergences do).
+
+    Two optional declarations (class attributes or properties):
+
+    * `exponents`: the coefficients `k` of the exponentials `e^(k l)` the
+      scores evaluate (default `(1.0,)`, the generic `u = e^l`): the loss
+      warns when the similarity's range takes one beyond float32's exact
+      range (`docs/fmicl-math.md`, section 7.5);
+    * `negative_form`: `None`, or a `NegativeForm` declaring the negative
+      score as `scale * core(k l) + offset`: the hint of the fast paths
+      (`keras_fmicl.fast_paths`). Any class declaring it gets the same
+      paths as the built-in divergences; it is ignored when a subclass
+      overrides `negative_score` without declaring it again.
 
     Example:
 
@@ -106,26 +166,8 @@ class Divergence(ConfigEquality):
     """
 
     name: str = "divergence"
-    # Set (on a copy) by the loss when its similarity keeps every exponent
-    # within the exact range: `_exp` is then a plain exp (fewer passes).
-    exact_exponentials: bool = False
-    # Coefficients k of the exponentials exp(k l) the scores evaluate (to
-    # tell when a similarity's range can leave the exact regime of
-    # `capped_exp`); the generic path evaluates u = exp(l).
     exponents: tuple = (1.0,)
-    # Coefficients k of the exponentials a score evaluates with a plain
-    # `exp` only when `exact_exponentials` is set (falling back to another
-    # exact form otherwise, not to `capped_exp`).
-    plain_exponents: tuple = ()
-    # `(k, scale, offset)` when the negative score is
-    # `scale * exp(k l) + offset` (KL, Pearson, squared Hellinger, Tsallis):
-    # the loss then folds `k` and the similarity into the matmul and
-    # evaluates a single `exp` per pair. `None` otherwise.
-    negative_exponential: tuple | None = None
-    # Whether `negative_core_root` gives the core of `negative_score_parts`
-    # as a square: row sums of squares are then squared norms, which eager
-    # backends take without materialising the squares.
-    negative_core_is_square: bool = False
+    negative_form: NegativeForm | None = None
 
     def f(self, u: Any) -> Any:
         """The convex generator `f(u)`, with `f(1) = 0`."""
@@ -140,59 +182,20 @@ class Divergence(ConfigEquality):
             "(the derivative of the generator)."
         )
 
-    def _exp(self, x: Any) -> Any:
-        return ops.exp(x) if self.exact_exponentials else capped_exp(x)
-
-    def negative_score_parts(self, log_ratio: Any) -> tuple[Any, float, float]:
-        """`(core, scale, offset)` with `negative_score = scale * core + offset`.
-
-        The loss applies the constants once per anchor, after summing `core`
-        over the negatives, instead of once per pair.
-        """
-        return self.negative_score(log_ratio), 1.0, 0.0
-
-    def negative_core_root(self, log_ratio: Any) -> Any:
-        """`r(l) >= 0` with `core = r(l)^2`, when `negative_core_is_square`."""
-        raise NotImplementedError(
-            f"{type(self).__name__} does not give its negative core as a square."
-        )
-
-    def negative_core_derivative(self, log_ratio: Any) -> Any:
-        """`d core / d l` of the core of `negative_score_parts` (optional).
-
-        Built-in divergences whose core is not an exponential define it: the
-        loss then differentiates the negatives' row sums with one matmul
-        (`contrast.symmetric_row_sum`).
-        """
-        raise NotImplementedError(
-            f"{type(self).__name__} does not give the derivative of its negative core."
-        )
-
-    def negative_core_bounds(self, low: float, high: float) -> tuple[float, float] | None:
-        """Smallest and largest `core` of `negative_score_parts` for `l` in `[low, high]`.
-
-        Python floats (no tensors), or `None` when unknown (then the loss
-        sums the negatives under a mask instead of subtracting the
-        same-sample pairs from the row sums, see `contrast.negative_sum`).
-        """
-        if self.negative_exponential is None:
-            return None
-        k = self.negative_exponential[0]
-        ends = sorted((k * low, k * high))
-        if ends[1] > _EXP_OVERFLOW:
-            return None
-        return math.exp(ends[0]), math.exp(ends[1])
-
     def positive_score(self, log_ratio: Any) -> Any:
         """`f'(e^l)`: the critic of a positive pair with log ratio `l`."""
-        return self.f_prime(self._exp(ops.convert_to_tensor(log_ratio)))
+        return self.f_prime(capped_exp(ops.convert_to_tensor(log_ratio)))
 
     def negative_score(self, log_ratio: Any) -> Any:
         """`f*(f'(e^l)) = e^l f'(e^l) - f(e^l)`: the score of a negative pair."""
-        u = self._exp(log_ratio)
+        u = capped_exp(log_ratio)
         return u * self.f_prime(u) - self.f(u)
 
 
+REGISTRY = Registry("divergence", Divergence)
+
+
+@REGISTRY.register("kl", "kullback_leibler", "kullbackleibler")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class KullbackLeibler(Divergence):
     """Kullback-Leibler: `f(u) = u log u`.
@@ -204,7 +207,7 @@ class KullbackLeibler(Divergence):
 
     name = "kl"
     exponents = (1.0,)
-    negative_exponential = (1.0, 1.0, 0.0)
+    negative_form = NegativeForm("exp", k=1.0)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -219,10 +222,10 @@ class KullbackLeibler(Divergence):
         return log_ratio + 1.0
 
     def negative_score(self, log_ratio):
-        log_ratio = ops.convert_to_tensor(log_ratio)
-        return self._exp(log_ratio)
+        return capped_exp(ops.convert_to_tensor(log_ratio))
 
 
+@REGISTRY.register("js", "jensen_shannon", "jensenshannon", "jsd")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class JensenShannon(Divergence):
     """Jensen-Shannon: `f(u) = u log u - (u + 1) log((u + 1) / 2)`.
@@ -233,7 +236,7 @@ class JensenShannon(Divergence):
 
     name = "js"
     exponents = ()
-    plain_exponents = (1.0,)
+    negative_form = NegativeForm("softplus", k=1.0, offset=-math.log(2.0))
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -251,22 +254,8 @@ class JensenShannon(Divergence):
         log_ratio = ops.convert_to_tensor(log_ratio)
         return ops.softplus(log_ratio) - math.log(2.0)
 
-    def negative_score_parts(self, log_ratio):
-        log_ratio = ops.convert_to_tensor(log_ratio)
-        if self.exact_exponentials and keras.backend.backend() != "torch":
-            # log(1 + e^l), exact while e^l cannot overflow: XLA fuses it and
-            # differentiates it with one exp fewer than its softplus. (Eager
-            # torch pays per op instead: its softplus is a single kernel.)
-            return ops.log1p(ops.exp(log_ratio)), 1.0, -math.log(2.0)
-        return ops.softplus(log_ratio), 1.0, -math.log(2.0)
 
-    def negative_core_derivative(self, log_ratio):
-        return ops.sigmoid(ops.convert_to_tensor(log_ratio))
-
-    def negative_core_bounds(self, low, high):
-        return _softplus(low), _softplus(high)
-
-
+@REGISTRY.register("pearson", "chi2", "chi_squared", "pearson_chi2")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Pearson(Divergence):
     """Pearson chi-squared: `f(u) = (u - 1)^2`.
@@ -276,7 +265,7 @@ class Pearson(Divergence):
 
     name = "pearson"
     exponents = (1.0, 2.0)
-    negative_exponential = (2.0, 1.0, -1.0)
+    negative_form = NegativeForm("exp", k=2.0, offset=-1.0)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -288,16 +277,14 @@ class Pearson(Divergence):
 
     def positive_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
-        return 2.0 * (self._exp(log_ratio) - 1.0)
+        return 2.0 * (capped_exp(log_ratio) - 1.0)
 
     def negative_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
-        return self._exp(2.0 * log_ratio) - 1.0
-
-    def negative_score_parts(self, log_ratio):
-        return self._exp(2.0 * ops.convert_to_tensor(log_ratio)), 1.0, -1.0
+        return capped_exp(2.0 * log_ratio) - 1.0
 
 
+@REGISTRY.register("squared_hellinger", "hellinger", "squaredhellinger", "sh")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SquaredHellinger(Divergence):
     """Squared Hellinger: `f(u) = (sqrt(u) - 1)^2`.
@@ -307,7 +294,7 @@ class SquaredHellinger(Divergence):
 
     name = "squared_hellinger"
     exponents = (-0.5, 0.5)
-    negative_exponential = (0.5, 1.0, -1.0)
+    negative_form = NegativeForm("exp", k=0.5, offset=-1.0)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -319,16 +306,14 @@ class SquaredHellinger(Divergence):
 
     def positive_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
-        return 1.0 - self._exp(-0.5 * log_ratio)
+        return 1.0 - capped_exp(-0.5 * log_ratio)
 
     def negative_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
-        return self._exp(0.5 * log_ratio) - 1.0
-
-    def negative_score_parts(self, log_ratio):
-        return self._exp(0.5 * ops.convert_to_tensor(log_ratio)), 1.0, -1.0
+        return capped_exp(0.5 * log_ratio) - 1.0
 
 
+@REGISTRY.register("tsallis", "tsallis_alpha")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Tsallis(Divergence):
     """Tsallis-alpha: `f(u) = (u^a - u) / (a - 1)` for an order `a > 0, a != 1`.
@@ -343,7 +328,7 @@ class Tsallis(Divergence):
     name = "tsallis"
 
     def __init__(self, order: float = 1.5):
-        if isinstance(order, bool) or not isinstance(order, numbers.Real):
+        if not is_real(order):
             raise ValueError(
                 "`order` of the Tsallis divergence must be a number. "
                 f"Received: order={order!r}"
@@ -355,8 +340,14 @@ class Tsallis(Divergence):
                 f"divergence='kl'). Received: order={order!r}"
             )
         self.order = float(order)
-        self.exponents = (self.order - 1.0, self.order)
-        self.negative_exponential = (self.order, 1.0, 0.0)
+
+    @property
+    def exponents(self):
+        return (self.order - 1.0, self.order)
+
+    @property
+    def negative_form(self):
+        return NegativeForm("exp", k=self.order)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -371,16 +362,17 @@ class Tsallis(Divergence):
     def positive_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
         a = self.order
-        return (a * self._exp((a - 1.0) * log_ratio) - 1.0) / (a - 1.0)
+        return (a * capped_exp((a - 1.0) * log_ratio) - 1.0) / (a - 1.0)
 
     def negative_score(self, log_ratio):
         log_ratio = ops.convert_to_tensor(log_ratio)
-        return self._exp(self.order * log_ratio)
+        return capped_exp(self.order * log_ratio)
 
     def get_config(self):
         return {"order": self.order}
 
 
+@REGISTRY.register("vlc", "vincze_le_cam", "vinczelecam", "le_cam")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class VinczeLeCam(Divergence):
     """Vincze-Le Cam: `f(u) = (u - 1)^2 / (u + 1)`.
@@ -391,6 +383,7 @@ class VinczeLeCam(Divergence):
 
     name = "vlc"
     exponents = ()
+    negative_form = NegativeForm("sigmoid_squared", k=1.0, scale=4.0, offset=-1.0)
 
     def f(self, u):
         u = ops.convert_to_tensor(u)
@@ -409,92 +402,40 @@ class VinczeLeCam(Divergence):
         # tanh(l/2) (1 + 2 sigmoid(l)) = (2 sigmoid(l) - 1)(2 sigmoid(l) + 1)
         return 4.0 * ops.square(ops.sigmoid(log_ratio)) - 1.0
 
-    negative_core_is_square = True
 
-    def negative_score_parts(self, log_ratio):
-        return ops.square(self.negative_core_root(log_ratio)), 4.0, -1.0
-
-    def negative_core_root(self, log_ratio):
-        return ops.sigmoid(ops.convert_to_tensor(log_ratio))
-
-    def negative_core_derivative(self, log_ratio):
-        # d sigmoid(l)^2 / dl = 2 sigmoid(l)^2 (1 - sigmoid(l))
-        root = self.negative_core_root(log_ratio)
-        return ops.square(root) * (2.0 - 2.0 * root)
-
-    def negative_core_bounds(self, low, high):
-        return _sigmoid(low) ** 2, _sigmoid(high) ** 2
+# Views of the registry (canonical name -> class, alias -> canonical name).
+BUILTIN_DIVERGENCES = REGISTRY.classes()
+ALIASES = REGISTRY.aliases()
 
 
-def _softplus(x: float) -> float:
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+def names() -> tuple[str, ...]:
+    """The canonical names of the built-in divergences.
 
+    Example:
 
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    return math.exp(x) / (1.0 + math.exp(x))
-
-
-BUILTIN_DIVERGENCES = {
-    "kl": KullbackLeibler,
-    "js": JensenShannon,
-    "pearson": Pearson,
-    "squared_hellinger": SquaredHellinger,
-    "tsallis": Tsallis,
-    "vlc": VinczeLeCam,
-}
-
-ALIASES = {
-    "kullback_leibler": "kl",
-    "kullbackleibler": "kl",
-    "jensen_shannon": "js",
-    "jensenshannon": "js",
-    "jsd": "js",
-    "chi2": "pearson",
-    "chi_squared": "pearson",
-    "pearson_chi2": "pearson",
-    "hellinger": "squared_hellinger",
-    "squaredhellinger": "squared_hellinger",
-    "sh": "squared_hellinger",
-    "tsallis_alpha": "tsallis",
-    "vincze_le_cam": "vlc",
-    "vinczelecam": "vlc",
-    "le_cam": "vlc",
-}
+    ```python
+    keras_fmicl.divergences.names()
+    # ('kl', 'js', 'pearson', 'squared_hellinger', 'tsallis', 'vlc')
+    ```
+    """
+    return REGISTRY.names()
 
 
 def get(identifier: Any) -> Divergence:
     """Returns a `Divergence` from a name, an alias, a config dict or an instance.
 
-    Names: `"kl"`, `"js"`, `"pearson"`, `"squared_hellinger"`, `"tsallis"`,
-    `"vlc"`, and the aliases in `ALIASES` (`"chi2"`, `"hellinger"`,
-    `"jensen_shannon"`, `"kullback_leibler"`, ...). Case, dashes and spaces
-    do not matter.
+    Names: `names()` (`"kl"`, `"js"`, `"pearson"`, `"squared_hellinger"`,
+    `"tsallis"`, `"vlc"`), and the aliases in `ALIASES` (`"chi2"`,
+    `"hellinger"`, `"jensen_shannon"`, `"kullback_leibler"`, ...). Case,
+    dashes and spaces do not matter.
+
+    Example:
+
+    ```python
+    keras_fmicl.divergences.get("Jensen-Shannon")   # JensenShannon()
+    ```
     """
-    if isinstance(identifier, Divergence):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Divergence):
-        return identifier()
-    if isinstance(identifier, dict):
-        obj = keras.saving.deserialize_keras_object(identifier)
-        if not isinstance(obj, Divergence):
-            raise ValueError(
-                "`divergence` config does not describe a keras_fmicl "
-                f"Divergence. Received: divergence={identifier!r}"
-            )
-        return obj
-    if isinstance(identifier, str):
-        key = identifier.strip().lower().replace("-", "_").replace(" ", "_")
-        key = ALIASES.get(key, key)
-        if key in BUILTIN_DIVERGENCES:
-            return BUILTIN_DIVERGENCES[key]()
-    names = sorted(BUILTIN_DIVERGENCES) + sorted(ALIASES)
-    raise ValueError(
-        "Unknown `divergence`: expected one of "
-        f"{', '.join(repr(n) for n in names)}, or a keras_fmicl.Divergence "
-        f"instance. Received: divergence={identifier!r}"
-    )
+    return REGISTRY.get(identifier)
 
 
 def serialize(divergence: Divergence) -> str | dict:

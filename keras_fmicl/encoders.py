@@ -23,11 +23,13 @@ Reference:
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import keras
 from keras import layers
+
+from keras_fmicl.validation import check_positive_integer
+from keras_fmicl.validation import is_integer
 
 DATA_FORMAT = "channels_last"
 BATCH_NORM_MOMENTUM = 0.9  # PyTorch's momentum 0.1
@@ -44,9 +46,7 @@ def _conv_initializer() -> keras.initializers.Initializer:
 
 
 def _check_width(value: Any, name: str = "width") -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
+    return check_positive_integer(name, value)
 
 
 def _check_input_shape(input_shape: Any, min_size: int) -> tuple:
@@ -62,9 +62,9 @@ def _check_input_shape(input_shape: Any, min_size: int) -> tuple:
     for size in (height, width):
         if size is None:
             continue
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < min_size:
+        if not is_integer(size) or size < min_size:
             raise ValueError(message)
-    if isinstance(channels, bool) or not isinstance(channels, numbers.Integral) or channels < 1:
+    if not is_integer(channels) or channels < 1:
         raise ValueError(message)
     return tuple(None if s is None else int(s) for s in input_shape)
 

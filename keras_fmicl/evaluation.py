@@ -29,7 +29,6 @@ Reference:
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import keras
@@ -37,10 +36,13 @@ import numpy as np
 from keras import ops
 
 from keras_fmicl.contrast import compute_dtype
+from keras_fmicl.similarities import l2_normalize
+from keras_fmicl.validation import check_integer
+from keras_fmicl.validation import check_positive_integer
+from keras_fmicl.validation import is_real
 
 DEFAULT_KNN_K = 200
 DEFAULT_KNN_TEMPERATURE = 0.1
-_NORM_EPSILON = 1e-12
 
 
 # --------------------------------------------------------------------------
@@ -48,28 +50,15 @@ _NORM_EPSILON = 1e-12
 # --------------------------------------------------------------------------
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
+_check_positive_int = check_positive_integer
 
 
 def _check_non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(
-            f"`{name}` must be a non-negative integer. Received: {name}={value!r}"
-        )
-    return int(value)
+    return check_integer(name, value, 0, description="a non-negative integer")
 
 
 def _check_positive_float(name: str, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not 0 < value < float("inf")
-    ):
+    if not is_real(value) or not 0 < value < float("inf"):
         raise ValueError(
             f"`{name}` must be a positive finite number. Received: {name}={value!r}"
         )
@@ -77,11 +66,7 @@ def _check_positive_float(name: str, value: Any) -> float:
 
 
 def _check_non_negative_float(name: str, value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not 0 <= value < float("inf")
-    ):
+    if not is_real(value) or not 0 <= value < float("inf"):
         raise ValueError(
             f"`{name}` must be a non-negative finite number. Received: {name}={value!r}"
         )
@@ -137,7 +122,7 @@ def _check_finite(x: Any, subject: str) -> None:
     error: a NaN row is a NaN similarity to every query, an infinite one a
     NaN unit vector, and a NaN kNN vote or probe loss ends as class 0 or
     chance accuracy. Only the `(N,)` row mask leaves the device. A symbolic
-    or traced `x` has no value to check: there `_unit_rows` makes a bad row
+    or traced `x` has no value to check: there `l2_normalize` makes a bad row
     NaN, so `alignment`/`uniformity` end as NaN (never a finite number).
 
     Args:
@@ -242,29 +227,6 @@ def _resolve_num_classes(num_classes: int | None, **label_sets: np.ndarray) -> i
     return num_classes
 
 
-def _unit_rows(x: Any) -> Any:
-    """Rows scaled to unit L2 norm; rows of norm at most 1e-6 become zero.
-
-    Each row is first divided by its largest absolute entry, so the squared
-    norm neither overflows (finite features up to the dtype's maximum keep
-    their direction instead of collapsing to a zero row) nor underflows. A
-    row holding NaN or +-Inf comes out all NaN, never zero: where
-    `_check_finite` cannot look (traced code), a bad row still ends as NaN.
-
-    Written with `where` and `rsqrt` only: on the JAX and PyTorch backends,
-    Keras 3 promotes `ops.maximum(float64, python float)` and the accumulator
-    of `ops.mean` to float32, which would silently drop float64 precision.
-    """
-    scale = ops.max(ops.abs(x), axis=-1, keepdims=True)
-    # NaN > 0 is False: a NaN row keeps scale 1 and stays NaN below.
-    scaled = x / ops.where(scale > 0, scale, ops.ones_like(scale))
-    squared = ops.sum(ops.square(scaled), axis=-1, keepdims=True)  # in [1, F], or 0
-    # `<=` (not `>`) so that a NaN norm counts as non-zero and propagates.
-    is_zero = scale * ops.sqrt(squared) <= math.sqrt(_NORM_EPSILON)
-    safe = ops.where(is_zero, ops.ones_like(squared), squared)
-    return ops.where(is_zero, ops.zeros_like(x), scaled * ops.rsqrt(safe))
-
-
 def _row_block(x: Any, start: int, size: int) -> Any:
     """`x[start : start + size]` as a dynamic slice (one XLA program per size on JAX)."""
     return ops.slice(x, (start,) + (0,) * (len(x.shape) - 1), (size,) + tuple(x.shape[1:]))
@@ -359,8 +321,8 @@ def knn_predict(
     num_test = _num_rows(test)
     k = min(k, num_train)
 
-    bank = ops.transpose(_unit_rows(train))  # (F, N)
-    test = _unit_rows(test)
+    bank = ops.transpose(l2_normalize(train))  # (F, N)
+    test = l2_normalize(test)
     bank_labels = ops.convert_to_tensor(labels.astype(np.int32))
     scores = []
     for start in range(0, num_test, batch_size):
@@ -957,7 +919,7 @@ def alignment(x: Any, y: Any, alpha: float = 2.0) -> Any:
     _check_finite(y, "`y`")
     if x.dtype != y.dtype:
         y = ops.cast(y, x.dtype)
-    squared = ops.sum(ops.square(_unit_rows(x) - _unit_rows(y)), axis=-1)
+    squared = ops.sum(ops.square(l2_normalize(x) - l2_normalize(y)), axis=-1)
     distance = squared if alpha == 2.0 else ops.power(ops.relu(squared), alpha / 2.0)
     # sum / N rather than ops.mean, which accumulates float64 in float32 on JAX/torch
     return ops.sum(distance) / _num_rows(x)
@@ -1005,7 +967,7 @@ def uniformity(x: Any, t: float = 2.0, batch_size: int = 1024) -> Any:
             f"distinct pairs). Received: x.shape={tuple(x.shape)}"
         )
     _check_finite(x, "`x`")
-    unit = _unit_rows(x)
+    unit = l2_normalize(x)
     squared_norms = ops.sum(ops.square(unit), axis=-1)  # 1, or 0 for a zero row
     columns = ops.arange(num_samples, dtype="int32")
     block_lse = []

@@ -44,9 +44,6 @@ Reference:
 
 from __future__ import annotations
 
-import copy
-import math
-import warnings
 from typing import Any
 
 import keras
@@ -54,6 +51,7 @@ from keras import ops
 
 from keras_fmicl import contrast
 from keras_fmicl import divergences
+from keras_fmicl import fast_paths
 from keras_fmicl import similarities
 from keras_fmicl.validation import check_choice
 from keras_fmicl.validation import check_positive_number
@@ -79,174 +77,26 @@ def _per_sample(batch: contrast.ContrastiveBatch, anchor_loss: Any) -> Any:
     return _mean_views(anchor_loss) + batch.nan_guard
 
 
-class _NegativeScores:
-    """How the f-MICL loss evaluates its negative scores on the `(M, K)` matrices.
-
-    `negative_score(l) = scale * core(matrix) + offset`, where the matmul
-    gives `matrix = matrix_scale * cos + matrix_offset`:
-
-    * when the divergence's negative score is `A exp(k l) + B` (KL, Pearson,
-      squared Hellinger, Tsallis) and the similarity is affine in the cosine
-      (`l = s cos + b`), the matmul carries `k s` and the core is one `exp`:
-      `A exp(k l) = A exp(k b) exp(k s cos)`, exact while `|k| s` stays
-      within float32's exact exponent range;
-    * otherwise the matmul carries `s` (and, on eager torch, the offset `b`
-      as an extra column) and the core is the divergence's own
-      `negative_score_parts` of `l`.
-
-    The built-in scores are smooth through `l = 0`, so the Gaussian `l` is
-    not clamped at 0 here (the clamp absorbs round-off of an ulp of cos; it
-    would cost `(M, M)` passes forward and backward).
-
-    Attributes:
-        divergence: the divergence, flagged `exact_exponentials` when the
-            similarity keeps every exponent in the exact range.
-        matrix_scale, matrix_offset: of the batch and queue matrices.
-        core: elementwise function of those matrices.
-        scale, offset: Python floats, applied once per anchor.
-        core_bounds: `(low, high)`, the range of `core` over the similarity's
-            range, or `None` when unknown.
-        row_sum: `None`, or a function giving the row sums of `core` of a
-            matrix more cheaply than `sum(core(matrix))`.
-        derivative: `None`, or `derivative(matrix, values)`, the elementwise
-            derivative of `core` (`values = core(matrix)`): the
-            negatives' row sums of a symmetric batch are then differentiated
-            with one matmul (`contrast.symmetric_row_sum`).
-    """
-
-    def __init__(self, divergence: divergences.Divergence, similarity: similarities.Similarity):
-        self.divergence = divergence = _exact_divergence(divergence, similarity)
-        exponential = divergence.negative_exponential
-        cosine_scale = similarity.cosine_scale
-        offset_l = similarity.log_ratio_offset
-        builtin = _is_builtin(divergence)
-        self.matrix_offset = 0.0
-        self.core_bounds = None
-        self.row_sum = None
-        self.derivative = None
-        self._constants = None
-        if (
-            builtin
-            and exponential is not None
-            and offset_l is not None
-            and abs(exponential[0]) * cosine_scale <= divergences.max_exponent("float32")
-        ):
-            k, factor, offset = exponential
-            self.matrix_scale = k * cosine_scale
-            self.core = ops.exp
-            self._constants = (factor * math.exp(k * offset_l), offset)
-            # exp(k s cos) over cos in [-1, 1]
-            self.core_bounds = (math.exp(-abs(self.matrix_scale)), math.exp(abs(self.matrix_scale)))
-            self.derivative = _exp_derivative
-            return
-        self.matrix_scale = cosine_scale
-        log_ratio = similarity.log_ratio_from_scaled_cosine
-        if builtin and offset_l is not None:
-            if offset_l == 0.0:
-                log_ratio = _identity
-            elif keras.backend.backend() == "torch":
-                # Eager torch pays a pass over memory per op: the matmul
-                # adds the offset. XLA fuses the addition for free, and its
-                # matmul is slower with d + 1 columns.
-                self.matrix_offset = offset_l
-                log_ratio = _identity
-            else:
-                log_ratio = lambda c: c + offset_l  # noqa: E731
-        self._log_ratio = log_ratio
-        if builtin:
-            self.core_bounds = divergence.negative_core_bounds(*similarity.log_ratio_range())
-            if divergence.negative_core_is_square and keras.backend.backend() == "torch":
-                # (plain functions, not bound methods: see `derivative`)
-                self.row_sum = lambda matrix: _squared_norms(
-                    divergence.negative_core_root(log_ratio(matrix))
-                )
-            if _overrides(divergence, "negative_core_derivative"):
-                # A plain function, not a bound method: torch.compile
-                # cannot rebuild a bound method inside a custom gradient.
-                def derivative(matrix, values, log_ratio=log_ratio):
-                    return divergence.negative_core_derivative(log_ratio(matrix))
-
-                self.derivative = derivative
-
-    def core(self, matrix: Any) -> Any:
-        core, scale, offset = self.divergence.negative_score_parts(self._log_ratio(matrix))
-        self._constants = (scale, offset)
-        return core
-
-    @property
-    def scale(self) -> float:
-        return self._get_constants()[0]
-
-    @property
-    def offset(self) -> float:
-        return self._get_constants()[1]
-
-    def _get_constants(self) -> tuple[float, float]:
-        if self._constants is None:
-            # Python floats that do not depend on l: read them off one call.
-            _, scale, offset = self.divergence.negative_score_parts(ops.convert_to_tensor(0.0))
-            self._constants = (scale, offset)
-        return self._constants
-
-
-def _identity(x: Any) -> Any:
-    return x
-
-
-def _squared_norms(root: Any) -> Any:
-    """Row sums of `root^2` as squared norms: eager torch then neither
-    stores the squares nor differentiates them op by op."""
-    if keras.backend.standardize_dtype(root.dtype) != "float32":
-        # Keras' torch `norm` computes float64 in float32.
-        return ops.sum(ops.square(root), axis=-1)
-    return ops.square(ops.norm(root, axis=-1))
-
-
-def _exp_derivative(matrix: Any, values: Any) -> Any:
-    return values
-
-
-def _overrides(divergence: divergences.Divergence, method: str) -> bool:
-    return getattr(type(divergence), method) is not getattr(divergences.Divergence, method)
-
-
-def _exact_divergence(divergence, similarity):
-    """`divergence`, on a copy flagged to use a plain `exp` where that is exact."""
-    if _exponentials_are_exact(divergence, similarity):
-        divergence = copy.copy(divergence)
-        divergence.exact_exponentials = True
-    return divergence
-
-
 def _fmicl_anchor_losses(
     batch: contrast.ContrastiveBatch,
-    negative_scores: _NegativeScores,
-    similarity: similarities.Similarity,
+    plan: fast_paths.ScorePlan,
+    divergence: divergences.Divergence,
     alpha: float,
 ) -> tuple[Any, Any]:
     """Per-anchor `(N, V)` f-MICL loss and f-MI estimate (alpha = 1).
 
-    `batch` must come from `contrast.build` with the matrix scale and
-    offset of `negative_scores`.
+    `batch` must come from `contrast.build` with the scale and offset of
+    `plan`.
     """
-    divergence = negative_scores.divergence
-    log_ratio = similarity.log_ratio_from_scaled_cosine
     positive = contrast.positive_sum(
-        batch, lambda c: divergence.positive_score(log_ratio(c))
+        batch, lambda x: divergence.positive_score(plan.log_ratio(x))
     )
     positive_mean = positive / batch.positive_count
-    negative = contrast.negative_sum(
-        batch,
-        negative_scores.core,
-        core_bounds=negative_scores.core_bounds,
-        row_sum=negative_scores.row_sum,
-        score_derivative=negative_scores.derivative,
-    )
+    negative = fast_paths.negative_sum(batch, plan)
     if negative is None:
         negative_mean = ops.zeros_like(positive_mean)
     else:
         count = batch.negative_count
-        negative = negative_scores.scale * negative + negative_scores.offset * count
         negative_mean = negative / ops.where(count > 0, count, 1.0)
     anchor_loss = alpha * negative_mean - positive_mean
     return anchor_loss, positive_mean - negative_mean
@@ -254,7 +104,7 @@ def _fmicl_anchor_losses(
 
 def _info_nce_anchor_losses(
     batch: contrast.ContrastiveBatch,
-    similarity: similarities.Similarity,
+    plan: fast_paths.ScorePlan,
     supervised_form: str = "decoupled",
 ) -> tuple[Any, Any]:
     """Per-anchor `(N, V)` InfoNCE loss and its bound.
@@ -262,7 +112,7 @@ def _info_nce_anchor_losses(
     The bound is `log(C) - loss`, with `C` the number of candidates of each
     softmax: `1 + |N(a)|` (decoupled) or `|P(a)| + |N(a)|` (SupCon).
     """
-    log_ratio = similarity.log_ratio_from_scaled_cosine
+    log_ratio = plan.log_ratio
     if supervised_form == "supcon":
         lse = contrast.candidate_logsumexp(batch, log_ratio)
         positive = contrast.positive_sum(batch, log_ratio)
@@ -272,7 +122,7 @@ def _info_nce_anchor_losses(
     lse, has_negatives = contrast.negative_logsumexp(batch, log_ratio)
     # -l + log(e^l + sum_n e^l_n) = softplus(lse_n - l)
     terms = contrast.positive_sum(
-        batch, lambda c, s: ops.softplus(s - log_ratio(c)), anchor_stat=lse
+        batch, lambda x, s: ops.softplus(s - log_ratio(x)), anchor_stat=lse
     )
     anchor_loss = ops.where(
         has_negatives, terms / batch.positive_count, ops.zeros_like(terms)
@@ -281,40 +131,9 @@ def _info_nce_anchor_losses(
     return anchor_loss, bound
 
 
-def _largest_exponent(divergence, similarity, exponents=None) -> float:
-    """The largest `k l` any score evaluates `exp` at, over the similarity's range."""
-    low, high = similarity.log_ratio_range()
-    exponents = divergence.exponents if exponents is None else exponents
-    return max([k * low for k in exponents] + [k * high for k in exponents] + [0.0])
-
-
-def _is_builtin(divergence: divergences.Divergence) -> bool:
-    """Whether the divergence is one of the package's (whose scores are known)."""
-    return type(divergence) in divergences.BUILTIN_DIVERGENCES.values()
-
-
-def _exponentials_are_exact(divergence, similarity) -> bool:
-    """Whether no score can reach the linear continuation of `capped_exp`."""
-    exponents = tuple(divergence.exponents) + tuple(divergence.plain_exponents)
-    return _is_builtin(divergence) and _largest_exponent(
-        divergence, similarity, exponents
-    ) <= divergences.max_exponent("float32")
-
-
-def _warn_if_beyond_exact_range(
-    divergence: divergences.Divergence, similarity: similarities.Similarity
-) -> None:
-    """Warns when the scores can need exponents beyond float32's exact range."""
-    largest = _largest_exponent(divergence, similarity)
-    cap = divergences.max_exponent("float32")
-    if largest > cap:
-        warnings.warn(
-            f"With {similarity!r} the {divergence.name} scores can reach "
-            f"exp({largest:.0f}), beyond float32's exact range exp({cap:.1f}): "
-            "past it they are continued linearly (finite, but no longer the "
-            "exact divergence). A larger sigma or temperature avoids this.",
-            stacklevel=3,
-        )
+def _build(plan: fast_paths.ScorePlan, y_pred: Any, **kwargs) -> contrast.ContrastiveBatch:
+    """The pair set of `y_pred`, in the scale and offset of `plan`."""
+    return contrast.build(y_pred, scale=plan.scale, offset=plan.offset, **kwargs)
 
 
 def fmicl(
@@ -369,8 +188,9 @@ def fmicl(
     divergence = divergences.get(divergence)
     similarity = similarities.get(similarity, sigma=sigma, temperature=temperature, stacklevel=3)
     alpha = check_positive_number("alpha", alpha)
-    negative_scores = _NegativeScores(divergence, similarity)
-    batch = contrast.build(
+    plan = fast_paths.score_plan(similarity, divergence)
+    batch = _build(
+        plan,
         y_pred,
         keys=keys,
         queue=queue,
@@ -378,11 +198,8 @@ def fmicl(
         labels=y_true,
         in_batch_negatives=in_batch_negatives,
         global_negatives=global_negatives,
-        cosine_scale=similarity.cosine_scale,
-        batch_cosine_scale=negative_scores.matrix_scale,
-        batch_cosine_offset=negative_scores.matrix_offset,
     )
-    anchor_loss, _ = _fmicl_anchor_losses(batch, negative_scores, similarity, alpha)
+    anchor_loss, _ = _fmicl_anchor_losses(batch, plan, divergence, alpha)
     return _per_sample(batch, anchor_loss)
 
 
@@ -424,7 +241,9 @@ def info_nce(
     if temperature is None and _is_cosine_name(similarity):
         temperature = DEFAULT_INFONCE_TEMPERATURE
     similarity = similarities.get(similarity, sigma=sigma, temperature=temperature, stacklevel=3)
-    batch = contrast.build(
+    plan = fast_paths.score_plan(similarity)
+    batch = _build(
+        plan,
         y_pred,
         keys=keys,
         queue=queue,
@@ -432,18 +251,14 @@ def info_nce(
         labels=y_true,
         in_batch_negatives=in_batch_negatives,
         global_negatives=global_negatives,
-        cosine_scale=similarity.cosine_scale,
     )
-    anchor_loss, _ = _info_nce_anchor_losses(batch, similarity, supervised_form)
+    anchor_loss, _ = _info_nce_anchor_losses(batch, plan, supervised_form)
     return _per_sample(batch, anchor_loss)
 
 
 def _is_cosine_name(similarity: Any) -> bool:
     """Whether `similarity` names the cosine similarity (InfoNCE's default)."""
-    if not isinstance(similarity, str):
-        return False
-    key = similarity.strip().lower().replace("-", "_").replace(" ", "_")
-    return similarities.ALIASES.get(key, key) == "cosine"
+    return similarities.canonical_name(similarity) == "cosine"
 
 
 class ContrastiveLoss(keras.losses.Loss):
@@ -480,14 +295,19 @@ class ContrastiveLoss(keras.losses.Loss):
     def anchor_losses(self, batch: contrast.ContrastiveBatch) -> tuple[Any, Any]:
         raise NotImplementedError
 
-    def contrast_options(self) -> dict:
-        """Extra arguments of `contrast.build` for this loss's `anchor_losses`.
+    def score_plan(self) -> fast_paths.ScorePlan:
+        """How `anchor_losses` evaluates its scores (`keras_fmicl.fast_paths`).
 
-        E.g. the scale and offset of the `(M, M)` and `(M, K)` matrices
-        (`batch_cosine_scale`, `batch_cosine_offset`). Called once per
-        `contrast()`, before `anchor_losses`.
+        `contrast()` builds the pair set in the plan's scale and offset.
+        Built once and reused until the similarity (or, for f-MICL, the
+        divergence) is replaced.
         """
-        return {}
+        key = (self.similarity, getattr(self, "divergence", None))
+        cached = getattr(self, "_score_plan_cache", None)
+        if cached is None or cached[0][0] is not key[0] or cached[0][1] is not key[1]:
+            cached = (key, fast_paths.score_plan(*key))
+            self._score_plan_cache = cached
+        return cached[1]
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
         """The reduced loss; see the class docstring.
@@ -575,7 +395,8 @@ class ContrastiveLoss(keras.losses.Loss):
         scalar = keras.ops.mean(per_sample)
         ```
         """
-        batch = contrast.build(
+        batch = _build(
+            self.score_plan(),
             queries,
             keys=keys,
             queue=queue,
@@ -585,8 +406,6 @@ class ContrastiveLoss(keras.losses.Loss):
             global_negatives=self.global_negatives,
             query_argument=query_argument,
             label_argument=label_argument,
-            cosine_scale=self.similarity.cosine_scale,
-            **self.contrast_options(),
         )
         anchor_loss, mi_estimate = self.anchor_losses(batch)
         per_sample = _per_sample(batch, anchor_loss)
@@ -600,18 +419,15 @@ class ContrastiveLoss(keras.losses.Loss):
 
     def get_config(self) -> dict:
         config = super().get_config()
+        builtin = similarities.REGISTRY.is_builtin(self.similarity)
         config["similarity"] = (
-            self.similarity.name
-            if type(self.similarity) in similarities.BUILTIN_SIMILARITIES.values()
-            else similarities.serialize(self.similarity)
+            self.similarity.name if builtin else similarities.serialize(self.similarity)
         )
         # The parameter of the similarity only: an ignored one would warn
         # again on `from_config`.
-        kind = type(self.similarity)
-        config["sigma"] = self.similarity.sigma if kind is similarities.Gaussian else None
-        config["temperature"] = (
-            self.similarity.temperature if kind is similarities.Cosine else None
-        )
+        for parameter in ("sigma", "temperature"):
+            used = builtin and self.similarity.parameter == parameter
+            config[parameter] = getattr(self.similarity, parameter) if used else None
         config["global_negatives"] = self.global_negatives
         return config
 
@@ -713,33 +529,11 @@ class FMICLLoss(ContrastiveLoss):
         )
         self.divergence = divergences.get(divergence)
         self.alpha = check_positive_number("alpha", alpha)
-        _warn_if_beyond_exact_range(self.divergence, self.similarity)
-
-    def _negative_scores(self) -> _NegativeScores:
-        """The `_NegativeScores` of the current divergence and similarity.
-
-        Built once and reused by `contrast_options` and `anchor_losses` (and
-        every later call) until either attribute is replaced.
-        """
-        cached = getattr(self, "_negative_scores_cache", None)
-        if cached is None or cached[0] is not self.divergence or cached[1] is not self.similarity:
-            cached = (
-                self.divergence,
-                self.similarity,
-                _NegativeScores(self.divergence, self.similarity),
-            )
-            self._negative_scores_cache = cached
-        return cached[2]
-
-    def contrast_options(self):
-        negative_scores = self._negative_scores()
-        return {
-            "batch_cosine_scale": negative_scores.matrix_scale,
-            "batch_cosine_offset": negative_scores.matrix_offset,
-        }
+        # stacklevel 2: the warning points at the user's FMICLLoss(...) call.
+        fast_paths.warn_if_beyond_exact_range(self.divergence, self.similarity, stacklevel=2)
 
     def anchor_losses(self, batch):
-        return _fmicl_anchor_losses(batch, self._negative_scores(), self.similarity, self.alpha)
+        return _fmicl_anchor_losses(batch, self.score_plan(), self.divergence, self.alpha)
 
     def get_config(self):
         config = super().get_config()
@@ -833,7 +627,7 @@ class InfoNCELoss(ContrastiveLoss):
         )
 
     def anchor_losses(self, batch):
-        return _info_nce_anchor_losses(batch, self.similarity, self.supervised_form)
+        return _info_nce_anchor_losses(batch, self.score_plan(), self.supervised_form)
 
     def get_config(self):
         config = super().get_config()

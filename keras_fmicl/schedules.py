@@ -12,10 +12,12 @@ Reference:
 from __future__ import annotations
 
 import math
-import numbers
 
 import keras
 from keras import ops
+
+from keras_fmicl.validation import check_positive_integer
+from keras_fmicl.validation import is_real
 
 _PACKAGE = "keras_fmicl"
 
@@ -48,7 +50,7 @@ class CosineMomentum(keras.optimizers.schedules.LearningRateSchedule):
         name: str = "cosine_momentum",
     ):
         for arg, value in (("initial_momentum", initial_momentum), ("final_momentum", final_momentum)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+            if not is_real(value) or not 0 <= value <= 1:
                 raise ValueError(
                     f"`{arg}` must be a number in [0, 1]. Received: {arg}={value!r}"
                 )
@@ -57,12 +59,8 @@ class CosineMomentum(keras.optimizers.schedules.LearningRateSchedule):
                 "`initial_momentum` must be below 1 (at 1 the key encoder never "
                 f"learns). Received: initial_momentum={initial_momentum!r}"
             )
-        if isinstance(decay_steps, bool) or not isinstance(decay_steps, numbers.Integral) or decay_steps < 1:
-            raise ValueError(
-                f"`decay_steps` must be a positive integer. Received: decay_steps={decay_steps!r}"
-            )
         self.initial_momentum = float(initial_momentum)
-        self.decay_steps = int(decay_steps)
+        self.decay_steps = check_positive_integer("decay_steps", decay_steps)
         self.final_momentum = float(final_momentum)
         self.name = name
 

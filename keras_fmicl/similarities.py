@@ -30,6 +30,7 @@ import keras
 from keras import ops
 
 from keras_fmicl.validation import ConfigEquality
+from keras_fmicl.validation import Registry
 from keras_fmicl.validation import check_positive_number
 
 _PACKAGE = "keras_fmicl"
@@ -115,6 +116,9 @@ class Similarity(ConfigEquality):
     """
 
     name: str = "similarity"
+    # The keyword argument of the constructor that `get(name, sigma=...,
+    # temperature=...)` passes on (`"sigma"`, `"temperature"`), or `None`.
+    parameter: str | None = None
 
     @property
     def cosine_scale(self) -> float:
@@ -171,6 +175,10 @@ class Similarity(ConfigEquality):
         return self.log_ratio_from_cosine(cosine_matrix(x, y))
 
 
+REGISTRY = Registry("similarity", Similarity)
+
+
+@REGISTRY.register("gaussian", "f_gaussian", "rbf")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Gaussian(Similarity):
     """The f-Gaussian similarity: `l = -||z^_a - z^_b||^2 / (2 sigma^2)`.
@@ -186,6 +194,7 @@ class Gaussian(Similarity):
     """
 
     name = "gaussian"
+    parameter = "sigma"
 
     def __init__(self, sigma: float = DEFAULT_SIGMA):
         self.sigma = check_positive_number("sigma", sigma)
@@ -213,6 +222,7 @@ class Gaussian(Similarity):
         return {"sigma": self.sigma}
 
 
+@REGISTRY.register("cosine", "cos")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Cosine(Similarity):
     """InfoNCE's similarity: `l = cos(z_a, z_b) / temperature`.
@@ -223,6 +233,7 @@ class Cosine(Similarity):
     """
 
     name = "cosine"
+    parameter = "temperature"
 
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE):
         self.temperature = check_positive_number("temperature", temperature)
@@ -248,8 +259,19 @@ class Cosine(Similarity):
         return {"temperature": self.temperature}
 
 
-BUILTIN_SIMILARITIES = {"gaussian": Gaussian, "cosine": Cosine}
-ALIASES = {"f_gaussian": "gaussian", "rbf": "gaussian", "cos": "cosine"}
+# Views of the registry (canonical name -> class, alias -> canonical name).
+BUILTIN_SIMILARITIES = REGISTRY.classes()
+ALIASES = REGISTRY.aliases()
+
+
+def names() -> tuple[str, ...]:
+    """The canonical names of the built-in similarities: `("gaussian", "cosine")`."""
+    return REGISTRY.names()
+
+
+def canonical_name(identifier: Any) -> str | None:
+    """The canonical name a string names (`"cos"` -> `"cosine"`), else `None`."""
+    return REGISTRY.canonical(identifier)
 
 
 def get(
@@ -266,8 +288,9 @@ def get(
     naming it; `None` means "not given" and stays silent.
 
     Args:
-        identifier: `"gaussian"` (alias `"f_gaussian"`), `"cosine"`, a config
-            dict, or a `Similarity` instance (returned as is).
+        identifier: a name of `names()` or an alias of `ALIASES` (`"f_gaussian"`,
+            `"cos"`, ...), a config dict, or a `Similarity` instance
+            (returned as is).
         sigma: bandwidth for `"gaussian"`; its default when `None`.
         temperature: temperature for `"cosine"`; its default when `None`.
         stacklevel: of the warning, as for `warnings.warn` (counted from
@@ -280,43 +303,22 @@ def get(
     similarities.get("cosine", sigma=0.5)         # warns: sigma is ignored
     ```
     """
-    if isinstance(identifier, Similarity):
-        similarity = identifier
-    elif isinstance(identifier, dict):
-        similarity = keras.saving.deserialize_keras_object(identifier)
-        if not isinstance(similarity, Similarity):
-            raise ValueError(
-                "`similarity` config does not describe a keras_fmicl "
-                f"Similarity. Received: similarity={identifier!r}"
-            )
-    else:
-        similarity = None
-        if isinstance(identifier, str):
-            key = identifier.strip().lower().replace("-", "_").replace(" ", "_")
-            key = ALIASES.get(key, key)
-            if key == "gaussian":
-                similarity = Gaussian(DEFAULT_SIGMA if sigma is None else sigma)
-            elif key == "cosine":
-                similarity = Cosine(DEFAULT_TEMPERATURE if temperature is None else temperature)
-        if similarity is None:
-            names = sorted(BUILTIN_SIMILARITIES) + sorted(ALIASES)
-            raise ValueError(
-                "Unknown `similarity`: expected one of "
-                f"{', '.join(repr(n) for n in names)}, or a keras_fmicl.Similarity "
-                f"instance. Received: similarity={identifier!r}"
-            )
-    _warn_unused_parameters(identifier, similarity, sigma, temperature, stacklevel + 1)
+    parameters = {"sigma": sigma, "temperature": temperature}
+
+    def make(cls):
+        value = parameters.get(cls.parameter)
+        return cls() if value is None else cls(**{cls.parameter: value})
+
+    similarity = REGISTRY.get(identifier, make=make)
+    _warn_unused_parameters(identifier, similarity, parameters, stacklevel + 1)
     return similarity
 
 
-def _warn_unused_parameters(identifier, similarity, sigma, temperature, stacklevel):
+def _warn_unused_parameters(identifier, similarity, parameters, stacklevel):
     """Warns about `sigma` / `temperature` given to a similarity that ignores them."""
     is_name = isinstance(identifier, str)
-    for name, value, used_by in (
-        ("sigma", sigma, Gaussian),
-        ("temperature", temperature, Cosine),
-    ):
-        if value is None or (is_name and type(similarity) is used_by):
+    for name, value in parameters.items():
+        if value is None or (is_name and similarity.parameter == name):
             continue
         if is_name:
             reason = f"similarity={identifier!r} does not use it"

@@ -10,26 +10,74 @@ import keras
 import numpy as np
 
 
+def is_real(value: Any) -> bool:
+    """Whether `value` is a real number (a Python or numpy one), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_integer(value: Any) -> bool:
+    """Whether `value` is a whole number (a Python or numpy int), not a bool.
+
+    Example:
+
+    ```python
+    is_integer(3), is_integer(np.int64(3))   # True, True
+    is_integer(True), is_integer(3.0)        # False, False
+    ```
+    """
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_positive_number(name: str, value: Any) -> float:
     """`value` as a float if it is a finite number `> 0`, else `ValueError`."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not 0 < value < float("inf")
-    ):
+    if not is_real(value) or not 0 < value < float("inf"):
         raise ValueError(
             f"`{name}` must be a positive number. Received: {name}={value!r}"
         )
     return float(value)
 
 
-def check_integer(name: str, value: Any, minimum: int) -> int:
-    """`value` as an int if it is an integer `>= minimum`, else `ValueError`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}"
-        )
+def check_integer(
+    name: str,
+    value: Any,
+    minimum: int | None = None,
+    *,
+    allow_none: bool = False,
+    description: str | None = None,
+) -> int | None:
+    """`value` as an int if it is a whole number `>= minimum`, else `ValueError`.
+
+    Args:
+        name: the argument's name, for the message.
+        value: the value to check; a bool is not an integer.
+        minimum: the smallest value allowed, or `None` (any integer).
+        allow_none: whether `None` passes (and is returned).
+        description: what the message says `value` must be; defaults to
+            "an integer >= {minimum}" (or "an integer"), with " or None"
+            when `allow_none`.
+
+    Example:
+
+    ```python
+    check_integer("num_views", 2, 2)                      # 2
+    check_integer("seed", None, allow_none=True)          # None
+    check_integer("k", 0, 1, description="a positive integer")  # ValueError
+    ```
+    """
+    if value is None and allow_none:
+        return None
+    if not is_integer(value) or (minimum is not None and value < minimum):
+        if description is None:
+            description = "an integer" if minimum is None else f"an integer >= {minimum}"
+            if allow_none:
+                description += " or None"
+        raise ValueError(f"`{name}` must be {description}. Received: {name}={value!r}")
     return int(value)
+
+
+def check_positive_integer(name: str, value: Any) -> int:
+    """`value` as an int if it is a whole number `>= 1`, else `ValueError`."""
+    return check_integer(name, value, 1, description="a positive integer")
 
 
 class ConfigEquality:
@@ -135,4 +183,110 @@ def check_sample_weight(sample_weight: Any, num_samples: int | None) -> None:
             "`sample_weight` must be None, a scalar, or one weight per "
             f"sample: shape (N,) or (N, 1) with N = {num_samples}. "
             f"Received: sample_weight.shape={shape}"
+        )
+
+
+def registry_key(name: str) -> str:
+    """A name as registries compare it: case-, dash- and space-insensitive."""
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+class Registry:
+    """Named classes of one kind (divergences, similarities), with aliases.
+
+    Every built-in is registered once, with its canonical name and its
+    aliases, by decorating its class; `names()`, `aliases()`, `lookup()`
+    and `get()` all read that one list.
+
+    Args:
+        argument: the argument these objects are passed as (`"divergence"`),
+            named in error messages.
+        base: the base class every instance must derive from.
+
+    Example:
+
+    ```python
+    REGISTRY = Registry("divergence", Divergence)
+
+    @REGISTRY.register("kl", "kullback_leibler")
+    class KullbackLeibler(Divergence): ...
+
+    REGISTRY.get("Kullback-Leibler")   # KullbackLeibler()
+    REGISTRY.names()                   # ("kl",)
+    ```
+    """
+
+    def __init__(self, argument: str, base: type):
+        self.argument = argument
+        self.base = base
+        self._classes: dict[str, type] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(self, name: str, *aliases: str):
+        """Class decorator registering `name` (canonical) and its aliases."""
+
+        def decorate(cls: type) -> type:
+            self._classes[name] = cls
+            for alias in aliases:
+                self._aliases[alias] = name
+            return cls
+
+        return decorate
+
+    def names(self) -> tuple[str, ...]:
+        """The canonical names, in registration order."""
+        return tuple(self._classes)
+
+    def classes(self) -> dict[str, type]:
+        """`{canonical name: class}` (a copy)."""
+        return dict(self._classes)
+
+    def aliases(self) -> dict[str, str]:
+        """`{alias: canonical name}` (a copy)."""
+        return dict(self._aliases)
+
+    def canonical(self, identifier: Any) -> str | None:
+        """The canonical name a string identifier stands for, or `None`."""
+        if not isinstance(identifier, str):
+            return None
+        key = registry_key(identifier)
+        key = self._aliases.get(key, key)
+        return key if key in self._classes else None
+
+    def is_builtin(self, obj: Any) -> bool:
+        """Whether `obj` is an instance of exactly a registered class."""
+        return type(obj) in self._classes.values()
+
+    def get(self, identifier: Any, make=None) -> Any:
+        """An instance from a name or alias, a config dict, a class or an instance.
+
+        Args:
+            identifier: the name (any case, dashes or spaces for
+                underscores), a `keras.saving` config dict, a subclass of
+                `base`, or an instance (returned as is).
+            make: `make(cls)` builds the instance of a named class;
+                defaults to `cls()`.
+        """
+        base_name = f"keras_fmicl.{self.base.__name__}"
+        if isinstance(identifier, self.base):
+            return identifier
+        if isinstance(identifier, type) and issubclass(identifier, self.base):
+            return identifier()
+        if isinstance(identifier, dict):
+            obj = keras.saving.deserialize_keras_object(identifier)
+            if not isinstance(obj, self.base):
+                raise ValueError(
+                    f"`{self.argument}` config does not describe a keras_fmicl "
+                    f"{self.base.__name__}. Received: {self.argument}={identifier!r}"
+                )
+            return obj
+        name = self.canonical(identifier)
+        if name is not None:
+            cls = self._classes[name]
+            return cls() if make is None else make(cls)
+        names = sorted(self._classes) + sorted(self._aliases)
+        raise ValueError(
+            f"Unknown `{self.argument}`: expected one of "
+            f"{', '.join(repr(n) for n in names)}, or a {base_name} "
+            f"instance. Received: {self.argument}={identifier!r}"
         )

@@ -1,16 +1,15 @@
-"""Pairs, masks and negative sums of `keras_fmicl.contrast`, against numpy."""
+"""Pair sets of `keras_fmicl.contrast`: cosines, masks and counts, against numpy."""
+
+import dataclasses
 
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_fmicl import contrast
-from keras_fmicl.similarities import row_dot
 from tests import reference
 from tests.utils import to_numpy
 from tests.utils import traced
-from tests.utils import value_and_grad
 
 
 def embeddings(n=8, v=2, d=5, seed=0, dtype="float32"):
@@ -28,207 +27,83 @@ def negative_mask(n, v):
     return sample[:, None] != sample[None, :]
 
 
-def central_differences(fn, x, h=1e-6):
-    """Gradient of the scalar numpy function `fn` at `x` by central differences."""
-    numerical = np.zeros_like(x)
-    for index in np.ndindex(*x.shape):
-        step = np.zeros_like(x)
-        step[index] = h
-        numerical[index] = (fn(x + step) - fn(x - step)) / (2 * h)
-    return numerical
-
-
-def exp_core(scale):
-    """An exponential score `exp(scale cos)` and its exact bounds over [-1, 1]."""
-    return ops.exp, (np.exp(-abs(scale)), np.exp(abs(scale)))
-
-
-def negative_sums(y, core, core_bounds, scale, offset=0.0, labels=None, keys=None):
-    batch = contrast.build(
-        y, keys=keys, labels=labels, cosine_scale=0.5, batch_cosine_scale=scale,
-        batch_cosine_offset=offset,
-    )  # fmt: skip
-    return batch, contrast.negative_sum(batch, core, core_bounds=core_bounds)
-
-
 @pytest.mark.parametrize("views", [2, 3])
 @pytest.mark.parametrize("scale, offset", [(2.0, 0.0), (-1.5, 0.0), (3.0, -3.0)])
-def test_build_gives_scaled_cosines_with_their_offset(views, scale, offset):
+def test_every_tensor_of_the_batch_holds_scaled_cosines_with_their_offset(views, scale, offset):
+    """One scaling convention: `scale * cos + offset` everywhere, `to_cosine` undoes it."""
     y = embeddings(v=views)
-    batch = contrast.build(y, cosine_scale=0.5, batch_cosine_scale=scale, batch_cosine_offset=offset)
+    queue = np.random.default_rng(2).normal(size=(3, 5)).astype("float32")
+    batch = contrast.build(y, queue=queue, scale=scale, offset=offset)
+    assert (batch.scale, batch.offset) == (scale, offset)
     expected = scale * cosines(y) + offset
-    np.testing.assert_allclose(to_numpy(batch.batch_cosine), expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(
-        to_numpy(batch.batch_cosine_at(0.5)), 0.5 * cosines(y), rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(to_numpy(batch.batch_matrix), expected, rtol=1e-5, atol=1e-5)
     # The (N, V, V) block: each anchor's own sample, itself included.
     n = y.shape[0]
     block = expected.reshape(n, views, n, views)[np.arange(n), :, np.arange(n), :]
-    np.testing.assert_allclose(to_numpy(batch.same_sample_cosine()), block, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(batch.own_sample), block, rtol=1e-5, atol=1e-5)
+    z = reference.normalise(y.reshape(-1, 5).astype(np.float64))
+    queue_cosines = z @ reference.normalise(queue.astype(np.float64)).T
     np.testing.assert_allclose(
-        to_numpy(batch.positive_cosine), 0.5 * block / scale - 0.5 * offset / scale,
-        rtol=1e-4, atol=1e-5,
-    )  # fmt: skip
-
-
-@pytest.mark.parametrize("views", [2, 3])
-@pytest.mark.parametrize("offset", [0.0, -2.0])
-def test_negative_sum_by_subtraction_equals_the_masked_sum(views, offset):
-    y = embeddings(n=12, v=views)
-    scale = 2.0
-    expected = np.sum(np.where(negative_mask(12, views), np.exp(scale * cosines(y) + offset), 0.0), axis=1)
-    core, bounds = exp_core(scale)
-    bounds = (bounds[0] * np.exp(offset), bounds[1] * np.exp(offset))
-    batch, subtracted = negative_sums(y, core, bounds, scale, offset)
-    assert contrast.subtraction_is_accurate(batch, bounds)
-    _, masked = negative_sums(y, core, None, scale, offset)
-    np.testing.assert_allclose(to_numpy(subtracted).ravel(), expected, rtol=2e-6)
-    np.testing.assert_allclose(to_numpy(masked).ravel(), expected, rtol=2e-6)
-
-
-@pytest.mark.parametrize("use_bounds", [False, True])
-def test_negative_sum_gradients_agree_between_the_two_paths(use_bounds, float64):
-    y = embeddings(n=6, v=2, dtype="float64")
-    scale = 1.5
-    core, bounds = exp_core(scale)
-    weights = np.random.default_rng(3).uniform(0.5, 1.5, size=(6, 2))
-
-    def objective(x):
-        _, total = negative_sums(x, core, bounds if use_bounds else None, scale)
-        return ops.sum(total * ops.convert_to_tensor(weights))
-
-    _, (grad,) = value_and_grad(objective, y)
-
-    def reference_objective(x):
-        sums = np.sum(np.where(negative_mask(6, 2), np.exp(scale * cosines(x)), 0.0), axis=1)
-        return np.sum(weights.ravel() * sums)
-
-    numerical = central_differences(reference_objective, y)
-    np.testing.assert_allclose(grad, numerical, rtol=1e-6, atol=1e-8)
-
-
-def test_subtraction_is_accurate_follows_the_error_bound():
-    y = embeddings(n=5)
-    batch = contrast.build(y)
-    limit = contrast.MAX_ERROR_AMPLIFICATION * 4  # N - 1 = 4 other samples
-    assert contrast.subtraction_is_accurate(batch, (1.0, limit))
-    assert not contrast.subtraction_is_accurate(batch, (1.0, limit * 1.01))
-    assert not contrast.subtraction_is_accurate(batch, None)
-    assert not contrast.subtraction_is_accurate(batch, (0.0, 1.0))
-    assert not contrast.subtraction_is_accurate(batch, (-1.0, 1.0))
-    assert not contrast.subtraction_is_accurate(batch, (1.0, float("inf")))
-    # Labels and momentum keys have other negatives than "every other sample".
-    assert not contrast.subtraction_is_accurate(
-        contrast.build(y, labels=np.array([0, 1, 0, 1, 2])), (1.0, 2.0)
+        to_numpy(batch.queue_matrix), scale * queue_cosines + offset, rtol=1e-5, atol=1e-5
     )
-    assert not contrast.subtraction_is_accurate(contrast.build(y, keys=y), (1.0, 2.0))
-    # One sample and a queue: no in-batch negatives to subtract from.
-    queue = np.random.default_rng(1).normal(size=(7, 5)).astype("float32")
-    single = contrast.build(y[:1], queue=queue)
-    assert not contrast.subtraction_is_accurate(single, (1.0, 2.0))
+    np.testing.assert_allclose(
+        to_numpy(batch.to_cosine(batch.batch_matrix)), cosines(y), rtol=1e-4, atol=1e-5
+    )
 
 
-def test_subtraction_at_the_bound_loses_at_most_the_documented_digits():
-    """The worst case: an anchor whose negatives all sit at the lowest score.
-
-    Sample 0 is at e_1 in both views, the others near -e_1; with
-    `exp(k cos)` the anchor's own two entries are `e^k` and every negative
-    about `e^-k`, with `k` set so that the score range is at the limit the
-    rule accepts. The relative error of the subtraction stays within its
-    bound `(1 + MAX_ERROR_AMPLIFICATION)` times a float32 row sum's.
-    """
-    n, d = 16, 4
-    rng = np.random.default_rng(0)
-    y = np.zeros((n, 2, d), np.float32)
-    y[0, :, 0] = 1.0
-    y[1:, :, 0] = -1.0
-    y[1:, :, 1:] = 1e-3 * rng.normal(size=(n - 1, 2, d - 1))
-    k = np.log(contrast.MAX_ERROR_AMPLIFICATION * (n - 1)) / 2.0
-    bounds = (np.exp(-k), np.exp(k))
-    batch, total = negative_sums(y, ops.exp, bounds, k)
-    assert contrast.subtraction_is_accurate(batch, bounds)
-    expected = np.sum(np.where(negative_mask(n, 2), np.exp(k * cosines(y)), 0.0), axis=1)
-    error = np.abs(to_numpy(total).ravel() - expected) / expected
-    eps = np.finfo(np.float32).eps
-    assert error[0] <= (1.0 + contrast.MAX_ERROR_AMPLIFICATION) * 8 * eps
-    # The other anchors are not in the worst case: float32 accuracy.
-    assert error[2:].max() <= 16 * eps
+def test_the_pair_set_declares_its_fields():
+    fields = {f.name for f in dataclasses.fields(contrast.ContrastiveBatch)}
+    batch = contrast.build(embeddings(n=4), labels=[0, 1, 0, 1])
+    assert set(vars(batch)) <= fields | {"batch_matrix", "batch_negative_mask"}
+    assert {"scale", "offset", "own_sample", "positive_mask", "queue_matrix", "nan_guard"} <= fields
 
 
-def test_negative_mask_is_built_only_when_used():
+@pytest.mark.parametrize(
+    "kwargs, counts",
+    [
+        ({}, (1.0, 14.0)),  # N = 8, V = 2: 7 other samples of 2 views
+        ({"keys": True}, (1.0, 7.0)),  # MoCo v3: the other view only
+        ({"labels": [0, 1, 0, 1, 2, 2, 3, 3]}, ([[3.0, 3.0]] * 8, [[12.0, 12.0]] * 8)),
+        ({"queue": True, "in_batch_negatives": False}, (1.0, 3.0)),
+    ],
+)
+def test_counts_of_positives_and_negatives(kwargs, counts):
+    y = embeddings()
+    if kwargs.pop("keys", False):
+        kwargs["keys"] = embeddings(seed=1)
+    if kwargs.pop("queue", False):
+        kwargs["queue"] = np.ones((3, 5), "float32")
+    batch = contrast.build(y, **kwargs)
+    positives = np.broadcast_to(to_numpy(batch.positive_count), (8, 2))
+    negatives = np.broadcast_to(to_numpy(batch.negative_count), (8, 2))
+    np.testing.assert_array_equal(positives, np.broadcast_to(counts[0], (8, 2)))
+    np.testing.assert_array_equal(negatives, np.broadcast_to(counts[1], (8, 2)))
+
+
+def test_the_matrix_and_the_negative_mask_are_built_only_when_used():
     y = embeddings(n=4)
     batch = contrast.build(y)
-    assert callable(batch._batch_negative_mask)
+    assert "batch_matrix" not in vars(batch) and "batch_negative_mask" not in vars(batch)
     np.testing.assert_array_equal(to_numpy(batch.batch_negative_mask), negative_mask(4, 2))
-    assert not callable(batch._batch_negative_mask)
+    assert "batch_negative_mask" in vars(batch) and "batch_matrix" not in vars(batch)
 
 
-def test_embedding_metrics_do_not_depend_on_the_matrix_scale_and_offset():
+def test_embedding_metrics_do_not_depend_on_the_scale_and_offset():
     y = embeddings(n=6, v=3)
-    plain = contrast.embedding_metrics(contrast.build(y, cosine_scale=2.0))
-    folded = contrast.embedding_metrics(
-        contrast.build(y, cosine_scale=2.0, batch_cosine_scale=-3.0, batch_cosine_offset=1.5)
-    )
+    plain = contrast.embedding_metrics(contrast.build(y))
+    folded = contrast.embedding_metrics(contrast.build(y, scale=-3.0, offset=1.5))
     for name in ("alignment", "uniformity"):
         np.testing.assert_allclose(to_numpy(folded[name]), to_numpy(plain[name]), rtol=1e-5)
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-# name: (core, derivative(x, values), numpy core)
-SYMMETRIC_CORES = {
-    "exp": (ops.exp, lambda x, values: values, np.exp),
-    "softplus": (
-        ops.softplus,
-        lambda x, values: ops.sigmoid(x),
-        lambda x: np.logaddexp(0.0, x),
-    ),
-    "sigmoid_squared": (
-        lambda x: ops.square(ops.sigmoid(x)),
-        lambda x, values: 2.0 * values * (1.0 - ops.sigmoid(x)),
-        lambda x: _sigmoid(x) ** 2,
-    ),
-}
-
-
-@pytest.mark.parametrize("core_name", list(SYMMETRIC_CORES))
-@pytest.mark.parametrize("offset", [0.0, -2.0])
-@pytest.mark.parametrize("masked", [False, True])
-def test_symmetric_row_sum_value_and_gradient(core_name, offset, masked, float64):
-    """One-matmul gradient of row sums of s(w w^T + b) vs finite differences."""
-    core, derivative, numpy_core = SYMMETRIC_CORES[core_name]
-    rng = np.random.default_rng(5)
-    w = rng.normal(size=(8, 3))
-    weights = rng.uniform(0.5, 1.5, size=8)
-    mask = negative_mask(4, 2) if masked else np.ones((8, 8), bool)
-
-    def reference_objective(x):
-        return np.sum(weights * np.sum(np.where(mask, numpy_core(x @ x.T + offset), 0.0), axis=1))
-
-    def objective(x):
-        sums = contrast.symmetric_row_sum(
-            x, row_dot(x, x) + offset, core, derivative,
-            mask=ops.convert_to_tensor(mask) if masked else None,
-        )  # fmt: skip
-        return ops.sum(sums * ops.convert_to_tensor(weights))
-
-    value, (grad,) = value_and_grad(objective, w)
-    np.testing.assert_allclose(value, reference_objective(w), rtol=1e-12)
-    numerical = central_differences(reference_objective, w)
-    np.testing.assert_allclose(grad, numerical, rtol=1e-7, atol=1e-9)
 
 
 def test_only_a_self_contrasting_batch_is_symmetric():
     y = embeddings(n=5)
     queue = np.random.default_rng(1).normal(size=(7, 5)).astype("float32")
-    symmetric = contrast.build(y, cosine_scale=0.5, batch_cosine_scale=2.0, batch_cosine_offset=-1.0)
+    symmetric = contrast.build(y, scale=2.0, offset=-1.0)
     assert symmetric.symmetric_operand is not None
     # built on first use, from the operand: scale * cos + offset
-    assert symmetric._batch_cosine is None
     np.testing.assert_allclose(
-        to_numpy(symmetric.batch_cosine), 2.0 * cosines(y) - 1.0, rtol=1e-5, atol=1e-5
+        to_numpy(symmetric.batch_matrix), 2.0 * cosines(y) - 1.0, rtol=1e-5, atol=1e-5
     )
     np.testing.assert_allclose(
         to_numpy(symmetric.symmetric_operand) ** 2,
@@ -238,50 +113,10 @@ def test_only_a_self_contrasting_batch_is_symmetric():
     )
     for batch in (
         contrast.build(y, keys=y),
-        contrast.build(y, batch_cosine_scale=-2.0),  # no real square root
+        contrast.build(y, scale=-2.0),  # no real square root
         contrast.build(y, queue=queue, in_batch_negatives=False),
     ):
         assert batch.symmetric_operand is None
-
-
-@pytest.mark.parametrize("offset", [0.0, -2.0])
-def test_negative_sum_with_a_derivative_matches_the_masked_sum_and_its_gradient(offset, float64):
-    y = embeddings(n=6, v=3, dtype="float64")
-    scale = 1.5
-    core, bounds = exp_core(scale)
-    bounds = (bounds[0] * np.exp(offset), bounds[1] * np.exp(offset))
-    weights = np.random.default_rng(4).uniform(0.5, 1.5, size=(6, 3))
-    calls = []
-    original = contrast.symmetric_row_sum
-
-    def objective(x):
-        batch = contrast.build(x, batch_cosine_scale=scale, batch_cosine_offset=offset)
-        total = contrast.negative_sum(
-            batch, core, core_bounds=bounds, score_derivative=lambda m, v: ops.exp(m)
-        )
-        return ops.sum(total * ops.convert_to_tensor(weights))
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    contrast.symmetric_row_sum = counting
-    try:
-        value, (grad,) = value_and_grad(objective, y)
-    finally:
-        contrast.symmetric_row_sum = original
-    assert calls
-
-    def reference_objective(x):
-        sums = np.sum(
-            np.where(negative_mask(6, 3), np.exp(scale * cosines(x) + offset), 0.0), axis=1
-        )
-        return np.sum(weights.ravel() * sums)
-
-    np.testing.assert_allclose(value, reference_objective(y), rtol=1e-12)
-    numerical = central_differences(reference_objective, y)
-    # finite differences of a sum of ~300: about 1e-8 of absolute error
-    np.testing.assert_allclose(grad, numerical, rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------- labels and guards
@@ -360,7 +195,7 @@ def test_candidate_logsumexp_runs_over_every_positive_and_negative(keys, labels)
     k = embeddings(n=5, v=3, d=4, seed=8) if keys else None
     queue = np.random.default_rng(9).normal(size=(4, 4)).astype("float32")
     queue_mask = np.array([1, 0, 1, 1], bool)
-    batch = contrast.build(y, keys=k, queue=queue, queue_mask=queue_mask, labels=labels, cosine_scale=2.0)
+    batch = contrast.build(y, keys=k, queue=queue, queue_mask=queue_mask, labels=labels, scale=2.0)
     got = to_numpy(contrast.candidate_logsumexp(batch, lambda c: c))
     z = reference.normalise(y.reshape(-1, 4).astype(np.float64))
     zk = z if k is None else reference.normalise(k.reshape(-1, 4).astype(np.float64))

@@ -9,7 +9,7 @@ from tests import reference
 from tests.utils import to_numpy
 from tests.utils import value_and_grad
 
-NAMES = ["kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc"]
+NAMES = list(divergences.names())
 # (name, order) pairs; the Tsallis order is varied on both sides of 1.
 DIVERGENCES = [(n, 1.5) for n in NAMES] + [("tsallis", 0.5), ("tsallis", 3.0)]
 
@@ -147,40 +147,31 @@ def test_generic_path_equals_the_stable_forms(name, order, float64):
     )
 
 
-@pytest.mark.parametrize("name, order", DIVERGENCES)
-@pytest.mark.parametrize("exact", [False, True])
-def test_negative_score_parts_and_their_structure(name, order, exact, float64):
-    """`scale * core + offset` is the negative score; what the loss relies on:
+NUMPY_CORES = {
+    "exp": np.exp,
+    "softplus": lambda x: np.logaddexp(0.0, x),
+    "sigmoid_squared": lambda x: (1.0 / (1.0 + np.exp(-x))) ** 2,
+}
 
-    the exponential form `A exp(k l) + B` where declared, the core's bounds
-    over a range of `l` (Python floats) and the core as a square of its root.
-    """
-    divergence = make(name, order)
-    divergence.exact_exponentials = exact
+
+@pytest.mark.parametrize("name, order", DIVERGENCES)
+def test_the_declared_negative_form_is_the_negative_score(name, order):
+    """`scale * core(k l) + offset`, the hint of the fast paths, is the score."""
+    form = make(name, order).negative_form
+    assert isinstance(form, divergences.NegativeForm)
     log_ratio = np.linspace(-8.0, 8.0, 33)
     _, expected = reference.scores(name, log_ratio, order)
-    core, scale, offset = divergence.negative_score_parts(log_ratio)
-    core = to_numpy(core)
-    np.testing.assert_allclose(scale * core + offset, expected, rtol=1e-10, atol=1e-10)
-    if divergence.negative_exponential is not None:
-        k, factor, constant = divergence.negative_exponential
-        np.testing.assert_allclose(
-            factor * np.exp(k * log_ratio) + constant, expected, rtol=1e-10, atol=1e-10
-        )
-        np.testing.assert_allclose(
-            scale * np.exp(k * log_ratio) + offset, expected, rtol=1e-10, atol=1e-10
-        )
-    bounds = divergence.negative_core_bounds(-8.0, 8.0)
-    assert bounds is not None and all(isinstance(b, float) for b in bounds)
-    np.testing.assert_allclose(bounds, (core.min(), core.max()), rtol=1e-12)
-    assert divergence.negative_core_bounds(-8.0, 1e4) is None or name in ("js", "vlc")
-    if divergence.negative_core_is_square:
-        np.testing.assert_allclose(
-            to_numpy(divergence.negative_core_root(log_ratio)) ** 2, core, rtol=1e-12
-        )
-    else:
-        with pytest.raises(NotImplementedError):
-            divergence.negative_core_root(log_ratio)
+    got = form.scale * NUMPY_CORES[form.core](form.k * log_ratio) + form.offset
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_names_lists_the_canonical_names_once():
+    assert divergences.names() == tuple(divergences.BUILTIN_DIVERGENCES)
+    assert len(set(divergences.names())) == 6
+    for alias, name in divergences.ALIASES.items():
+        assert name in divergences.names() and divergences.get(alias).name == name
+    for name in divergences.names():
+        assert divergences.get(name).name == name
 
 
 def test_divergence_without_generator_says_what_is_missing():

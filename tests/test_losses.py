@@ -1,3 +1,4 @@
+import dataclasses
 import re
 
 import keras
@@ -6,14 +7,13 @@ import pytest
 from keras import ops
 
 import keras_fmicl
-from keras_fmicl import contrast
-from keras_fmicl import losses
+from keras_fmicl import fast_paths
 from tests import reference
 from tests.utils import to_numpy
 from tests.utils import traced
 from tests.utils import value_and_grad
 
-NAMES = ["kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc"]
+NAMES = list(keras_fmicl.divergences.names())
 SIMILARITIES = [("gaussian", 0.6), ("cosine", 0.4)]
 LABELS = np.array([0, 1, 0, 2, 1, 0])
 
@@ -114,12 +114,12 @@ def test_fmicl_gradient_matches_reference_finite_differences(
 def test_negatives_by_subtraction_and_by_mask_match_reference(
     name, similarity, parameter, subtract, monkeypatch
 ):
-    """Both ways of summing the negatives (contrast.negative_sum), forced."""
-    monkeypatch.setattr(contrast, "MAX_ERROR_AMPLIFICATION", 1e30 if subtract else 0.0)
+    """Both ways of summing the negatives (fast_paths.negative_sum), forced."""
+    monkeypatch.setattr(fast_paths, "MAX_ERROR_AMPLIFICATION", 1e30 if subtract else 0.0)
     taken = []
-    original = contrast.subtraction_is_accurate
+    original = fast_paths.subtraction_is_accurate
     monkeypatch.setattr(
-        contrast,
+        fast_paths,
         "subtraction_is_accurate",
         lambda *args: taken.append(original(*args)) or taken[-1],
     )
@@ -131,58 +131,9 @@ def test_negatives_by_subtraction_and_by_mask_match_reference(
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize(
-    "similarity, parameter", [("gaussian", 0.3), ("gaussian", 1.0), ("cosine", 0.2), ("cosine", 0.5)]
-)
-def test_negative_scores_plan_matches_the_reference_scores(name, similarity, parameter):
-    """`scale * core(s' cos + b') + offset` is the negative score, at every cos.
-
-    And `core_bounds` are the core's range over the similarity's range, and
-    `row_sum` (when the plan has one) sums the core over rows.
-    """
-    loss = fmicl_loss(name, similarity, parameter)
-    plan = losses._NegativeScores(loss.divergence, loss.similarity)
-    cos = np.linspace(-1.0, 1.0, 201)
-    matrix = (plan.matrix_scale * cos + plan.matrix_offset).astype("float32").reshape(3, 67)
-    core = to_numpy(plan.core(ops.convert_to_tensor(matrix))).ravel()
-    l = cos / parameter if similarity == "cosine" else (cos - 1.0) / parameter**2
-    _, expected = reference.scores(name, l)
-    np.testing.assert_allclose(plan.scale * core + plan.offset, expected, rtol=2e-5, atol=2e-5)
-    assert plan.core_bounds is not None
-    np.testing.assert_allclose(plan.core_bounds, (core.min(), core.max()), rtol=1e-5)
-    if plan.row_sum is not None:
-        np.testing.assert_allclose(
-            to_numpy(plan.row_sum(ops.convert_to_tensor(matrix))),
-            core.reshape(3, 67).sum(axis=1),
-            rtol=1e-5,
-        )
-
-
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("similarity, parameter", [("gaussian", 0.3), ("cosine", 0.5)])
-def test_negative_scores_derivative_is_the_derivative_of_the_core(
-    name, similarity, parameter, float64
-):
-    loss = fmicl_loss(name, similarity, parameter)
-    plan = losses._NegativeScores(loss.divergence, loss.similarity)
-    assert plan.derivative is not None
-    cos = np.linspace(-1.0, 1.0, 201)
-    matrix = (plan.matrix_scale * cos + plan.matrix_offset).reshape(3, 67)
-    h = 1e-6
-
-    def core(x):
-        return to_numpy(plan.core(ops.convert_to_tensor(x)))
-
-    numerical = (core(matrix + h) - core(matrix - h)) / (2 * h)
-    tensor = ops.convert_to_tensor(matrix)
-    derivative = to_numpy(plan.derivative(tensor, plan.core(tensor)))
-    np.testing.assert_allclose(derivative, numerical, rtol=1e-6, atol=1e-9 * np.abs(numerical).max())
-
-
-@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("similarity, parameter", SIMILARITIES)
 def test_one_matmul_gradient_of_the_negatives_equals_autodiff(name, similarity, parameter, monkeypatch):
-    """The symmetric path (`contrast.symmetric_row_sum`) against plain autodiff.
+    """The symmetric path (`fast_paths.symmetric_row_sum`) against plain autodiff.
 
     Taken by every built-in divergence without keys, on both negative sums
     (but VLC's subtraction on torch, whose squared-norm row sums keep
@@ -192,7 +143,7 @@ def test_one_matmul_gradient_of_the_negatives_equals_autodiff(name, similarity, 
     loss = fmicl_loss(name, similarity, parameter, alpha=1.3)
     weights = np.random.default_rng(7).uniform(0.5, 1.5, size=16).astype("float32")
     calls = []
-    original = contrast.symmetric_row_sum
+    original = fast_paths.symmetric_row_sum
 
     def objective(y):
         return ops.sum(loss(None, y) * ops.convert_to_tensor(weights))
@@ -202,10 +153,10 @@ def test_one_matmul_gradient_of_the_negatives_equals_autodiff(name, similarity, 
         return original(*args, **kwargs)
 
     subtracted = []
-    accurate = contrast.subtraction_is_accurate
-    monkeypatch.setattr(contrast, "symmetric_row_sum", counting)
+    accurate = fast_paths.subtraction_is_accurate
+    monkeypatch.setattr(fast_paths, "symmetric_row_sum", counting)
     monkeypatch.setattr(
-        contrast,
+        fast_paths,
         "subtraction_is_accurate",
         lambda *args: subtracted.append(accurate(*args)) or subtracted[-1],
     )
@@ -213,12 +164,9 @@ def test_one_matmul_gradient_of_the_negatives_equals_autodiff(name, similarity, 
     vlc_on_torch = name == "vlc" and keras.backend.backend() == "torch"
     assert bool(calls) == (not (vlc_on_torch and subtracted[0]))
 
-    plain_negative_sum = contrast.negative_sum
-    monkeypatch.setattr(
-        contrast,
-        "negative_sum",
-        lambda *args, score_derivative=None, **kwargs: plain_negative_sum(*args, **kwargs),
-    )
+    # The same plan without the derivative: autodiff.
+    plan = dataclasses.replace(loss.score_plan(), derivative=None)
+    monkeypatch.setattr(loss, "score_plan", lambda: plan)
     calls.clear()
     plain_value, (plain_grad,) = value_and_grad(objective, y_pred)
     assert not calls
@@ -242,9 +190,9 @@ def test_torch_compile_traces_the_loss_as_one_graph(name, similarity):
 
 def test_a_user_divergence_keeps_autodiff_for_its_negatives(monkeypatch):
     calls = []
-    original = contrast.symmetric_row_sum
+    original = fast_paths.symmetric_row_sum
     monkeypatch.setattr(
-        contrast, "symmetric_row_sum", lambda *a, **k: calls.append(1) or original(*a, **k)
+        fast_paths, "symmetric_row_sum", lambda *a, **k: calls.append(1) or original(*a, **k)
     )
 
     class ReverseKL(keras_fmicl.Divergence):
@@ -254,22 +202,8 @@ def test_a_user_divergence_keeps_autodiff_for_its_negatives(monkeypatch):
         def f_prime(self, u):
             return -1.0 / u
 
-    plan = losses._NegativeScores(ReverseKL(), keras_fmicl.Gaussian(1.0))
-    assert plan.derivative is None
     value_and_grad(lambda y: ops.sum(keras_fmicl.FMICLLoss(ReverseKL())(None, y)), embeddings())
     assert not calls
-
-
-def test_negative_scores_fold_exponentials_into_the_matmul():
-    """KL, Pearson, squared Hellinger and Tsallis: one exp per pair."""
-    for divergence, k in [("kl", 1.0), ("pearson", 2.0), ("squared_hellinger", 0.5), ("tsallis", 1.5)]:
-        for similarity in (keras_fmicl.Gaussian(0.5), keras_fmicl.Cosine(0.2)):
-            plan = losses._NegativeScores(keras_fmicl.divergences.get(divergence), similarity)
-            assert plan.core is ops.exp
-            assert plan.matrix_scale == k * similarity.cosine_scale
-    # Beyond float32's exact exponent range the generic (capped) path remains.
-    plan = losses._NegativeScores(keras_fmicl.divergences.get("pearson"), keras_fmicl.Cosine(0.02))
-    assert plan.core is not ops.exp and plan.matrix_scale == 50.0
 
 
 @pytest.mark.parametrize("views", [2, 3])

@@ -179,3 +179,14 @@ def test_get_is_silent_when_the_parameters_fit():
         similarities.get("gaussian", sigma=0.3, temperature=None)
         similarities.get(keras_fmicl.Gaussian(0.2))
         similarities.get(similarities.serialize(keras_fmicl.Cosine(0.2)))
+
+
+def test_names_and_aliases_come_from_one_registry():
+    assert similarities.names() == ("gaussian", "cosine")
+    assert similarities.names() == tuple(similarities.BUILTIN_SIMILARITIES)
+    for alias, name in similarities.ALIASES.items():
+        assert similarities.canonical_name(alias.upper()) == name
+        assert similarities.get(alias).name == name
+    assert similarities.canonical_name("gauss") is None and similarities.canonical_name(3) is None
+    with pytest.raises(ValueError, match=r"Unknown `similarity`: expected one of 'cosine', 'gaussian'"):
+        similarities.get("gauss")

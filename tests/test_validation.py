@@ -77,3 +77,45 @@ def test_check_sample_weight_with_unknown_batch_size_checks_the_rank():
     validation.check_sample_weight(np.ones(5), None)
     with pytest.raises(ValueError, match="sample_weight.shape"):
         validation.check_sample_weight(np.ones((5, 2)), None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, value, message",
+    [
+        ({"minimum": 0}, -1, r"`n` must be an integer >= 0. Received: n=-1"),
+        ({}, 1.5, r"`n` must be an integer. Received: n=1.5"),
+        ({"allow_none": True}, "3", r"`n` must be an integer or None. Received: n='3'"),
+        ({"minimum": 1, "description": "a positive integer"}, True, r"`n` must be a positive integer. Received: n=True"),
+    ],
+)
+def test_check_integer_messages(kwargs, value, message):
+    with pytest.raises(ValueError, match=message):
+        validation.check_integer("n", value, **kwargs)
+
+
+def test_check_integer_accepts_numpy_integers_and_none_when_allowed():
+    assert validation.check_integer("n", np.int64(4), 1) == 4
+    assert validation.check_integer("n", None, allow_none=True) is None
+    assert validation.check_positive_integer("n", 2) == 2
+    with pytest.raises(ValueError, match="`n` must be a positive integer"):
+        validation.check_positive_integer("n", 0)
+    assert validation.is_integer(np.int32(1)) and not validation.is_integer(False)
+    assert validation.is_real(0.5) and not validation.is_real(True)
+
+
+def test_a_registry_lists_names_and_aliases_once():
+    class Base:
+        pass
+
+    registry = validation.Registry("thing", Base)
+
+    @registry.register("one", "first", "uno")
+    class One(Base):
+        pass
+
+    assert registry.names() == ("one",) and registry.aliases() == {"first": "one", "uno": "one"}
+    assert isinstance(registry.get(" First "), One) and isinstance(registry.get(One), One)
+    instance = One()
+    assert registry.get(instance) is instance and registry.is_builtin(instance)
+    with pytest.raises(ValueError, match=r"Unknown `thing`: expected one of 'one', 'first', 'uno'.*Received: thing='two'"):
+        registry.get("two")
