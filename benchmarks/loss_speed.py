@@ -22,7 +22,7 @@ The losses, side by side in the same process:
   forward + backward of an `(M, M)` similarity matrix differentiated by
   autodiff (M = 2N): `S = A A^T`, then `S A` and `S^T A`. f-MICL's
   self-contrast can go below it: its matrix is symmetric, and
-  `keras_fmicl.contrast.symmetric_row_sum` differentiates the negatives
+  `keras_fmicl.fast_paths.symmetric_row_sum` differentiates the negatives
   with one matmul, two in all.
 
 Timing: per size, every loss is compiled and warmed up, then timed in
@@ -80,6 +80,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(SCRIPT))
 DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "benchmarks", "results", "loss_speed.json")
 
 BACKENDS = ("tensorflow", "jax", "torch")
+# `keras_fmicl.divergences.names()` and `keras_fmicl.similarities.names()`
+# (the driver does not import Keras; a test checks that they agree).
 DIVERGENCES = ("kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc")
 SIMILARITIES = ("gaussian", "cosine")
 DEFAULT_SIZES = (256, 1024, 4096)

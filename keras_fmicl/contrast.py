@@ -300,16 +300,12 @@ def _all_finite(x: Any) -> Any:
 
 
 def validate(
-    queries: Any,
-    keys: Any | None = None,
-    queue: Any | None = None,
-    queue_mask: Any | None = None,
-    labels: Any | None = None,
-    in_batch_negatives: bool = True,
-    query_argument: str = "y_pred",
-    label_argument: str = "y_true",
-) -> _Inputs:
+    queries: Any, keys: Any, queue: Any, queue_mask: Any, labels: Any,
+    in_batch_negatives: bool, query_argument: str, label_argument: str,
+) -> _Inputs:  # fmt: skip
     """Step 1 of `build`: checks shapes and labels, casts to the compute dtype.
+
+    The arguments are those of `build`.
 
     Raises:
         ValueError: bad shapes, concrete bad labels, a `queue_mask` without

@@ -136,6 +136,20 @@ def _build(plan: fast_paths.ScorePlan, y_pred: Any, **kwargs) -> contrast.Contra
     return contrast.build(y_pred, scale=plan.scale, offset=plan.offset, **kwargs)
 
 
+def _functional(plan, y_true, y_pred, pairs: tuple, anchor_losses, *args) -> Any:
+    """`fmicl` and `info_nce`: `(N,)` per-sample losses of `anchor_losses(batch, plan, *args)`.
+
+    `pairs`: `(keys, queue, queue_mask, in_batch_negatives, global_negatives)`.
+    """
+    keys, queue, queue_mask, in_batch_negatives, global_negatives = pairs
+    batch = _build(
+        plan, y_pred, keys=keys, queue=queue, queue_mask=queue_mask, labels=y_true,
+        in_batch_negatives=in_batch_negatives, global_negatives=global_negatives,
+    )  # fmt: skip
+    anchor_loss, _ = anchor_losses(batch, plan, *args)
+    return _per_sample(batch, anchor_loss)
+
+
 def fmicl(
     y_true: Any,
     y_pred: Any,
@@ -189,18 +203,8 @@ def fmicl(
     similarity = similarities.get(similarity, sigma=sigma, temperature=temperature, stacklevel=3)
     alpha = check_positive_number("alpha", alpha)
     plan = fast_paths.score_plan(similarity, divergence)
-    batch = _build(
-        plan,
-        y_pred,
-        keys=keys,
-        queue=queue,
-        queue_mask=queue_mask,
-        labels=y_true,
-        in_batch_negatives=in_batch_negatives,
-        global_negatives=global_negatives,
-    )
-    anchor_loss, _ = _fmicl_anchor_losses(batch, plan, divergence, alpha)
-    return _per_sample(batch, anchor_loss)
+    pairs = (keys, queue, queue_mask, in_batch_negatives, global_negatives)
+    return _functional(plan, y_true, y_pred, pairs, _fmicl_anchor_losses, divergence, alpha)
 
 
 def info_nce(
@@ -227,13 +231,12 @@ def info_nce(
         Others: as `fmicl`, without the divergence and alpha.
 
     Returns:
-        A `(N,)` tensor: each sample's loss, averaged over its views; NaN
-        for every sample when an embedding holds a NaN or an infinity.
+        As `fmicl`: `(N,)` per-sample losses, NaN for every sample when an
+        embedding holds a NaN or an infinity.
 
     Example:
 
     ```python
-    y_pred = keras.random.normal((8, 2, 16))
     per_sample = keras_fmicl.info_nce(labels, y_pred, supervised_form="supcon")
     ```
     """
@@ -242,18 +245,8 @@ def info_nce(
         temperature = DEFAULT_INFONCE_TEMPERATURE
     similarity = similarities.get(similarity, sigma=sigma, temperature=temperature, stacklevel=3)
     plan = fast_paths.score_plan(similarity)
-    batch = _build(
-        plan,
-        y_pred,
-        keys=keys,
-        queue=queue,
-        queue_mask=queue_mask,
-        labels=y_true,
-        in_batch_negatives=in_batch_negatives,
-        global_negatives=global_negatives,
-    )
-    anchor_loss, _ = _info_nce_anchor_losses(batch, plan, supervised_form)
-    return _per_sample(batch, anchor_loss)
+    pairs = (keys, queue, queue_mask, in_batch_negatives, global_negatives)
+    return _functional(plan, y_true, y_pred, pairs, _info_nce_anchor_losses, supervised_form)
 
 
 def _is_cosine_name(similarity: Any) -> bool:

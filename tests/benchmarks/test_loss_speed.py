@@ -125,6 +125,15 @@ def test_timed_parameters_default_to_the_library_defaults():
     assert "--sigma" in loss_speed._worker_arguments(args)
 
 
+def test_timed_divergences_and_similarities_are_the_registered_ones():
+    """The driver does not import Keras: its lists must follow the registries."""
+    from keras_fmicl import divergences
+    from keras_fmicl import similarities
+
+    assert loss_speed.DIVERGENCES == divergences.names()
+    assert loss_speed.SIMILARITIES == similarities.names()
+
+
 def test_time_interleaved_runs_every_loss_in_rotating_rounds():
     order = []
 
