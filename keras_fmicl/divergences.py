@@ -25,6 +25,11 @@ linearly beyond, so that values and gradients stay finite for extreme
 similarities (a tiny sigma or temperature). `FMICLLoss` warns when its
 similarity can reach that regime.
 
+Each divergence may declare its negative score's structure in one hint,
+`negative_form` (a `NegativeForm`, e.g. "`e^(2l) - 1`"): the loss's fast
+paths (`keras_fmicl.fast_paths`) follow it, for built-in and user classes
+alike. Names and aliases are registered once (`REGISTRY`, `names()`).
+
 Reference:
     Lu, Zhang, Sun, Guo, Yu. "f-MICL: Understanding and Generalizing
     InfoNCE-based Contrastive Learning", TMLR 2023.

@@ -258,9 +258,10 @@ class ContrastiveLoss(keras.losses.Loss):
     """Base class of the contrastive losses of `keras_fmicl`.
 
     A subclass defines `anchor_losses(batch)`, the per-anchor loss and
-    mutual-information estimate of a `contrast.ContrastiveBatch`. This
-    class gives it the Keras `Loss` interface (`loss(y_true, y_pred)`, with
-    `y_true=None` allowed) and `contrast()`, the entry point of
+    mutual-information estimate of a `contrast.ContrastiveBatch` built in
+    the scale and offset of its `score_plan()` (`keras_fmicl.fast_paths`).
+    This class gives it the Keras `Loss` interface (`loss(y_true, y_pred)`,
+    with `y_true=None` allowed) and `contrast()`, the entry point of
     `ContrastiveModel` for queries, keys and queues.
     """
 
