@@ -35,7 +35,6 @@ matrix.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 from typing import Callable
@@ -125,16 +124,26 @@ class ContrastiveBatch:
     queue_mask: Any = None
     batch_matrix_fn: Callable[[], Any] | None = None
     batch_negative_mask_fn: Callable[[], Any] | None = None
+    # What the builders returned. (A dict, not `functools.cached_property`,
+    # whose lock breaks torch.compile graphs.)
+    _built: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
-    @functools.cached_property
+    @property
     def batch_matrix(self) -> Any:
         """`(M, M_global)`: every query against every in-batch key, or `None`."""
-        return None if self.batch_matrix_fn is None else self.batch_matrix_fn()
+        return self._build_once("batch_matrix", self.batch_matrix_fn)
 
-    @functools.cached_property
+    @property
     def batch_negative_mask(self) -> Any:
         """`(M, M_global)` bool of the in-batch negatives, or `None`."""
-        return None if self.batch_negative_mask_fn is None else self.batch_negative_mask_fn()
+        return self._build_once("batch_negative_mask", self.batch_negative_mask_fn)
+
+    def _build_once(self, name: str, builder: Callable[[], Any] | None) -> Any:
+        if builder is None:
+            return None
+        if name not in self._built:
+            self._built[name] = builder()
+        return self._built[name]
 
     def reshape_rows(self, x: Any) -> Any:
         """`(M,)` per-anchor values to `(N, V)`."""

@@ -54,7 +54,7 @@ def test_every_tensor_of_the_batch_holds_scaled_cosines_with_their_offset(views,
 def test_the_pair_set_declares_its_fields():
     fields = {f.name for f in dataclasses.fields(contrast.ContrastiveBatch)}
     batch = contrast.build(embeddings(n=4), labels=[0, 1, 0, 1])
-    assert set(vars(batch)) <= fields | {"batch_matrix", "batch_negative_mask"}
+    assert set(vars(batch)) == fields
     assert {"scale", "offset", "own_sample", "positive_mask", "queue_matrix", "nan_guard"} <= fields
 
 
@@ -80,12 +80,22 @@ def test_counts_of_positives_and_negatives(kwargs, counts):
     np.testing.assert_array_equal(negatives, np.broadcast_to(counts[1], (8, 2)))
 
 
-def test_the_matrix_and_the_negative_mask_are_built_only_when_used():
-    y = embeddings(n=4)
-    batch = contrast.build(y)
-    assert "batch_matrix" not in vars(batch) and "batch_negative_mask" not in vars(batch)
+def test_the_matrix_and_the_negative_mask_are_built_only_when_used_and_once():
+    built = []
+    batch = contrast.build(embeddings(n=4))
+
+    def counting(name, builder):
+        return lambda: built.append(name) or builder()
+
+    batch = dataclasses.replace(
+        batch,
+        batch_matrix_fn=counting("matrix", batch.batch_matrix_fn),
+        batch_negative_mask_fn=counting("mask", batch.batch_negative_mask_fn),
+    )
+    assert not built
     np.testing.assert_array_equal(to_numpy(batch.batch_negative_mask), negative_mask(4, 2))
-    assert "batch_negative_mask" in vars(batch) and "batch_matrix" not in vars(batch)
+    np.testing.assert_array_equal(to_numpy(batch.batch_negative_mask), negative_mask(4, 2))
+    assert built == ["mask"]
 
 
 def test_embedding_metrics_do_not_depend_on_the_scale_and_offset():
