@@ -200,7 +200,7 @@ class Divergence(ConfigEquality):
 REGISTRY = Registry("divergence", Divergence)
 
 
-@REGISTRY.register("kl", "kullback_leibler", "kullbackleibler")
+@REGISTRY.register("kullback_leibler", "kullbackleibler")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class KullbackLeibler(Divergence):
     """Kullback-Leibler: `f(u) = u log u`.
@@ -230,7 +230,7 @@ class KullbackLeibler(Divergence):
         return capped_exp(ops.convert_to_tensor(log_ratio))
 
 
-@REGISTRY.register("js", "jensen_shannon", "jensenshannon", "jsd")
+@REGISTRY.register("jensen_shannon", "jensenshannon", "jsd")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class JensenShannon(Divergence):
     """Jensen-Shannon: `f(u) = u log u - (u + 1) log((u + 1) / 2)`.
@@ -260,7 +260,7 @@ class JensenShannon(Divergence):
         return ops.softplus(log_ratio) - math.log(2.0)
 
 
-@REGISTRY.register("pearson", "chi2", "chi_squared", "pearson_chi2")
+@REGISTRY.register("chi2", "chi_squared", "pearson_chi2")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Pearson(Divergence):
     """Pearson chi-squared: `f(u) = (u - 1)^2`.
@@ -289,7 +289,7 @@ class Pearson(Divergence):
         return capped_exp(2.0 * log_ratio) - 1.0
 
 
-@REGISTRY.register("squared_hellinger", "hellinger", "squaredhellinger", "sh")
+@REGISTRY.register("hellinger", "squaredhellinger", "sh")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SquaredHellinger(Divergence):
     """Squared Hellinger: `f(u) = (sqrt(u) - 1)^2`.
@@ -318,7 +318,7 @@ class SquaredHellinger(Divergence):
         return capped_exp(0.5 * log_ratio) - 1.0
 
 
-@REGISTRY.register("tsallis", "tsallis_alpha")
+@REGISTRY.register("tsallis_alpha")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Tsallis(Divergence):
     """Tsallis-alpha: `f(u) = (u^a - u) / (a - 1)` for an order `a > 0, a != 1`.
@@ -377,7 +377,7 @@ class Tsallis(Divergence):
         return {"order": self.order}
 
 
-@REGISTRY.register("vlc", "vincze_le_cam", "vinczelecam", "le_cam")
+@REGISTRY.register("vincze_le_cam", "vinczelecam", "le_cam")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class VinczeLeCam(Divergence):
     """Vincze-Le Cam: `f(u) = (u - 1)^2 / (u + 1)`.

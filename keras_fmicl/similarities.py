@@ -178,7 +178,7 @@ class Similarity(ConfigEquality):
 REGISTRY = Registry("similarity", Similarity)
 
 
-@REGISTRY.register("gaussian", "f_gaussian", "rbf")
+@REGISTRY.register("f_gaussian", "rbf")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Gaussian(Similarity):
     """The f-Gaussian similarity: `l = -||z^_a - z^_b||^2 / (2 sigma^2)`.
@@ -222,7 +222,7 @@ class Gaussian(Similarity):
         return {"sigma": self.sigma}
 
 
-@REGISTRY.register("cosine", "cos")
+@REGISTRY.register("cos")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Cosine(Similarity):
     """InfoNCE's similarity: `l = cos(z_a, z_b) / temperature`.

@@ -194,9 +194,9 @@ def registry_key(name: str) -> str:
 class Registry:
     """Named classes of one kind (divergences, similarities), with aliases.
 
-    Every built-in is registered once, with its canonical name and its
-    aliases, by decorating its class; `names()`, `aliases()`, `lookup()`
-    and `get()` all read that one list.
+    Every built-in is registered once, under the canonical `name` of its
+    class and its aliases, by decorating the class; `names()`,
+    `aliases()`, `canonical()` and `get()` all read that one list.
 
     Args:
         argument: the argument these objects are passed as (`"divergence"`),
@@ -208,8 +208,9 @@ class Registry:
     ```python
     REGISTRY = Registry("divergence", Divergence)
 
-    @REGISTRY.register("kl", "kullback_leibler")
-    class KullbackLeibler(Divergence): ...
+    @REGISTRY.register("kullback_leibler")
+    class KullbackLeibler(Divergence):
+        name = "kl"
 
     REGISTRY.get("Kullback-Leibler")   # KullbackLeibler()
     REGISTRY.names()                   # ("kl",)
@@ -222,13 +223,13 @@ class Registry:
         self._classes: dict[str, type] = {}
         self._aliases: dict[str, str] = {}
 
-    def register(self, name: str, *aliases: str):
-        """Class decorator registering `name` (canonical) and its aliases."""
+    def register(self, *aliases: str):
+        """Class decorator registering a class under its `name` and `aliases`."""
 
         def decorate(cls: type) -> type:
-            self._classes[name] = cls
+            self._classes[cls.name] = cls
             for alias in aliases:
-                self._aliases[alias] = name
+                self._aliases[alias] = cls.name
             return cls
 
         return decorate

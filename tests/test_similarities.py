@@ -190,3 +190,13 @@ def test_names_and_aliases_come_from_one_registry():
     assert similarities.canonical_name("gauss") is None and similarities.canonical_name(3) is None
     with pytest.raises(ValueError, match=r"Unknown `similarity`: expected one of 'cosine', 'gaussian'"):
         similarities.get("gauss")
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_evaluation_normalises_with_the_same_scale_invariant_l2_normalize(scale):
+    """One L2 normaliser: tiny and huge rows keep their direction in the metrics too."""
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(6, 4)).astype("float32")
+    for metric, args in ((keras_fmicl.alignment, (x, y)), (keras_fmicl.uniformity, (x,))):
+        expected = float(metric(*args))
+        assert float(metric(*(a * np.float32(scale) for a in args))) == pytest.approx(expected, rel=1e-5)

@@ -109,9 +109,9 @@ def test_a_registry_lists_names_and_aliases_once():
 
     registry = validation.Registry("thing", Base)
 
-    @registry.register("one", "first", "uno")
+    @registry.register("first", "uno")
     class One(Base):
-        pass
+        name = "one"
 
     assert registry.names() == ("one",) and registry.aliases() == {"first": "one", "uno": "one"}
     assert isinstance(registry.get(" First "), One) and isinstance(registry.get(One), One)
