@@ -51,6 +51,18 @@ def normalise(z):
     return z / np.linalg.norm(z, axis=-1, keepdims=True)
 
 
+def cosines(y):
+    """float64 `(M, M)` cosines of the flattened `(N, V, d)` embeddings."""
+    z = normalise(np.asarray(y).reshape(-1, y.shape[-1]))
+    return z @ z.T
+
+
+def negative_mask(n, v):
+    """`(M, M)` bool: the anchors' in-batch negatives (every other sample)."""
+    sample = np.repeat(np.arange(n), v)
+    return sample[:, None] != sample[None, :]
+
+
 def log_ratio(a, b, similarity, parameter):
     """l(a, b) for two single embeddings, from the contract's definitions."""
     a, b = normalise(a), normalise(b)
