@@ -54,9 +54,26 @@ reaches the encoder as it is: integer token ids stay integers.
 `repeat_views` gives the views of a method whose views come from dropout
 (the same input `V` times through the online network in training mode).
 
-A method without negatives (BYOL-style) overrides `loss` (e.g. a cosine
-regression of the predictor output on the stop-gradient key of the other
-view) and `check_loss` (to accept `loss=None` in `compile`).
+For example, a method whose views differ only through dropout (SimCSE's
+unsupervised setting) is:
+
+```python
+@keras.saving.register_keras_serializable(package="my_package")
+class DropoutViews(keras_fmicl.methods.SimCLR):
+    mode = "dropout_views"
+
+    def view_shape(self, model, input_shape):
+        return keras_fmicl.methods.map_shapes(lambda s: (None,) + s[1:], input_shape)
+
+    def draw_views(self, model, inputs, training):
+        return keras_fmicl.methods.repeat_views(inputs, model.num_views)
+```
+
+A method without negatives (BYOL-style) subclasses `MoCoV3` (key network,
+EMA, predictor) and overrides `loss` (e.g. a cosine regression of the
+predictor output on the stop-gradient key of the other view) and
+`check_loss` (to accept `loss=None` in `compile`). `tests/test_methods.py`
+trains both on every backend.
 
 Reference:
     Chen, Kornblith, Norouzi, Hinton. "A Simple Framework for Contrastive
@@ -403,11 +420,6 @@ class Method(keras.layers.Layer):
                 f"Received: loss={loss!r}"
             )
         return loss
-
-    # ------------------------------------------------------------- config
-
-    def get_config(self) -> dict:
-        return super().get_config()
 
 
 def _contrastive_loss(model: Any) -> ContrastiveLoss:
