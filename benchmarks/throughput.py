@@ -38,6 +38,8 @@ ENCODER = {"name": "small_cnn"}
 # TensorFlow loop compiles the same way, so the ratio measures fit's own
 # overhead, not XLA against the TF graph executor.
 FIT_JIT_COMPILE = {"value": False}
+# The training method `fit` ran (`model.mode`): SimCLR, as the loops do.
+FIT_METHOD = {"value": None}
 
 
 def build_networks(keras, keras_fmicl, image_shape, width, projection_dim):
@@ -64,9 +66,10 @@ def time_fit(args, views):
 
     keras.utils.set_random_seed(0)
     encoder, projector = build_networks(keras, keras_fmicl, tuple(args.image_shape), args.width, args.projection_dim)
-    model = keras_fmicl.ContrastiveModel(encoder, projector=projector)
+    model = keras_fmicl.ContrastiveModel(encoder, method=keras_fmicl.methods.SimCLR(), projector=projector)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras_fmicl.FMICLLoss("js"))
     FIT_JIT_COMPILE["value"] = bool(model.jit_compile)
+    FIT_METHOD["value"] = model.mode
     warmup = views[: args.warmup * args.batch_size]
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -241,6 +244,7 @@ def worker(args):
     for name, seconds in times.items():
         result[name] = {"seconds": min(seconds), "images_per_second": images / min(seconds), "all_seconds": seconds}
     result["jit_compile"] = FIT_JIT_COMPILE["value"]
+    result["method"] = FIT_METHOD["value"]
     result["fit_over_loop"] = result["fit"]["seconds"] / result["loop"]["seconds"]
     if "keras_io" in result:
         result["fit_over_keras_io"] = result["fit"]["seconds"] / result["keras_io"]["seconds"]

@@ -71,7 +71,7 @@ flags.DEFINE_enum("similarity", None, ("gaussian", "cosine"), "Similarity (defau
 flags.DEFINE_float("sigma", None, "Bandwidth of the f-Gaussian similarity (default: the package's).")
 flags.DEFINE_float("temperature", None, "Temperature of the cosine similarity (default: the package's).")
 flags.DEFINE_float("alpha", None, "Weight of the negative term of f-MICL (default: the package's).")
-flags.DEFINE_enum("mode", "simclr", ("simclr", "moco", "mocov3"), "Contrastive framework.")
+flags.DEFINE_enum("mode", "simclr", ("simclr", "moco", "mocov3"), "Training method: simclr, moco (MoCo v2) or mocov3 (keras_fmicl.methods.SimCLR, MoCoV2, MoCoV3).")
 flags.DEFINE_float("momentum", 0.99, "Base EMA momentum of the key encoder (moco, mocov3); rises to 1 (cosine).")
 flags.DEFINE_integer("queue_size", None, "MoCo queue size (default: 16 batches of keys, capped at 8192).")
 flags.DEFINE_enum("encoder", None, ("resnet18", "small_cnn"), "Encoder (default: small_cnn for 28x28/8x8 data, resnet18 otherwise).")
@@ -332,24 +332,33 @@ def build_model(keras_fmicl, image_shape, num_classes, steps_per_epoch, augmente
         hidden_dim=max(2 * feature_dim, projection_dim),
         output_dim=projection_dim,
         num_layers=3 if mode == "mocov3" else 2,
-        output_batch_norm=mode == "mocov3",
+        # MoCo v3's projector ends in a batch norm without offset or scale;
+        # with a queue of momentum keys (MoCo v2) it keeps f-MICL's
+        # positives from drifting apart (benchmarks/README.md, momentum probes)
+        output_batch_norm=mode in ("moco", "mocov3"),
     )
-    kwargs = {}
-    if mode in ("moco", "mocov3"):
-        total_steps = _setting("epochs") * steps_per_epoch
-        kwargs["momentum"] = keras_fmicl.CosineMomentum(FLAGS.momentum, max(total_steps, 1))
-    if mode == "moco":
-        queue = FLAGS.queue_size or min(16 * 2 * _setting("batch_size"), 8192)
-        kwargs["queue_size"] = max(queue, 2 * _setting("batch_size"))
-    if mode == "mocov3":
-        kwargs["predictor"] = keras_fmicl.PredictionHead(2 * projection_dim, projection_dim)
     return keras_fmicl.ContrastiveModel(
         encoder=encoder,
+        method=build_method(keras_fmicl, steps_per_epoch, projection_dim),
         projector=projector,
         augmenter=augmenter,
         num_views=2,
         num_classes=num_classes,
-        **kwargs,
+    )
+
+
+def build_method(keras_fmicl, steps_per_epoch, projection_dim):
+    """The `keras_fmicl.methods` object of --mode (simclr, moco, mocov3)."""
+    mode = FLAGS.mode
+    if mode == "simclr":
+        return keras_fmicl.methods.SimCLR()
+    total_steps = _setting("epochs") * steps_per_epoch
+    momentum = keras_fmicl.CosineMomentum(FLAGS.momentum, max(total_steps, 1))
+    if mode == "moco":
+        queue = FLAGS.queue_size or min(16 * 2 * _setting("batch_size"), 8192)
+        return keras_fmicl.methods.MoCoV2(momentum=momentum, queue_size=max(queue, 2 * _setting("batch_size")))
+    return keras_fmicl.methods.MoCoV3(
+        momentum=momentum, predictor=keras_fmicl.PredictionHead(2 * projection_dim, projection_dim)
     )
 
 
@@ -791,6 +800,7 @@ def run_in(backend, output_dir):
         "distribution": distribution.description,
         "loss": loss.get_config(),
         "mode": FLAGS.mode,
+        "method": keras.saving.serialize_keras_object(model.method),
         "evaluate_on": FLAGS.evaluate_on,
         "train_samples": int(len(train_x)),
         "test_samples": int(len(test_x)),

@@ -15,6 +15,7 @@ from keras_fmicl import encoders
 from keras_fmicl import evaluation
 from keras_fmicl import heads
 from keras_fmicl import losses
+from keras_fmicl import methods
 from keras_fmicl import schedules
 from keras_fmicl import similarities
 from keras_fmicl.augmentation import RandomResizedCrop

@@ -1,38 +1,30 @@
 """`ContrastiveModel`: any encoder trained contrastively through `fit`.
 
-Three modes, chosen by the arguments:
+The training method is an object (`keras_fmicl.methods`): `SimCLR()` (the
+default; the other samples of the batch are the negatives), `MoCoV2(
+momentum, queue_size)` (a momentum key network and a FIFO queue of keys)
+or `MoCoV3(momentum, predictor)` (a momentum key network, a predictor and
+the keys of the batch). The method owns what is specific to it (views,
+key network, EMA schedule, queue, which views contrast with which); the
+model owns the online encoder and projector, the optimizer step, the
+metrics, the online probe, the training safeguards and saving.
 
-| mode    | arguments                                   | negatives                         |
-|---------|---------------------------------------------|-----------------------------------|
-| SimCLR  | `momentum=None`                             | the other samples of the batch    |
-| MoCo v2 | `momentum=m`, `queue_size=K`                | a FIFO queue of the K latest keys |
-| MoCo v3 | `momentum=m`, `predictor=...`, no queue     | keys of the other samples         |
-
-In the momentum modes a key network, an exponential moving average (EMA) of
-the online encoder and projector, `theta_k <- m theta_k + (1 - m) theta_q`
-(updated every step before the keys are computed), embeds every view
-without gradient; the queries (the online projections, through the
-predictor if any) are contrasted with the keys of the other views. The key
-network is held as non-trainable copies of the online variables and run
-through `stateless_call` of the online layers, so any encoder works and its
-batch normalisation uses batch statistics in training, as MoCo's does.
-
-Inputs to `fit`, `evaluate` and `__call__` are either raw images
-`(N, H, W, C)`, from which the model draws `num_views` independent views
-with its augmenter, or views already drawn by a data pipeline: a tensor
+Inputs to `fit`, `evaluate` and `__call__` are raw images `(N, H, W, C)`,
+from which the model draws `num_views` independent views with its
+augmenter, or views already drawn by a data pipeline: a tensor
 `(N, V, H, W, C)` or a dict `{"views": (N, V, H, W, C)}` (what
-`keras_fmicl.data.multiview_dataset` yields). Images are fed as given (no
-rescaling). With labels and `num_classes` the model also trains an online
-linear probe on the stop-gradient encoder features.
+`keras_fmicl.data.multiview_dataset` yields), or whatever a method draws
+its views from (e.g. a dict of token ids for a method whose views come
+from dropout). Images are fed as given (no rescaling; integer images are
+cast to float32); other inputs reach the encoder unchanged. With labels
+and `num_classes` the model also trains an online linear probe on the
+stop-gradient encoder features.
 
 Reference:
     Chen, Kornblith, Norouzi, Hinton. "A Simple Framework for Contrastive
     Learning of Visual Representations", ICML 2020 (SimCLR).
     He, Fan, Wu, Xie, Girshick. "Momentum Contrast for Unsupervised Visual
-    Representation Learning", CVPR 2020; Chen, Fan, Girshick, He, "Improved
-    Baselines with Momentum Contrastive Learning", 2020 (MoCo v2).
-    Chen, Xie, He. "An Empirical Study of Training Self-Supervised Vision
-    Transformers", ICCV 2021 (MoCo v3).
+    Representation Learning", CVPR 2020 (MoCo).
     Lu, Zhang, Sun, Guo, Yu. "f-MICL", TMLR 2023.
 """
 
@@ -40,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import warnings
 from typing import Any
 
@@ -49,38 +40,14 @@ import numpy as np
 from keras import ops
 
 from keras_fmicl import distributed
-from keras_fmicl.losses import ContrastiveLoss
+from keras_fmicl import methods as methods_module
+from keras_fmicl.diagnostics import PositivesDriftMonitor
+from keras_fmicl.methods import VIEWS_KEY
 from keras_fmicl.validation import check_integer
 
 _PACKAGE = "keras_fmicl"
-VIEWS_KEY = "views"
-
-
-def _check_momentum(momentum: Any) -> Any:
-    if momentum is None:
-        return None
-    if callable(momentum):
-        # A schedule is checked at step 0 here; inside the training step an
-        # out-of-range value becomes NaN (see `current_momentum`).
-        value = float(ops.convert_to_numpy(momentum(ops.convert_to_tensor(0, dtype="int32"))))
-        if not 0 <= value <= 1:
-            raise ValueError(
-                "A `momentum` schedule must return a number in [0, 1] at every "
-                f"step. Received: momentum={momentum!r}, whose value at step 0 "
-                f"is {value!r}"
-            )
-        return momentum
-    if (
-        isinstance(momentum, bool)
-        or not isinstance(momentum, numbers.Real)
-        or not 0 <= momentum < 1
-    ):
-        raise ValueError(
-            "`momentum` must be None (SimCLR), a number in [0, 1) (the EMA "
-            "momentum of the key encoder, e.g. 0.99) or a schedule such as "
-            f"keras_fmicl.CosineMomentum. Received: momentum={momentum!r}"
-        )
-    return float(momentum)
+# arguments of the 0.x releases before `method=`: a pointer to the new form
+_REMOVED_ARGUMENTS = ("momentum", "queue_size", "predictor")
 
 
 def _all_finite(tensors: list) -> Any:
@@ -112,24 +79,6 @@ def _array_leaves(data: Any) -> list | None:
     return leaves
 
 
-class _WithoutAutocast(keras.layers.Layer):
-    """Runs `fn(x)` with mixed precision's autocast switched off.
-
-    Inside the model's call, reading a float32 variable under a mixed policy
-    returns its value cast to the compute dtype; on PyTorch, assigning such a
-    variable then writes into that temporary copy and is lost. The EMA of the
-    key network runs through this layer (`autocast=False`), so it reads the
-    float32 master weights and its assignments land.
-    """
-
-    def __init__(self, fn, **kwargs):
-        super().__init__(autocast=False, dtype="float32", **kwargs)
-        self._fn = fn
-
-    def call(self, x):
-        return self._fn(x)
-
-
 def _check_layer(name: str, value: Any, required: bool = False) -> Any:
     if value is None and not required:
         return None
@@ -142,17 +91,6 @@ def _check_layer(name: str, value: Any, required: bool = False) -> Any:
     return value
 
 
-class _CopyOf(keras.initializers.Initializer):
-    """Initializer returning a copy of a variable's current value."""
-
-    def __init__(self, variable: keras.Variable):
-        self.variable = variable
-
-    def __call__(self, shape, dtype=None):
-        # a copy, not the same buffer (JAX donates each state buffer)
-        return ops.copy(ops.cast(self.variable.value, dtype or self.variable.dtype))
-
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ContrastiveModel(keras.Model):
     """A contrastive learner around any encoder, trained with `fit`.
@@ -163,6 +101,7 @@ class ContrastiveModel(keras.Model):
     ```python
     model = keras_fmicl.ContrastiveModel(
         encoder=keras_fmicl.small_cnn((28, 28, 1)),
+        method=keras_fmicl.methods.SimCLR(),   # or MoCoV2(...), MoCoV3(...)
         projector=keras_fmicl.ProjectionHead(256, 64),
         augmenter=keras_fmicl.SimCLRAugmentation(28, value_range=(0, 1)),
     )
@@ -171,7 +110,7 @@ class ContrastiveModel(keras.Model):
     features = model.predict(images)        # encoder features
     ```
 
-    Training safeguards, the same on every backend:
+    Training safeguards, the same on every backend and for every method:
 
     * NaN: a NaN or infinite input, weight, key-network copy or queue entry
       makes the reported loss NaN (never a finite number while the weights
@@ -179,25 +118,27 @@ class ContrastiveModel(keras.Model):
     * A batch of a single sample (the remainder of `2k + 1` samples in
       batches of `k`) has no negatives: it is skipped with a warning,
       without any update of the weights, metrics or optimizer.
-    * `queue_size` must hold the keys of a batch (`batch_size * num_views`):
-      checked before training for in-memory data and for batches of static
-      size; a batch of a size unknown when the step is traced (a `tf.data`
-      pipeline batched with `drop_remainder=False`, under TensorFlow) that
-      is too large makes the loss NaN.
+    * The method checks the batch size before training where it can (MoCo
+      v2: the queue must hold the keys of a batch; see
+      `keras_fmicl.methods.MoCoV2`).
     * Exact resume with `keras.callbacks.BackupAndRestore`: the model's
-      variables, the queue and the random states of its augmenter are
-      checkpointed, but not the order in which `fit` shuffles in-memory
-      arrays (Keras draws it from a global random generator); with
-      `shuffle=True` on arrays the resumed run sees other batches, and `fit`
-      warns. For an exact resume pass the raw images as arrays with
-      `shuffle=False` (the views are drawn by the model's augmenter, whose
-      state is checkpointed). A `tf.data` pipeline is not checkpointed
-      either: a fresh `keras_fmicl.data.multiview_dataset(..., seed=...)`
-      starts again from the shuffle order and views of its first epoch.
+      variables (with the method's: key network, queue), and the random
+      states of its augmenter are checkpointed, but not the order in which
+      `fit` shuffles in-memory arrays (Keras draws it from a global random
+      generator); with `shuffle=True` on arrays the resumed run sees other
+      batches, and `fit` warns. For an exact resume pass the raw images as
+      arrays with `shuffle=False` (the views are drawn by the model's
+      augmenter, whose state is checkpointed). A `tf.data` pipeline is not
+      checkpointed either: a fresh `keras_fmicl.data.multiview_dataset(...,
+      seed=...)` starts again from the shuffle order and views of its
+      first epoch.
+    * Positives drifting apart: `fit` adds a
+      `keras_fmicl.PositivesDriftMonitor` (unless one is among the
+      callbacks, or `fit(..., drift_warning=False)`), which warns once when
+      `alignment` rises while `mi_estimate` falls for 3 epochs in a row.
 
     The loss itself is the contract of `docs/fmicl-math.md` (section 4, with
-    the momentum-encoder variants); a MoCo v2 step contrasts its queries
-    with the queue of the previous steps and enqueues its keys afterwards.
+    the momentum-encoder variants).
 
     `fit` reports the loss, `alignment` and `uniformity` of the batch
     embeddings (Wang & Isola 2020), `mi_estimate` (the lower bound on the
@@ -206,26 +147,21 @@ class ContrastiveModel(keras.Model):
     is part of `loss`; its gradient never reaches the encoder).
 
     Args:
-        encoder: a Keras layer or model mapping images `(N, H, W, C)` to
-            features `(N, F)`.
+        encoder: a Keras layer or model mapping a batch of views (images
+            `(N, H, W, C)`, token ids, ...) to features `(N, F)`.
+        method: the training method, a `keras_fmicl.methods.Method`:
+            `SimCLR()` (the default), `MoCoV2(momentum=..., queue_size=...)`
+            or `MoCoV3(momentum=..., predictor=...)`; or the name
+            `"simclr"`, `"moco"`, `"mocov3"` for one with its defaults. A
+            method object belongs to one model.
         projector: head mapping features to the embeddings the loss sees,
             e.g. `keras_fmicl.ProjectionHead`; `None` uses the features.
-        predictor: MoCo v3 prediction head applied to the online
-            projection (`keras_fmicl.PredictionHead`); requires `momentum`.
         augmenter: layer drawing one random view of a batch of raw images
             when called with `training=True`, e.g.
             `keras_fmicl.SimCLRAugmentation`. Not needed when the data
-            already holds the views.
+            already holds the views, or for a method drawing its views
+            otherwise.
         num_views: number of views per sample, `>= 2`. Defaults to 2.
-        momentum: `None` for SimCLR; else the EMA momentum of the key
-            network, a number in `[0, 1)` or a schedule of the training
-            step such as `keras_fmicl.CosineMomentum(0.99, total_steps)`.
-            A schedule must return a value in `[0, 1]` (1 freezes the key
-            network): it is checked at step 0 when the model is created
-            (ValueError), and a later value outside makes the loss NaN.
-        queue_size: `K >= 0`; with `momentum`, `K > 0` selects MoCo v2: the
-            negatives are a FIFO queue of the K most recent keys. 0 (the
-            default) uses the keys of the batch (MoCo v3).
         num_classes: number of classes of the online linear probe trained
             on `fit(x, y)`; `None` (default) for no probe. The labels must
             be integers in `[0, num_classes)`: in-memory labels are checked
@@ -237,37 +173,35 @@ class ContrastiveModel(keras.Model):
     def __init__(
         self,
         encoder: keras.layers.Layer,
+        method: methods_module.Method | str | None = None,
         projector: keras.layers.Layer | None = None,
-        predictor: keras.layers.Layer | None = None,
         augmenter: keras.layers.Layer | None = None,
         num_views: int = 2,
-        momentum: Any = None,
-        queue_size: int = 0,
         num_classes: int | None = None,
         **kwargs,
     ):
+        for argument in _REMOVED_ARGUMENTS:
+            if argument in kwargs:
+                raise ValueError(
+                    f"`{argument}` is no longer an argument of ContrastiveModel: "
+                    "the training method is an object, e.g. method="
+                    "keras_fmicl.methods.MoCoV2(momentum=0.99, queue_size=4096) or "
+                    "keras_fmicl.methods.MoCoV3(momentum=0.99, predictor=...). "
+                    f"Received: {argument}={kwargs[argument]!r}"
+                )
         super().__init__(**kwargs)
         self.encoder = _check_layer("encoder", encoder, required=True)
+        method = methods_module.SimCLR() if method is None else methods_module.get(method)
+        if method.built:
+            raise ValueError(
+                "A method object belongs to one model, and this one is already "
+                f"built for another: pass a new one. Received: method={method.name!r}"
+            )
+        self.method = method
         self.projector = _check_layer("projector", projector)
-        self.predictor = _check_layer("predictor", predictor)
         self.augmenter = _check_layer("augmenter", augmenter)
         self.num_views = check_integer("num_views", num_views, 2)
-        self.momentum = _check_momentum(momentum)
-        self.queue_size = check_integer("queue_size", queue_size, 0)
         self.num_classes = None if num_classes is None else check_integer("num_classes", num_classes, 2)
-        if self.predictor is not None and self.momentum is None:
-            raise ValueError(
-                "A `predictor` is the MoCo v3 prediction head and needs a "
-                "momentum (key) encoder to predict: pass e.g. momentum=0.99, or "
-                "drop the predictor for SimCLR. Received: predictor="
-                f"{self.predictor.name!r} with momentum=None"
-            )
-        if self.queue_size > 0 and self.momentum is None:
-            raise ValueError(
-                "A queue holds the keys of a momentum encoder (MoCo v2): pass "
-                "e.g. momentum=0.99 with the queue, or queue_size=0 for "
-                f"SimCLR. Received: queue_size={self.queue_size} with momentum=None"
-            )
         self.probe = (
             keras.layers.Dense(self.num_classes, name="probe")
             if self.num_classes is not None
@@ -287,57 +221,18 @@ class ContrastiveModel(keras.Model):
 
     @property
     def mode(self) -> str:
-        """`"simclr"`, `"moco"` (v2, with a queue) or `"mocov3"`."""
-        if self.momentum is None:
-            return "simclr"
-        return "moco" if self.queue_size > 0 else "mocov3"
-
-    def _encoder_input_rank(self) -> int | None:
-        inputs = getattr(self.encoder, "inputs", None)
-        if inputs:
-            return len(inputs[0].shape)
-        return None
-
-    def _inputs_are_views(self, shape: tuple) -> bool:
-        """Whether a (non-dict) input of this shape holds views `(N, V, ...)`."""
-        rank = self._encoder_input_rank()
-        if rank is not None:
-            return len(shape) == rank + 1
-        return self.augmenter is None
-
-    def _view_shape(self, input_shape: Any) -> tuple:
-        """Shape `(batch, ...)` of one view, as the encoder receives it."""
-        if isinstance(input_shape, dict):
-            if VIEWS_KEY not in input_shape:
-                raise ValueError(
-                    f"Dict inputs must hold the views under {VIEWS_KEY!r}. "
-                    f"Received keys: {sorted(input_shape)}"
-                )
-            shape = tuple(input_shape[VIEWS_KEY])
-            return (None,) + shape[2:]
-        shape = tuple(input_shape)
-        if self._inputs_are_views(shape):
-            return (None,) + shape[2:]
-        if self.augmenter is None:
-            raise ValueError(
-                "Raw images need an `augmenter` to draw views from; or pass "
-                "views already drawn, shape (N, V, H, W, C) or "
-                f"{{{VIEWS_KEY!r}: views}}. Received: inputs of shape {shape} "
-                "and augmenter=None"
-            )
-        if not self.augmenter.built:
-            self.augmenter.build(shape)
-        spec = self.augmenter.compute_output_spec(keras.KerasTensor(shape))
-        return (None,) + tuple(spec.shape[1:])
+        """The method's short name: `"simclr"`, `"moco"` (v2) or `"mocov3"`."""
+        return self.method.mode
 
     def build(self, input_shape):
-        view_shape = self._view_shape(input_shape)
+        view_shape = self.method.view_shape(self, input_shape)
         if not self.encoder.built:
             self.encoder.build(view_shape)
-        feature_shape = tuple(self.encoder.compute_output_spec(keras.KerasTensor(view_shape)).shape)
+        view_spec = self._view_spec(view_shape)
+        feature_shape = tuple(self.encoder.compute_output_spec(view_spec).shape)
         if len(feature_shape) != 2:
             raise ValueError(
-                "`encoder` must map a batch of images to rank-2 features "
+                "`encoder` must map a batch of views to rank-2 features "
                 "(N, F), e.g. end with global pooling or Flatten. Received: "
                 f"encoder output shape {feature_shape} for input shape {view_shape}"
             )
@@ -346,131 +241,50 @@ class ContrastiveModel(keras.Model):
             if not self.projector.built:
                 self.projector.build(feature_shape)
             embedding_shape = tuple(self.projector.compute_output_spec(keras.KerasTensor(feature_shape)).shape)
-        if self.predictor is not None and not self.predictor.built:
-            self.predictor.build(embedding_shape)
         if self.probe is not None:
             self.probe.build(feature_shape)
         self.training_steps = self.add_weight(
             shape=(), dtype="int32", initializer="zeros", trainable=False, name="training_steps"
         )
-        if self.momentum is not None:
-            self._build_key_network()
-        if self.queue_size > 0:
-            dim = embedding_shape[-1]
-            self.queue = self.add_weight(
-                shape=(self.queue_size, dim),
-                dtype="float32",
-                initializer="zeros",
-                trainable=False,
-                name="queue",
-            )
-            self.queue_pointer = self.add_weight(
-                shape=(), dtype="int32", initializer="zeros", trainable=False, name="queue_pointer"
-            )
-            self.queue_count = self.add_weight(
-                shape=(), dtype="int32", initializer="zeros", trainable=False, name="queue_count"
-            )
+        self.method.build(self, embedding_shape)
         self.built = True
         # torch.distributed: every process starts from rank 0's weights
         distributed.broadcast_variables(self.variables)
 
-    def _online_layers(self) -> list:
-        return [layer for layer in (self.encoder, self.projector) if layer is not None]
-
-    def _build_key_network(self):
-        """Non-trainable copies of the online encoder's and projector's state."""
-        self.key_variables = []
-        # id of an online variable -> index of its key copy: the copies stay
-        # matched if a layer is frozen or unfrozen after build.
-        self._key_index = {}
-        for layer in self._online_layers():
-            for kind, variables in (
-                ("trainable", layer.trainable_variables),
-                ("non_trainable", layer.non_trainable_variables),
-            ):
-                for index, variable in enumerate(variables):
-                    # The copy starts as the online variable through its
-                    # initializer: an `assign` here would be dropped when
-                    # `fit` builds the model inside a stateless (symbolic)
-                    # scope, leaving the key network at zero. autocast=False:
-                    # the EMA is kept and assigned in the variable dtype
-                    # under a mixed precision policy.
-                    copy = self.add_weight(
-                        shape=variable.shape,
-                        dtype=variable.dtype,
-                        initializer=_CopyOf(variable),
-                        trainable=False,
-                        autocast=False,
-                        name=f"key_{layer.name}_{kind}_{index}",
-                    )
-                    self._key_index[id(variable)] = len(self.key_variables)
-                    self.key_variables.append(copy)
-        updater = _WithoutAutocast(self._ema_update, name="key_network_update")
-        # a plain function attribute: the helper layer stays out of the
-        # model's tracked layers (and of its saved state)
-        self._run_ema_update = lambda momentum: updater(momentum)
-
-    def _key_state(self, layer_index: int) -> tuple[list, list]:
-        """The key copies of an online layer's (trainable, non-trainable) variables."""
-        layer = self._online_layers()[layer_index]
-        copies = self.key_variables
-        trainable = [copies[self._key_index[id(v)]] for v in layer.trainable_variables]
-        other = [copies[self._key_index[id(v)]] for v in layer.non_trainable_variables]
-        return trainable, other
+    def _view_spec(self, view_shape: Any) -> Any:
+        """Symbolic views of `view_shape`, in the dtypes of a functional
+        encoder's inputs (token ids stay integers), else float32."""
+        specs = methods_module.map_shapes(keras.KerasTensor, view_shape)
+        try:
+            declared = self.encoder.input
+            keras.tree.assert_same_structure(declared, specs)
+        except (AttributeError, ValueError, TypeError, RuntimeError):
+            return specs
+        return keras.tree.map_structure(
+            lambda spec, like: keras.KerasTensor(spec.shape, dtype=like.dtype), specs, declared
+        )
 
     # ------------------------------------------------------------------- call
 
-    def current_momentum(self) -> Any:
-        """The EMA momentum of this step (a schedule is read at `training_steps`).
+    def online_forward(self, views: Any, training: bool = False) -> tuple[Any, Any]:
+        """Features `(N V, F)` and embeddings `(N V, d)` of flat views.
 
-        A schedule's value outside `[0, 1]` becomes NaN, so the key network
-        and the loss turn NaN instead of training on it (no clipping).
+        The online encoder, then the projector (if any). Used by the
+        methods (`keras_fmicl.methods`).
+
+        Raises:
+            ValueError: the encoder's output is not of rank 2.
         """
-        if callable(self.momentum):
-            momentum = ops.cast(self.momentum(self.training_steps.value), "float32")
-            return ops.where((momentum >= 0.0) & (momentum <= 1.0), momentum, float("nan"))
-        return self.momentum
-
-    def _update_key_network(self):
-        self._run_ema_update(ops.convert_to_tensor(self.current_momentum(), dtype="float32"))
-
-    def _ema_update(self, momentum: Any) -> Any:
-        """`theta_k <- m theta_k + (1 - m) theta_q` (run without autocast)."""
-        for index, layer in enumerate(self._online_layers()):
-            keys, _ = self._key_state(index)
-            for key, online in zip(keys, layer.trainable_variables):
-                online_value = ops.stop_gradient(ops.cast(online.value, key.dtype))
-                momentum_value = ops.cast(momentum, key.dtype)
-                key.assign(momentum_value * key.value + (1.0 - momentum_value) * online_value)
-        return momentum
-
-    def _key_forward(self, images: Any, training: bool) -> Any:
-        x = images
-        for index, layer in enumerate(self._online_layers()):
-            trainable, other = self._key_state(index)
-            x, new_other = layer.stateless_call(
-                [v.value for v in trainable],
-                [v.value for v in other],
-                x,
-                training=training,
+        features = self.encoder(views, training=training)
+        if len(features.shape) != 2:
+            raise ValueError(
+                "`encoder` must output rank-2 features (N, F). Received: "
+                f"encoder output shape {tuple(features.shape)}"
             )
-            if training:
-                for variable, value in zip(other, new_other):
-                    variable.assign(value)
-        return ops.stop_gradient(x)
+        embeddings = features if self.projector is None else self.projector(features, training=training)
+        return features, embeddings
 
-    def _draw_views(self, inputs: Any) -> Any:
-        """`(N, V, ...)` views from raw images, views, or a dict of views."""
-        if isinstance(inputs, dict):
-            return inputs[VIEWS_KEY]
-        if self._inputs_are_views(tuple(inputs.shape)):
-            return inputs
-        if keras.backend.standardize_dtype(inputs.dtype) not in ("float16", "bfloat16", "float32", "float64"):
-            inputs = ops.cast(inputs, "float32")
-        views = [self.augmenter(inputs, training=True) for _ in range(self.num_views)]
-        return ops.stack(views, axis=1)
-
-    def _per_sample(self, x: Any) -> Any:
+    def group_views(self, x: Any) -> Any:
         """`(N V, d)` rows, sample-major, to `(N, V, d)` (keeping d static)."""
         dim = x.shape[-1]
         return ops.reshape(x, (-1, self.num_views, -1 if dim is None else dim))
@@ -480,37 +294,11 @@ class ContrastiveModel(keras.Model):
 
         Returns:
             A dict of `(N, V, ...)` tensors: `"features"` (encoder output),
-            `"queries"` (the embeddings contrasted: projector, then
-            predictor), and with a momentum encoder `"keys"`.
+            `"queries"` (the embeddings contrasted: projector, then the
+            method's predictor if any), and with a key network `"keys"`.
         """
-        views = self._draw_views(inputs)
-        num_views = views.shape[1]
-        if num_views != self.num_views:
-            raise ValueError(
-                f"The inputs hold {num_views} views per sample but the model "
-                f"has num_views={self.num_views}. Received: views of shape "
-                f"{tuple(views.shape)}"
-            )
-        images = ops.reshape(views, (-1,) + tuple(views.shape[2:]))
-        if keras.backend.standardize_dtype(images.dtype) not in ("float16", "bfloat16", "float32", "float64"):
-            images = ops.cast(images, "float32")
-        features = self.encoder(images, training=training)
-        if len(features.shape) != 2:
-            raise ValueError(
-                "`encoder` must output rank-2 features (N, F). Received: "
-                f"encoder output shape {tuple(features.shape)}"
-            )
-        embeddings = features if self.projector is None else self.projector(features, training=training)
-        queries = embeddings if self.predictor is None else self.predictor(embeddings, training=training)
-        outputs = {
-            "features": self._per_sample(features),
-            "queries": self._per_sample(queries),
-        }
-        if self.momentum is not None:
-            if training:
-                self._update_key_network()
-            keys = self._key_forward(images, training=bool(training))
-            outputs["keys"] = self._per_sample(keys)
+        views = self.method.draw_views(self, inputs, training=training)
+        outputs = self.method.embed(self, views, training=training)
         if training:
             self.training_steps.assign(self.training_steps.value + 1)
         return outputs
@@ -524,14 +312,7 @@ class ContrastiveModel(keras.Model):
         `jit_compile`, `steps_per_execution`, ...); `metrics` and
         `loss_weights` are not taken: the model reports its own metrics.
         """
-        if isinstance(loss, dict) and "class_name" in loss:
-            loss = keras.losses.deserialize(loss)
-        if not isinstance(loss, ContrastiveLoss):
-            raise ValueError(
-                "`loss` must be a contrastive loss of keras_fmicl: "
-                "keras_fmicl.FMICLLoss(...) or keras_fmicl.InfoNCELoss(...). "
-                f"Received: loss={loss!r}"
-            )
+        loss = self.method.check_loss(loss)
         for argument in ("loss_weights", "metrics", "weighted_metrics"):
             if kwargs.get(argument) is not None:
                 raise ValueError(
@@ -562,44 +343,30 @@ class ContrastiveModel(keras.Model):
             warnings.warn(message, stacklevel=3)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if not isinstance(self.loss, ContrastiveLoss):
-            raise ValueError(
-                "Compile the model with a contrastive loss first: "
-                "model.compile(optimizer=..., loss=keras_fmicl.FMICLLoss(...))."
-            )
-        queries = y_pred["queries"]
-        keys = y_pred.get("keys")
-        queue_kwargs = {}
-        if self.queue_size > 0:
-            queue_kwargs = {
-                "queue": self.queue.value,
-                "queue_mask": ops.arange(self.queue_size, dtype="int32") < self.queue_count.value,
-                "in_batch_negatives": False,
-            }
-        per_sample, metrics = self.loss.contrast(
-            queries, keys=keys, return_metrics=True, **queue_kwargs
-        )
+        per_sample, metrics = self.method.loss(self, y_pred)
         total = self._weighted_mean(per_sample, sample_weight)
-        self.alignment_tracker.update_state(metrics["alignment"])
-        # Until the MoCo queue holds keys there are no negatives: no
-        # uniformity to measure, and the bound has no negative term.
-        has_negatives = 1.0
-        if self.queue_size > 0:
-            has_negatives = ops.cast(self.queue_count.value > 0, "float32")
-        self.uniformity_tracker.update_state(metrics["uniformity"], sample_weight=has_negatives)
-        self.mi_estimate_tracker.update_state(metrics["mi_estimate"], sample_weight=has_negatives)
+        for name, tracker in (
+            ("alignment", self.alignment_tracker),
+            ("uniformity", self.uniformity_tracker),
+            ("mi_estimate", self.mi_estimate_tracker),
+        ):
+            if name in metrics:
+                value, weight = metrics[name], None
+                if isinstance(value, tuple):
+                    value, weight = value
+                tracker.update_state(value, sample_weight=weight)
         total = total + self._probe_loss(y, y_pred["features"], sample_weight)
-        if training and self.queue_size > 0:
-            total = total + self._enqueue(keys)
+        if training:
+            total = total + self.method.after_step(self, y_pred)
         for loss in self.losses:
             total = total + ops.cast(ops.sum(loss), total.dtype)
         # NaN never vanishes from the loss: max pooling (eagerly, and more
         # so fused under XLA) may turn NaN activations into finite ones (the
         # loss then stays finite while the gradients, and the weights, are
-        # NaN). A NaN or
-        # infinite input, weight, key-network copy or queue entry (the EMA
-        # of a NaN update, or of an out-of-range momentum) makes the loss
-        # NaN, so `keras.callbacks.TerminateOnNaN` stops the training.
+        # NaN). A NaN or infinite input, weight, key-network copy or queue
+        # entry (the EMA of a NaN update, or of an out-of-range momentum)
+        # makes the loss NaN, so `keras.callbacks.TerminateOnNaN` stops the
+        # training.
         state = [v.value for v in self.weights]
         total = total + ops.cast(_nan_unless(_all_finite(keras.tree.flatten(x) + state)), total.dtype)
         # under tf.distribute the replicas' gradients are summed
@@ -651,54 +418,6 @@ class ContrastiveModel(keras.Model):
         self.probe_loss_tracker.update_state(probe_loss)
         self.probe_accuracy.update_state(view_labels, logits)
         return probe_loss
-
-    def _enqueue(self, keys: Any) -> Any:
-        """Writes the keys of this batch (sample-major) over the oldest entries.
-
-        Under data parallelism with global negatives the queue receives the
-        keys of the global batch, identically on every replica. The keys are
-        written after the loss of the step is computed: a step contrasts its
-        queries with the queue of the previous steps.
-
-        Returns:
-            A term for the loss: `0.0`, or NaN when a batch of unknown size
-            (at tracing) turns out to hold more keys than the queue.
-        """
-        flat = ops.reshape(ops.stop_gradient(keys), (-1, self.queue.shape[-1]))
-        if self.loss.global_negatives:
-            flat = distributed.all_gather(flat)
-        count = flat.shape[0]
-        if count is not None and count > self.queue_size:
-            raise ValueError(
-                f"`queue_size` ({self.queue_size}) must be at least the number of "
-                f"keys of a batch (batch size x num_views = {count}). Received: "
-                f"queue_size={self.queue_size}"
-            )
-        overflow = 0.0
-        if count is None:
-            if not self._batch_size_checked:
-                self._warn_once(
-                    "unknown_batch_size",
-                    "The batch size is unknown when the training step is traced "
-                    "(e.g. a tf.data pipeline batched with drop_remainder=False, "
-                    "or a PyDataset or generator under TensorFlow), "
-                    f"so `queue_size` ({self.queue_size}) cannot be checked "
-                    "against the keys of a batch before training: a batch of "
-                    "more than queue_size // num_views = "
-                    f"{self.queue_size // self.num_views} samples makes the loss "
-                    "NaN. Batch with drop_remainder=True to have it checked "
-                    "before training.",
-                )
-            count = ops.shape(flat)[0]
-            overflow = _nan_unless(count <= self.queue_size)
-        pointer = self.queue_pointer.value
-        positions = (pointer + ops.arange(count, dtype="int32")) % self.queue_size
-        self.queue.assign(
-            ops.scatter_update(self.queue.value, positions[:, None], ops.cast(flat, self.queue.dtype))
-        )
-        self.queue_pointer.assign((pointer + count) % self.queue_size)
-        self.queue_count.assign(ops.minimum(self.queue_count.value + count, self.queue_size))
-        return overflow
 
     # -------------------------------------------------------------------- fit
 
@@ -759,13 +478,7 @@ class ContrastiveModel(keras.Model):
         if validation_split:
             num_samples = int(math.floor(num_samples * (1.0 - validation_split)))
         batch_size = batch_size or 32  # Keras' default for arrays
-        keys = min(batch_size, num_samples) * self.num_views
-        if self.queue_size > 0 and keys > self.queue_size:
-            raise ValueError(
-                f"`queue_size` ({self.queue_size}) must be at least the number of "
-                f"keys of a batch (batch size x num_views = {keys}). Received: "
-                f"queue_size={self.queue_size}"
-            )
+        self.method.check_batch_size(self, min(batch_size, num_samples))
         # the batches hold at most `batch_size` samples: checked above
         self._batch_size_checked = True
         if steps_per_epoch is None and num_samples % batch_size == 1:
@@ -789,14 +502,40 @@ class ContrastiveModel(keras.Model):
         validation_steps=None,
         validation_batch_size=None,
         validation_freq=1,
+        *,
+        drift_warning: bool = True,
     ):
         """`keras.Model.fit`, with checks of the data before training.
 
         Concrete probe labels outside `[0, num_classes)` raise a ValueError
         (in a `tf.data` pipeline they make the loss NaN); a batch of a single
         sample is skipped with a warning; `BackupAndRestore` with
-        `shuffle=True` on arrays warns that the resumed run differs.
+        `shuffle=True` on arrays warns that the resumed run differs; the
+        method checks the batch size (MoCo v2: against its queue).
+
+        Args:
+            drift_warning: add a `keras_fmicl.PositivesDriftMonitor()` to the
+                callbacks (unless they hold one already: pass your own to
+                set its `patience`), which warns once
+                (`keras_fmicl.diagnostics.PositivesDriftWarning`) when
+                `alignment` rises while `mi_estimate` falls for 3 epochs in
+                a row. `False`: no monitor added. Defaults to True.
+            others: as `keras.Model.fit`.
+
+        Example:
+
+        ```python
+        model.fit(images, epochs=50)                       # with the drift warning
+        model.fit(images, epochs=50, drift_warning=False)  # without
+        model.fit(images, epochs=50, callbacks=[keras_fmicl.PositivesDriftMonitor(patience=5)])
+        ```
         """
+        if not isinstance(drift_warning, bool):
+            raise ValueError(
+                f"`drift_warning` must be True or False. Received: drift_warning={drift_warning!r}"
+            )
+        if drift_warning:
+            callbacks = self._with_drift_monitor(callbacks)
         self._batch_size_checked = False
         self._check_fit_data(x, y, batch_size, validation_split, shuffle, callbacks, steps_per_epoch)
         if isinstance(validation_data, (list, tuple)) and len(validation_data) >= 2:
@@ -822,6 +561,18 @@ class ContrastiveModel(keras.Model):
             )
         finally:
             self._batch_size_checked = False
+
+    @staticmethod
+    def _with_drift_monitor(callbacks: Any) -> Any:
+        """`callbacks` plus a `PositivesDriftMonitor`, unless it holds one."""
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            if not any(isinstance(c, PositivesDriftMonitor) for c in callbacks.callbacks):
+                callbacks.append(PositivesDriftMonitor())
+            return callbacks
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, PositivesDriftMonitor) for c in callbacks):
+            callbacks.append(PositivesDriftMonitor())
+        return callbacks
 
     def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
         """`keras.Model.evaluate`, checking concrete probe labels first.
@@ -922,7 +673,7 @@ class ContrastiveModel(keras.Model):
             raise ValueError(
                 f"The saved state of {self.name} holds {len(keys) - len(seed_keys)} "
                 f"variables but the model has {len(own)}: was it saved from a "
-                "model with the same mode, queue and heads?"
+                "model with the same method and heads?"
             )
         for index, variable in enumerate(own):
             variable.assign(store[f"{index}"])
@@ -934,17 +685,20 @@ class ContrastiveModel(keras.Model):
     # ---------------------------------------------------------------- predict
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
-        """Encoder features `(N, F)` of raw images (the downstream output)."""
-        rank = self._encoder_input_rank()
-        if isinstance(x, dict) or (
-            rank is not None and hasattr(x, "shape") and len(x.shape) == rank + 1
-        ):
-            shape = tuple(x[VIEWS_KEY].shape) if isinstance(x, dict) and VIEWS_KEY in x else getattr(x, "shape", None)
+        """Encoder features `(N, F)` of raw inputs (the downstream output).
+
+        Raises:
+            ValueError: `x` holds views, `(N, V, H, W, C)` or `{"views": ...}`.
+        """
+        rank = methods_module.encoder_input_rank(self.encoder)
+        views = isinstance(x, dict) and VIEWS_KEY in x
+        if views or (rank is not None and hasattr(x, "shape") and len(x.shape) == rank + 1):
+            shape = tuple(x[VIEWS_KEY].shape) if views else tuple(x.shape)
             raise ValueError(
-                "`predict` returns the encoder features of raw images, shape "
-                f"(N, H, W, C); it received views (N, V, H, W, C) or a dict. "
-                f"Pass the images, or one view such as views[:, 0]. Received: "
-                f"x of shape {shape}"
+                "`predict` returns the encoder features of raw inputs, e.g. "
+                "images (N, H, W, C); it received views (N, V, H, W, C) or a "
+                "dict of views. Pass the images, or one view such as "
+                f"views[:, 0]. Received: x of shape {shape}"
             )
         encoder = self.encoder
         if not isinstance(encoder, keras.Model):
@@ -962,23 +716,19 @@ class ContrastiveModel(keras.Model):
             "trainable": self.trainable,
             "dtype": serialize(self.dtype_policy),
             "encoder": serialize(self.encoder),
+            "method": serialize(self.method),
             "projector": None if self.projector is None else serialize(self.projector),
-            "predictor": None if self.predictor is None else serialize(self.predictor),
             "augmenter": None if self.augmenter is None else serialize(self.augmenter),
             "num_views": self.num_views,
-            "momentum": serialize(self.momentum) if callable(self.momentum) else self.momentum,
-            "queue_size": self.queue_size,
             "num_classes": self.num_classes,
         }
 
     @classmethod
     def from_config(cls, config):
         config = copy.deepcopy(config)  # deserialisation consumes nested configs
-        for key in ("encoder", "projector", "predictor", "augmenter"):
+        for key in ("encoder", "method", "projector", "augmenter"):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
-        if isinstance(config.get("momentum"), dict):
-            config["momentum"] = keras.saving.deserialize_keras_object(config["momentum"])
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)

@@ -41,7 +41,8 @@ class ProjectionHead(keras.layers.Layer):
             Defaults to 2 (SimCLR); MoCo v3 uses 3.
         batch_norm: batch normalisation after each hidden Dense layer.
         output_batch_norm: batch normalisation (no scale, no offset) of the
-            output, as MoCo v3's projector. Defaults to False.
+            output, as MoCo v3's projector; `examples/train_cifar.py` uses
+            it with MoCo v2 too. Defaults to False.
         synchronized: normalise with the statistics of the global batch
             under data parallelism (`keras_fmicl.distributed.
             GlobalBatchNormalization`: synchronised batch norm under
@@ -166,8 +167,10 @@ class PredictionHead(ProjectionHead):
 
     ```python
     model = keras_fmicl.ContrastiveModel(
-        encoder, projector=keras_fmicl.ProjectionHead(512, 128, num_layers=3),
-        predictor=keras_fmicl.PredictionHead(512, 128), momentum=0.99)
+        encoder,
+        method=keras_fmicl.methods.MoCoV3(
+            momentum=0.99, predictor=keras_fmicl.PredictionHead(512, 128)),
+        projector=keras_fmicl.ProjectionHead(512, 128, num_layers=3, output_batch_norm=True))
     ```
     """
 

@@ -28,8 +28,16 @@ def make_model(
         encoder = keras.Sequential([keras.Input(IMAGE), keras.layers.Flatten(), keras.layers.Dense(16)])
     else:
         encoder = keras_fmicl.small_cnn(IMAGE, width=8)
-    kwargs = dict(
+    method = {
+        "simclr": lambda: keras_fmicl.methods.SimCLR(),
+        "moco": lambda: keras_fmicl.methods.MoCoV2(momentum=momentum, queue_size=queue_size),
+        "mocov3": lambda: keras_fmicl.methods.MoCoV3(
+            momentum=momentum, predictor=keras_fmicl.PredictionHead(32, 16)
+        ),
+    }[mode]()
+    return keras_fmicl.ContrastiveModel(
         encoder=encoder,
+        method=method,
         projector=keras_fmicl.ProjectionHead(32, 16),
         augmenter=keras_fmicl.SimCLRAugmentation(
             8, crop_scale=(0.4, 1.0), flip=False, value_range=(0, 1), seed=seed
@@ -38,11 +46,6 @@ def make_model(
         else None,
         num_classes=num_classes,
     )
-    if mode == "moco":
-        kwargs.update(momentum=momentum, queue_size=queue_size)
-    elif mode == "mocov3":
-        kwargs.update(momentum=momentum, predictor=keras_fmicl.PredictionHead(32, 16))
-    return keras_fmicl.ContrastiveModel(**kwargs)
 
 
 def compile_model(model, loss=None, learning_rate=3e-3, optimizer=None):
@@ -119,12 +122,12 @@ def test_fit_on_a_py_dataset_of_raw_images(digits):
 
 
 def _key_and_online(model):
-    keys, online = [], []
-    for index, layer in enumerate(model._online_layers()):
-        trainable, _ = model._key_state(index)
-        keys += [to_numpy(v.value).copy() for v in trainable]
-        online += [to_numpy(v.value).copy() for v in layer.trainable_variables]
-    return keys, online
+    pairs = model.method.key_pairs(model)
+    return [to_numpy(k.value).copy() for k, _ in pairs], [to_numpy(o.value).copy() for _, o in pairs]
+
+
+def _online_layers(model):
+    return [layer for layer in (model.encoder, model.projector) if layer is not None]
 
 
 @pytest.mark.parametrize("schedule", [False, True])
@@ -159,7 +162,7 @@ def test_queue_holds_the_most_recent_keys_in_order(digits):
         # momentum 0: the keys are the online network (training mode) before the step
         flat = chunk.reshape((-1,) + IMAGE)
         x = flat
-        for layer in model._online_layers():
+        for layer in _online_layers(model):
             x, _ = layer.stateless_call(
                 [v.value for v in layer.trainable_variables],
                 [v.value for v in layer.non_trainable_variables],
@@ -169,10 +172,10 @@ def test_queue_holds_the_most_recent_keys_in_order(digits):
         written.append(to_numpy(x))
         model.train_on_batch(chunk)
     written = np.concatenate(written)  # (64, 16), sample-major within a batch
-    pointer = int(to_numpy(model.queue_pointer.value))
+    pointer = int(to_numpy(model.method.queue_pointer.value))
     assert pointer == (batch * 2 * steps) % queue_size
-    assert int(to_numpy(model.queue_count.value)) == queue_size
-    ordered = np.roll(to_numpy(model.queue.value), -pointer, axis=0)
+    assert int(to_numpy(model.method.queue_count.value)) == queue_size
+    ordered = np.roll(to_numpy(model.method.queue.value), -pointer, axis=0)
     np.testing.assert_allclose(ordered, written[-queue_size:], rtol=1e-4, atol=1e-5)
 
 
@@ -180,16 +183,16 @@ def test_queue_is_masked_until_filled(digits):
     images, _ = digits
     model = compile_model(make_model("moco", num_classes=None, queue_size=64, augmenter=False))
     model.build((16, 2) + IMAGE)
-    assert int(to_numpy(model.queue_count.value)) == 0
+    assert int(to_numpy(model.method.queue_count.value)) == 0
     model.train_on_batch(views_of(images[:16]))
-    assert int(to_numpy(model.queue_count.value)) == 32
-    assert int(to_numpy(model.queue_pointer.value)) == 32
-    assert np.all(to_numpy(model.queue.value)[32:] == 0.0)
+    assert int(to_numpy(model.method.queue_count.value)) == 32
+    assert int(to_numpy(model.method.queue_pointer.value)) == 32
+    assert np.all(to_numpy(model.method.queue.value)[32:] == 0.0)
 
 
 def test_probe_gradient_never_reaches_the_encoder(digits):
     images, labels = digits
-    model = compile_model(make_model("simclr"))
+    model = compile_model(make_model("simclr", tiny=True))
     model.build(images[:16].shape)
     encoder = model.encoder
     variables = encoder.trainable_variables
@@ -213,10 +216,11 @@ def test_probe_gradient_never_reaches_the_encoder(digits):
     assert not np.allclose(before, to_numpy(model.probe.kernel.value))
 
 
-@pytest.mark.parametrize("mode", ["simclr", "moco"])
+@pytest.mark.parametrize("mode", ["simclr", "moco", "mocov3"])
 def test_save_and_load_restore_every_variable(mode, digits, tmp_path):
+    # every method: its state (key network, queue and pointer, predictor) too
     images, labels = digits
-    model = compile_model(make_model(mode))
+    model = compile_model(make_model(mode, tiny=True))
     model.fit(images[:128], labels[:128], batch_size=32, epochs=1, verbose=0, shuffle=False)
     path = os.path.join(tmp_path, "model.keras")
     model.save(path)
@@ -224,7 +228,13 @@ def test_save_and_load_restore_every_variable(mode, digits, tmp_path):
     assert isinstance(restored, keras_fmicl.ContrastiveModel)
     assert isinstance(restored.loss, keras_fmicl.FMICLLoss)
     assert restored.mode == mode
+    assert type(restored.method) is type(model.method)
     assert len(restored.variables) == len(model.variables)
+    if mode != "simclr":  # the key network and the queue are part of the state
+        assert model.method.key_variables
+        assert all(any(v is k for v in model.variables) for k in model.method.key_variables)
+    if mode == "moco":
+        assert int(to_numpy(model.method.queue_count.value)) == 128
     for a, b in zip(model.variables, restored.variables):
         np.testing.assert_array_equal(to_numpy(a.value), to_numpy(b.value), err_msg=a.path)
     assert len(restored.optimizer.variables) == len(model.optimizer.variables)
@@ -254,7 +264,7 @@ def test_backup_and_restore_resumes_with_identical_losses(digits, tmp_path):
     data = (images[:128], labels[:128])
 
     def fresh():
-        model = compile_model(make_model("moco", seed=3))
+        model = compile_model(make_model("moco", seed=3, tiny=True))
         model.build(data[0][:32].shape)
         return model
 
@@ -271,11 +281,11 @@ def test_backup_and_restore_resumes_with_identical_losses(digits, tmp_path):
 
 def test_labels_without_probe_and_probe_without_labels_warn_and_train(digits):
     images, labels = digits
-    model = compile_model(make_model("simclr", num_classes=None))
+    model = compile_model(make_model("simclr", num_classes=None, tiny=True))
     with pytest.warns(UserWarning, match="no probe"):
         history = model.fit(images[:64], labels[:64], batch_size=32, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
-    model = compile_model(make_model("simclr", num_classes=10))
+    model = compile_model(make_model("simclr", num_classes=10, tiny=True))
     with pytest.warns(UserWarning, match="holds no labels"):
         history = model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
@@ -284,7 +294,7 @@ def test_labels_without_probe_and_probe_without_labels_warn_and_train(digits):
 def test_info_nce_and_every_divergence_compile(digits):
     images, _ = digits
     for loss in [keras_fmicl.InfoNCELoss(0.2), keras_fmicl.FMICLLoss("vlc", similarity="cosine")]:
-        model = compile_model(make_model("mocov3", num_classes=None), loss=loss)
+        model = compile_model(make_model("mocov3", num_classes=None, tiny=True), loss=loss)
         history = model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
         assert np.isfinite(history.history["loss"][0])
 
@@ -322,8 +332,10 @@ def test_config_round_trip():
     config = model.get_config()
     restored = keras_fmicl.ContrastiveModel.from_config(config)
     assert restored.get_config() == config
-    assert isinstance(restored.momentum, keras_fmicl.CosineMomentum)
-    assert isinstance(restored.predictor, keras_fmicl.PredictionHead)
+    assert isinstance(restored.method, keras_fmicl.methods.MoCoV3)
+    assert restored.mode == "mocov3"
+    assert isinstance(restored.method.momentum, keras_fmicl.CosineMomentum)
+    assert isinstance(restored.method.predictor, keras_fmicl.PredictionHead)
 
 
 # ----------------------------------------------------------------- bad input
@@ -338,13 +350,14 @@ def _encoder():
     [
         ({"num_views": 1}, "num_views=1"),
         ({"num_views": 2.0}, "num_views=2.0"),
-        ({"momentum": 1.0}, "momentum=1.0"),
-        ({"momentum": -0.1}, "momentum=-0.1"),
-        ({"momentum": 1.5}, "momentum=1.5"),
-        ({"momentum": 0.9, "queue_size": -1}, "queue_size=-1"),
-        ({"queue_size": 16}, "queue_size=16 with momentum=None"),
-        ({"predictor": keras_fmicl.PredictionHead(8, 8)}, "needs a momentum"),
+        ({"num_views": True}, "num_views=True"),
         ({"num_classes": 1}, "num_classes=1"),
+        ({"method": "byol"}, "method='byol'"),
+        ({"method": keras_fmicl.SimCLRAugmentation(8)}, "method=<SimCLRAugmentation"),
+        # the arguments of the releases before `method=`
+        ({"momentum": 0.9}, r"`momentum` is no longer an argument.*MoCoV2\(momentum="),
+        ({"queue_size": 16}, "queue_size=16"),
+        ({"predictor": keras_fmicl.PredictionHead(8, 8)}, "`predictor` is no longer"),
         ({"projector": "mlp"}, "projector='mlp'"),
     ],
 )
@@ -410,9 +423,9 @@ def test_metrics_skip_the_steps_without_negatives(digits):
 
 def test_freezing_a_layer_after_build_keeps_the_key_network_matched(digits):
     images, _ = digits
-    model = compile_model(make_model("moco", num_classes=None))
+    model = compile_model(make_model("moco", num_classes=None, tiny=True))
     model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
-    model.encoder.layers[1].trainable = False  # the first convolution
+    model.encoder.layers[-1].trainable = False  # the encoder's dense layer
     compile_model(model)
     history = model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
@@ -441,7 +454,7 @@ class _OnlineWeightsPerEpoch(keras.callbacks.Callback):
         self.online = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        layers = self.model._online_layers()
+        layers = _online_layers(self.model)
         self.online.append([to_numpy(v.value).copy() for layer in layers for v in layer.trainable_variables])
 
 
@@ -494,7 +507,7 @@ def test_a_nan_pixel_makes_the_loss_nan_and_terminate_on_nan_stops(digits):
 def test_a_momentum_schedule_out_of_range_is_rejected_or_makes_the_loss_nan(digits):
     images, _ = digits
     with pytest.raises(ValueError, match="value at step 0 is 1.5"):
-        make_model("moco", momentum=lambda step: ops.cast(step, "float32") + 1.5)
+        keras_fmicl.methods.MoCoV2(momentum=lambda step: ops.cast(step, "float32") + 1.5)
     # valid at step 0, out of range from step 1: NaN at the second step
     model = compile_model(
         make_model(
@@ -658,8 +671,8 @@ def test_a_moco_step_contrasts_with_the_queue_of_the_previous_steps(digits):
     first, second = views[:8], views[8:]
     model.build(first.shape)
     model.train_on_batch(first)
-    queue = to_numpy(model.queue.value).copy()
-    mask = np.arange(64) < int(to_numpy(model.queue_count.value))
+    queue = to_numpy(model.method.queue.value).copy()
+    mask = np.arange(64) < int(to_numpy(model.method.queue_count.value))
     assert mask.sum() == 16
     # the queries and keys of step 2, without changing the model's state
     outputs, _ = model.stateless_call(
@@ -675,6 +688,52 @@ def test_a_moco_step_contrasts_with_the_queue_of_the_previous_steps(digits):
     assert loss == pytest.approx(expected, rel=1e-4, abs=1e-5)
     # a queue that already held the step's own keys gives another loss
     own = reference.fmicl_loss(
-        queries, keys=keys, queue=to_numpy(model.queue.value), queue_mask=np.arange(64) < 32, **options
+        queries, keys=keys, queue=to_numpy(model.method.queue.value), queue_mask=np.arange(64) < 32, **options
     ).mean()
     assert abs(own - expected) > 1e-3
+
+
+# ------------------------------------------------------ methods and drift (#11, #14)
+
+
+def test_a_method_object_belongs_to_one_model():
+    method = keras_fmicl.methods.MoCoV2(momentum=0.9, queue_size=64)
+    model = keras_fmicl.ContrastiveModel(
+        keras.Sequential([keras.Input(IMAGE), keras.layers.Flatten()]), method=method
+    )
+    model.build((4, 2) + IMAGE)
+    assert model.method is method and model.mode == "moco"
+    with pytest.raises(ValueError, match="belongs to one model"):
+        keras_fmicl.ContrastiveModel(_encoder(), method=method)
+    # a name gives a fresh method with its defaults
+    assert isinstance(keras_fmicl.ContrastiveModel(_encoder(), method="mocov3").method, keras_fmicl.methods.MoCoV3)
+
+
+class _RisingAlignment(keras.callbacks.Callback):
+    """Rewrites the epoch logs: alignment up, mi_estimate down (positives drifting)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["alignment"] = 1.0 + epoch
+        logs["mi_estimate"] = 1.0 - epoch
+
+
+def test_fit_adds_one_positives_drift_monitor(digits):
+    images, _ = digits
+    views = views_of(images[:16])
+    model = compile_model(make_model("simclr", num_classes=None, augmenter=False, tiny=True))
+
+    def drift_warnings(**kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(views, batch_size=16, epochs=4, verbose=0, **kwargs)
+        return [w for w in caught if issubclass(w.category, keras_fmicl.diagnostics.PositivesDriftWarning)]
+
+    # 3 epochs in a row of the pattern: the monitor fit adds warns once
+    assert len(drift_warnings(callbacks=[_RisingAlignment()])) == 1
+    assert not drift_warnings(callbacks=[_RisingAlignment()], drift_warning=False)
+    # the user's own monitor replaces the default one: one warning, its patience
+    own = keras_fmicl.PositivesDriftMonitor(patience=2)
+    assert len(drift_warnings(callbacks=[_RisingAlignment(), own])) == 1
+    assert own.warned
+    with pytest.raises(ValueError, match="drift_warning='no'"):
+        model.fit(views, batch_size=16, epochs=1, verbose=0, drift_warning="no")

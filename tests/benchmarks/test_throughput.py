@@ -25,6 +25,7 @@ def test_quick_run_writes_the_report(tmp_path):
     for name in ["fit", "loop"] + (["keras_io"] if entry["backend"] == "tensorflow" else []):
         assert entry[name]["seconds"] > 0 and entry[name]["images_per_second"] > 0
     assert entry["fit_over_loop"] > 0
+    assert entry["method"] == "simclr"  # fit trains keras_fmicl.methods.SimCLR(), as the loops
     assert "| backend | fit (img/s)" in result.stdout
 
 

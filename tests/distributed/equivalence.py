@@ -49,9 +49,13 @@ def make_model(mode):
         ],
         name="encoder",
     )
-    kwargs = {"momentum": 0.9, "queue_size": 32} if mode == "moco" else {}
+    method = (
+        keras_fmicl.methods.MoCoV2(momentum=0.9, queue_size=32)
+        if mode == "moco"
+        else keras_fmicl.methods.SimCLR()
+    )
     model = keras_fmicl.ContrastiveModel(
-        encoder, projector=keras_fmicl.ProjectionHead(16, 8), **kwargs
+        encoder, method=method, projector=keras_fmicl.ProjectionHead(16, 8)
     )
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),

@@ -73,6 +73,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert results["knn_curve"]["epochs"] == [1, 2]
     assert 0.0 <= results["knn_top1"] <= 1.0 and 0.0 <= results["linear_top1"] <= 1.0
     assert results["loss"]["divergence"] == "kl"
+    assert results["mode"] == "simclr" and results["method"]["class_name"] == "SimCLR"
     for name in ("curves.png", "embedding.png"):  # issue 13 item 18: embedding.png
         assert os.path.getsize(tmp_path / name) > 10_000, name
         with open(tmp_path / name, "rb") as f:
@@ -110,6 +111,9 @@ def test_other_modes_run(args, tmp_path):
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     assert results["mode"] == args[0].split("=")[1]
+    method = {"moco": "MoCoV2", "mocov3": "MoCoV3"}[results["mode"]]
+    assert results["method"]["class_name"] == method  # the keras_fmicl.methods object
+    assert results["method"]["config"]["momentum"]["class_name"] == "CosineMomentum"
     assert np.isfinite(results["history"]["loss"][0])
 
 

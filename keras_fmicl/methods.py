@@ -1,0 +1,862 @@
+"""Training methods of `ContrastiveModel`: SimCLR, MoCo v2, MoCo v3.
+
+A method is the part of contrastive training that differs from one paper
+to the next: how the views of a batch are made, whether a momentum (key)
+network embeds them, what the negatives are (the batch, a queue, none),
+and what happens after the loss (a queue is written). `ContrastiveModel`
+owns the rest: the online encoder and projector, the optimizer step, the
+metrics, the online probe, the NaN guards, saving and resuming.
+
+| method                               | views              | negatives of query `(i, v)`           |
+|--------------------------------------|--------------------|---------------------------------------|
+| `SimCLR()`                           | augmenter          | the other samples' embeddings         |
+| `MoCoV2(momentum, queue_size)`       | augmenter          | a FIFO queue of previous steps' keys  |
+| `MoCoV3(momentum, predictor)`        | augmenter          | keys `(j, w)`, `j != i`, `w != v`     |
+
+```python
+model = keras_fmicl.ContrastiveModel(
+    encoder, method=keras_fmicl.methods.MoCoV2(momentum=0.99, queue_size=4096),
+    projector=keras_fmicl.ProjectionHead(256, 64), augmenter=augmenter)
+```
+
+A method is a `keras.layers.Layer` (so that its state, a key network, a
+queue, a predictor, is tracked, trained, saved and restored with the
+model) but it is never called as a layer: `ContrastiveModel` calls the
+hooks below, each with the model as first argument. A method object
+belongs to one model.
+
+The interface (the hooks and when the model calls them; `Method` gives
+every hook a default, the SimCLR behaviour, so a new method overrides
+only what differs):
+
+| hook | called by the model | default |
+|---|---|---|
+| `view_shape(model, input_shape) -> shape` | `build`: the shape (structure) of one batch of views, batch `None` | views given, or drawn by the augmenter |
+| `build(model, embedding_shape)` | `build`, once, after the online layers are built | no state |
+| `draw_views(model, inputs, training) -> views` | `call`: flat views `(N V, ...)`, sample-major (row `i V + v` is view `v` of sample `i`), any nested structure | `(N, V, ...)` given, else `V` augmenter draws |
+| `embed(model, views, training) -> dict` | `call`: `(N, V, ...)` outputs `"features"` (probe), `"queries"` (anchors), optionally `"keys"` | online encoder + projector |
+| `loss(model, outputs) -> (per_sample, metrics)` | `compute_loss`: `(N,)` losses and `alignment` / `uniformity` / `mi_estimate` (each a scalar or `(scalar, weight)`; a missing one is not updated) | `model.loss.contrast(queries, keys=...)` |
+| `after_step(model, outputs) -> term` | `compute_loss`, training steps only, after `loss`: a term added to the loss (`0.0`, or NaN for a problem found only in the traced step) | `0.0` |
+| `check_batch_size(model, batch_size)` | `fit` on in-memory data, before training (`ValueError`) | nothing |
+| `check_loss(loss) -> loss` | `compile` | a `keras_fmicl.ContrastiveLoss` |
+
+The model side the hooks may use: `model.encoder`, `model.projector`,
+`model.augmenter`, `model.num_views`, `model.loss`, `model.training_steps`
+(a counter of training steps, incremented after `embed`),
+`model.online_forward(views, training) -> (features, embeddings)` (flat
+`(N V, ...)` rows) and `model.group_views(x)` (flat rows to `(N, V, d)`).
+
+Views are any structure: images `(N, H, W, C)`, views already drawn
+`(N, V, H, W, C)` or `{"views": ...}`, a dict of token ids. Only images
+get image handling: the augmenter draws their views, and images of an
+integer dtype are cast to `float32` (not rescaled). Everything else
+reaches the encoder as it is: integer token ids stay integers.
+`repeat_views` gives the views of a method whose views come from dropout
+(the same input `V` times through the online network in training mode).
+
+For example, a method whose views differ only through dropout (SimCSE's
+unsupervised setting) is:
+
+```python
+@keras.saving.register_keras_serializable(package="my_package")
+class DropoutViews(keras_fmicl.methods.SimCLR):
+    mode = "dropout_views"
+
+    def view_shape(self, model, input_shape):
+        return keras_fmicl.methods.map_shapes(lambda s: (None,) + s[1:], input_shape)
+
+    def draw_views(self, model, inputs, training):
+        return keras_fmicl.methods.repeat_views(inputs, model.num_views)
+```
+
+A method without negatives (BYOL-style) subclasses `MoCoV3` (key network,
+EMA, predictor) and overrides `loss` (e.g. a cosine regression of the
+predictor output on the stop-gradient key of the other view) and
+`check_loss` (to accept `loss=None` in `compile`). `tests/test_methods.py`
+trains both on every backend.
+
+Reference:
+    Chen, Kornblith, Norouzi, Hinton. "A Simple Framework for Contrastive
+    Learning of Visual Representations", ICML 2020 (SimCLR).
+    He, Fan, Wu, Xie, Girshick. "Momentum Contrast for Unsupervised Visual
+    Representation Learning", CVPR 2020; Chen, Fan, Girshick, He, "Improved
+    Baselines with Momentum Contrastive Learning", 2020 (MoCo v2).
+    Chen, Xie, He. "An Empirical Study of Training Self-Supervised Vision
+    Transformers", ICCV 2021 (MoCo v3).
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from typing import Any, ClassVar
+
+import keras
+from keras import ops
+
+from keras_fmicl import distributed
+from keras_fmicl.losses import ContrastiveLoss
+from keras_fmicl.validation import check_integer
+
+_PACKAGE = "keras_fmicl"
+VIEWS_KEY = "views"
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _is_shape(value: Any) -> bool:
+    """Whether `value` is one shape (a tuple of ints / None), not a structure."""
+    return isinstance(value, (tuple, list)) and all(
+        d is None or (isinstance(d, numbers.Integral) and not isinstance(d, bool)) for d in value
+    )
+
+
+def map_shapes(fn, shapes: Any) -> Any:
+    """`fn` applied to every shape of a (possibly nested) structure of shapes.
+
+    A shape is a tuple of ints and `None`; dicts, lists and tuples of shapes
+    are structures (what `ContrastiveModel.build` receives for nested
+    inputs).
+
+    Example:
+
+    ```python
+    map_shapes(lambda s: (None,) + s[1:], {"token_ids": (8, 16)})  # {"token_ids": (None, 16)}
+    ```
+    """
+    if _is_shape(shapes):
+        return fn(tuple(shapes))
+    if isinstance(shapes, dict):
+        return {key: map_shapes(fn, value) for key, value in shapes.items()}
+    if isinstance(shapes, (tuple, list)):
+        return type(shapes)(map_shapes(fn, value) for value in shapes)
+    raise ValueError(f"Expected a shape or a structure of shapes. Received: {shapes!r}")
+
+
+def encoder_input_rank(encoder: keras.layers.Layer) -> int | None:
+    """The rank of a single-input functional encoder's input, else `None`."""
+    inputs = getattr(encoder, "inputs", None)
+    if inputs and len(inputs) == 1:
+        return len(inputs[0].shape)
+    return None
+
+
+def _holds_views(model: Any, shape: tuple) -> bool:
+    """Whether a single tensor of this shape holds views `(N, V, ...)`."""
+    rank = encoder_input_rank(model.encoder)
+    if rank is not None:
+        return len(shape) == rank + 1
+    return model.augmenter is None
+
+
+def _is_float(x: Any) -> bool:
+    return keras.backend.standardize_dtype(x.dtype) in _FLOAT_DTYPES
+
+
+def as_float_images(x: Any) -> Any:
+    """Images `(N, H, W, C)` of an integer dtype as `float32` (no rescaling);
+    anything else (floats, token ids, other ranks) unchanged."""
+    if hasattr(x, "shape") and len(x.shape) == 4 and not _is_float(x):
+        return ops.cast(x, "float32")
+    return x
+
+
+def repeat_views(inputs: Any, num_views: int) -> Any:
+    """Each sample `num_views` times in a row: `(N, ...) -> (N V, ...)`.
+
+    The views of a method whose views differ only through dropout (SimCSE):
+    the same input passed `num_views` times through the online network in
+    training mode. Works on any structure (a dict of token ids, ...);
+    dtypes are kept.
+
+    Args:
+        inputs: a tensor or nested structure of `(N, ...)` tensors.
+        num_views: `V >= 1`.
+
+    Returns:
+        The same structure of `(N V, ...)` tensors, sample-major (row
+        `i V + v` is sample `i`).
+
+    Example:
+
+    ```python
+    ids = {"token_ids": np.array([[1, 2], [3, 4]])}
+    repeat_views(ids, 2)["token_ids"]  # [[1, 2], [1, 2], [3, 4], [3, 4]]
+    ```
+    """
+    num_views = check_integer("num_views", num_views, 1)
+    return keras.tree.map_structure(lambda x: ops.repeat(x, num_views, axis=0), inputs)
+
+
+def flatten_views(model: Any, views: Any) -> Any:
+    """`(N, V, ...)` views (any structure) to flat `(N V, ...)` rows.
+
+    Raises:
+        ValueError: `V` is not `model.num_views`.
+    """
+
+    def flatten(x):
+        if len(x.shape) < 2 or x.shape[1] != model.num_views:
+            raise ValueError(
+                f"The inputs hold {x.shape[1] if len(x.shape) > 1 else None} views "
+                f"per sample but the model has num_views={model.num_views}. "
+                f"Received: views of shape {tuple(x.shape)}"
+            )
+        return as_float_images(ops.reshape(x, (-1,) + tuple(x.shape[2:])))
+
+    return keras.tree.map_structure(flatten, views)
+
+
+def _check_momentum(momentum: Any) -> Any:
+    if callable(momentum):
+        # A schedule is checked at step 0 here; inside the training step an
+        # out-of-range value becomes NaN (see `current_momentum`).
+        value = float(ops.convert_to_numpy(momentum(ops.convert_to_tensor(0, dtype="int32"))))
+        if not 0 <= value <= 1:
+            raise ValueError(
+                "A `momentum` schedule must return a number in [0, 1] at every "
+                f"step. Received: momentum={momentum!r}, whose value at step 0 "
+                f"is {value!r}"
+            )
+        return momentum
+    if (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, numbers.Real)
+        or not 0 <= momentum < 1
+    ):
+        raise ValueError(
+            "`momentum` must be a number in [0, 1) (the EMA momentum of the "
+            "key network, e.g. 0.99) or a schedule such as "
+            f"keras_fmicl.CosineMomentum. Received: momentum={momentum!r}"
+        )
+    return float(momentum)
+
+
+def _nan_unless(condition: Any) -> Any:
+    """`0.0` where `condition` holds, else NaN (added to a loss to poison it)."""
+    return ops.where(condition, 0.0, float("nan"))
+
+
+class _WithoutAutocast(keras.layers.Layer):
+    """Runs `fn(x)` with mixed precision's autocast switched off.
+
+    Inside the model's call, reading a float32 variable under a mixed policy
+    returns its value cast to the compute dtype; on PyTorch, assigning such a
+    variable then writes into that temporary copy and is lost. The EMA of the
+    key network runs through this layer (`autocast=False`), so it reads the
+    float32 master weights and its assignments land.
+    """
+
+    def __init__(self, fn, **kwargs):
+        super().__init__(autocast=False, dtype="float32", **kwargs)
+        self._fn = fn
+
+    def call(self, x):
+        return self._fn(x)
+
+
+class _CopyOf(keras.initializers.Initializer):
+    """Initializer returning a copy of a variable's current value."""
+
+    def __init__(self, variable: keras.Variable):
+        self.variable = variable
+
+    def __call__(self, shape, dtype=None):
+        # a copy, not the same buffer (JAX donates each state buffer)
+        return ops.copy(ops.cast(self.variable.value, dtype or self.variable.dtype))
+
+
+# ------------------------------------------------------------------ methods
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Method(keras.layers.Layer):
+    """Base class of the training methods: the interface and SimCLR's behaviour.
+
+    See the module docstring for the hooks `ContrastiveModel` calls. A
+    subclass sets `mode` (a short name, reported as `model.mode`) and
+    overrides the hooks that differ from SimCLR.
+
+    Args:
+        **kwargs: `keras.layers.Layer` arguments (`name`, ...).
+    """
+
+    mode: ClassVar[str] = "method"
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("name", self.mode)
+        super().__init__(**kwargs)
+
+    # -------------------------------------------------------------- views
+
+    def view_shape(self, model: Any, input_shape: Any) -> Any:
+        """The shape (structure) of one batch of flat views, batch `None`.
+
+        Args:
+            model: the `ContrastiveModel`.
+            input_shape: the shape (structure) of the model's inputs.
+
+        Returns:
+            What the encoder receives, e.g. `(None, H, W, C)`.
+        """
+        if isinstance(input_shape, dict) and VIEWS_KEY in input_shape:
+            return map_shapes(lambda s: (None,) + s[2:], input_shape[VIEWS_KEY])
+        if _is_shape(input_shape) and _holds_views(model, tuple(input_shape)):
+            return (None,) + tuple(input_shape[2:])
+        augmenter = self._augmenter(model, input_shape)
+        specs = map_shapes(keras.KerasTensor, input_shape)
+        if not augmenter.built:
+            augmenter.build(input_shape)
+        spec = augmenter.compute_output_spec(specs)
+        return keras.tree.map_structure(lambda s: (None,) + tuple(s.shape[1:]), spec)
+
+    def _augmenter(self, model: Any, input_shape: Any) -> keras.layers.Layer:
+        if model.augmenter is None:
+            shape = tuple(input_shape) if _is_shape(input_shape) else input_shape
+            raise ValueError(
+                "Raw inputs need an `augmenter` to draw views from; or pass "
+                "views already drawn: a tensor (N, V, H, W, C), or a dict "
+                f"holding them under {VIEWS_KEY!r}. Received: inputs of "
+                f"shape {shape} and augmenter=None"
+            )
+        return model.augmenter
+
+    def draw_views(self, model: Any, inputs: Any, training: bool) -> Any:
+        """Flat views `(N V, ...)`, sample-major, of a batch of inputs.
+
+        Views already drawn (`(N, V, ...)`, or a dict `{"views": ...}`) are
+        flattened; raw inputs get `num_views` independent draws of the
+        model's augmenter (always in training mode: a view is random).
+
+        Args:
+            model: the `ContrastiveModel`.
+            inputs: the batch `x` given to the model.
+            training: whether this is a training step.
+        """
+        if isinstance(inputs, dict) and VIEWS_KEY in inputs:
+            return flatten_views(model, inputs[VIEWS_KEY])
+        if hasattr(inputs, "shape") and _holds_views(model, tuple(inputs.shape)):
+            return flatten_views(model, inputs)
+        augmenter = self._augmenter(model, keras.tree.map_structure(lambda x: tuple(x.shape), inputs))
+        inputs = keras.tree.map_structure(as_float_images, inputs)
+        draws = [augmenter(inputs, training=True) for _ in range(model.num_views)]
+        views = keras.tree.map_structure(lambda *leaves: ops.stack(leaves, axis=1), *draws)
+        return flatten_views(model, views)
+
+    # -------------------------------------------------------------- state
+
+    def build(self, model: Any, embedding_shape: tuple) -> None:
+        """Creates the method's state; the online layers are built.
+
+        Args:
+            model: the `ContrastiveModel`.
+            embedding_shape: `(None, d)`, the shape of the online embeddings.
+        """
+        del model, embedding_shape
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_build_shapes_dict":
+            # Keras records the arguments of `build` (the model among them)
+            # for `get_build_config`; a method is built by its model, not
+            # from a config, and keeps no reference to the model (which
+            # would become one of its sublayers).
+            value = None
+        super().__setattr__(name, value)
+
+    def get_build_config(self) -> None:
+        # built by `ContrastiveModel.build`, not from a config
+        return None
+
+    def build_from_config(self, config: Any) -> None:
+        del config
+
+    # ------------------------------------------------------------ forward
+
+    def embed(self, model: Any, views: Any, training: bool) -> dict:
+        """The model's outputs for flat views: `(N, V, ...)` tensors.
+
+        Returns:
+            `{"features": encoder output, "queries": the embeddings the
+            loss contrasts}`, and `"keys"` for a method with a key network.
+        """
+        features, embeddings = model.online_forward(views, training=training)
+        return {"features": model.group_views(features), "queries": model.group_views(embeddings)}
+
+    def loss(self, model: Any, outputs: dict) -> tuple[Any, dict]:
+        """Per-sample losses `(N,)` and the batch metrics.
+
+        Args:
+            model: the compiled `ContrastiveModel` (`model.loss`).
+            outputs: what `embed` returned.
+
+        Returns:
+            `(per_sample, metrics)`: metrics maps `"alignment"`,
+            `"uniformity"`, `"mi_estimate"` to a scalar or a
+            `(scalar, weight)` pair (weight 0 leaves the step out).
+        """
+        return _contrastive_loss(model).contrast(
+            outputs["queries"], keys=outputs.get("keys"), return_metrics=True
+        )
+
+    def after_step(self, model: Any, outputs: dict) -> Any:
+        """Runs after the loss of a training step; returns a term for the loss."""
+        del model, outputs
+        return 0.0
+
+    def check_batch_size(self, model: Any, batch_size: int) -> None:
+        """Raises a `ValueError` if batches of `batch_size` samples cannot train."""
+        del model, batch_size
+
+    def check_loss(self, loss: Any) -> Any:
+        """The loss `compile` receives, checked; `ValueError` if unsuitable."""
+        if isinstance(loss, dict) and "class_name" in loss:
+            loss = keras.losses.deserialize(loss)
+        if not isinstance(loss, ContrastiveLoss):
+            raise ValueError(
+                "`loss` must be a contrastive loss of keras_fmicl: "
+                "keras_fmicl.FMICLLoss(...) or keras_fmicl.InfoNCELoss(...). "
+                f"Received: loss={loss!r}"
+            )
+        return loss
+
+
+def _contrastive_loss(model: Any) -> ContrastiveLoss:
+    loss = getattr(model, "loss", None)
+    if not isinstance(loss, ContrastiveLoss):
+        raise ValueError(
+            "Compile the model with a contrastive loss first: "
+            "model.compile(optimizer=..., loss=keras_fmicl.FMICLLoss(...))."
+        )
+    return loss
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SimCLR(Method):
+    """SimCLR: the views of a batch contrasted with each other.
+
+    Query `(i, v)` has positives the other views of sample `i` and
+    negatives every view of the other samples of the batch (the global
+    batch under data parallelism). No key network, no state.
+
+    Example:
+
+    ```python
+    model = keras_fmicl.ContrastiveModel(
+        encoder, method=keras_fmicl.methods.SimCLR(),
+        projector=keras_fmicl.ProjectionHead(256, 64), augmenter=augmenter)
+    ```
+
+    Reference:
+        Chen, Kornblith, Norouzi, Hinton. "A Simple Framework for
+        Contrastive Learning of Visual Representations", ICML 2020.
+    """
+
+    mode: ClassVar[str] = "simclr"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MomentumMethod(Method):
+    """Base of the methods with a momentum (key) network.
+
+    The key network is an exponential moving average (EMA) of the online
+    encoder and projector, `theta_k <- m theta_k + (1 - m) theta_q`,
+    updated every training step before the keys are computed; it embeds
+    every view without gradient. It is held as non-trainable `float32`
+    copies of the online variables (autocast off: under mixed precision the
+    EMA runs on the float32 values) and run through `stateless_call` of the
+    online layers, so any encoder works and its batch normalisation uses
+    batch statistics in training, as MoCo's does.
+
+    Args:
+        momentum: the EMA momentum, a number in `[0, 1)` or a schedule of
+            the training step such as `keras_fmicl.CosineMomentum(0.99,
+            total_steps)`. A schedule must return a value in `[0, 1]` (1
+            freezes the key network): it is checked at step 0 here
+            (ValueError), and a later value outside makes the loss NaN.
+        **kwargs: `keras.layers.Layer` arguments.
+    """
+
+    mode: ClassVar[str] = "momentum"
+
+    def __init__(self, momentum: Any = 0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = _check_momentum(momentum)
+
+    # -------------------------------------------------------- key network
+
+    @staticmethod
+    def _online_layers(model: Any) -> list:
+        return [layer for layer in (model.encoder, model.projector) if layer is not None]
+
+    def build(self, model: Any, embedding_shape: tuple) -> None:
+        """Non-trainable copies of the online encoder's and projector's state."""
+        self.key_variables = []
+        # id of an online variable -> index of its key copy: the copies stay
+        # matched if a layer is frozen or unfrozen after build.
+        self._key_index = {}
+        for layer in self._online_layers(model):
+            for kind, variables in (
+                ("trainable", layer.trainable_variables),
+                ("non_trainable", layer.non_trainable_variables),
+            ):
+                for index, variable in enumerate(variables):
+                    # The copy starts as the online variable through its
+                    # initializer: an `assign` here would be dropped when
+                    # `fit` builds the model inside a stateless (symbolic)
+                    # scope, leaving the key network at zero. autocast=False:
+                    # the EMA is kept and assigned in the variable dtype
+                    # under a mixed precision policy.
+                    key = self.add_weight(
+                        shape=variable.shape,
+                        dtype=variable.dtype,
+                        initializer=_CopyOf(variable),
+                        trainable=False,
+                        autocast=False,
+                        name=f"key_{layer.name}_{kind}_{index}",
+                    )
+                    self._key_index[id(variable)] = len(self.key_variables)
+                    self.key_variables.append(key)
+        updater = _WithoutAutocast(lambda m: self._ema_update(model, m), name="key_network_update")
+        # a plain function attribute: the helper layer stays out of the
+        # tracked layers (and of the saved state)
+        self._run_ema_update = lambda momentum: updater(momentum)
+
+    def _key_state(self, layer: keras.layers.Layer) -> tuple[list, list]:
+        """The key copies of an online layer's (trainable, non-trainable) variables."""
+        copies, index = self.key_variables, self._key_index
+        return (
+            [copies[index[id(v)]] for v in layer.trainable_variables],
+            [copies[index[id(v)]] for v in layer.non_trainable_variables],
+        )
+
+    def key_pairs(self, model: Any) -> list[tuple[keras.Variable, keras.Variable]]:
+        """`(key copy, online variable)` of every trainable online variable.
+
+        The EMA runs over these pairs (the non-trainable copies, e.g. batch
+        norm statistics, follow the key network's own batches).
+
+        Example:
+
+        ```python
+        for key, online in model.method.key_pairs(model):
+            print(key.path, online.path)
+        ```
+        """
+        pairs = []
+        for layer in self._online_layers(model):
+            keys, _ = self._key_state(layer)
+            pairs.extend(zip(keys, layer.trainable_variables))
+        return pairs
+
+    def current_momentum(self, model: Any) -> Any:
+        """The EMA momentum of this step (a schedule is read at `training_steps`).
+
+        A schedule's value outside `[0, 1]` becomes NaN, so the key network
+        and the loss turn NaN instead of training on it (no clipping).
+        """
+        if callable(self.momentum):
+            momentum = ops.cast(self.momentum(model.training_steps.value), "float32")
+            return ops.where((momentum >= 0.0) & (momentum <= 1.0), momentum, float("nan"))
+        return self.momentum
+
+    def _ema_update(self, model: Any, momentum: Any) -> Any:
+        """`theta_k <- m theta_k + (1 - m) theta_q` (run without autocast)."""
+        for key, online in self.key_pairs(model):
+            online_value = ops.stop_gradient(ops.cast(online.value, key.dtype))
+            momentum_value = ops.cast(momentum, key.dtype)
+            key.assign(momentum_value * key.value + (1.0 - momentum_value) * online_value)
+        return momentum
+
+    def key_forward(self, model: Any, views: Any, training: bool) -> Any:
+        """Flat key embeddings `(N V, d)` of flat views (no gradient).
+
+        In training the key network's non-trainable state (batch norm
+        statistics) is updated; the online layers' is left alone.
+        """
+        x = views
+        for layer in self._online_layers(model):
+            trainable, other = self._key_state(layer)
+            x, new_other = layer.stateless_call(
+                [v.value for v in trainable], [v.value for v in other], x, training=training
+            )
+            if training:
+                for variable, value in zip(other, new_other):
+                    variable.assign(value)
+        return ops.stop_gradient(x)
+
+    def embed(self, model: Any, views: Any, training: bool) -> dict:
+        features, embeddings = model.online_forward(views, training=training)
+        queries = self.predict_queries(embeddings, training=training)
+        if training:
+            self._run_ema_update(
+                ops.convert_to_tensor(self.current_momentum(model), dtype="float32")
+            )
+        keys = self.key_forward(model, views, training=bool(training))
+        return {
+            "features": model.group_views(features),
+            "queries": model.group_views(queries),
+            "keys": model.group_views(keys),
+        }
+
+    def predict_queries(self, embeddings: Any, training: bool) -> Any:
+        """The queries from the online embeddings (identity; MoCo v3: predictor)."""
+        del training
+        return embeddings
+
+    # ------------------------------------------------------------- config
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        momentum = self.momentum
+        config["momentum"] = (
+            keras.saving.serialize_keras_object(momentum) if callable(momentum) else momentum
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MomentumMethod":
+        config = copy.deepcopy(config)  # deserialisation consumes nested configs
+        for key in ("momentum", "predictor"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MoCoV2(MomentumMethod):
+    """MoCo v2: a momentum (key) network and a FIFO queue of negatives.
+
+    Query `(i, v)` (the online embedding) has positives the keys `(i, w)`,
+    `w != v`, of the key network, and negatives the valid entries of a
+    queue of the `queue_size` most recent keys of the previous steps, and
+    nothing else. After each training step the keys of the batch (every
+    view, sample-major; the global batch under data parallelism) overwrite
+    the oldest entries. Until the queue holds keys there are no negatives:
+    the `uniformity` and `mi_estimate` metrics skip those steps.
+
+    `queue_size` must hold the keys of a batch (`batch_size * num_views`):
+    checked before training for in-memory data and for batches of static
+    size; a batch of a size unknown when the step is traced (a `tf.data`
+    pipeline batched with `drop_remainder=False`, under TensorFlow) that is
+    too large makes the loss NaN.
+
+    Args:
+        momentum: EMA momentum of the key network, in `[0, 1)`, or a
+            schedule (see `MomentumMethod`). Defaults to 0.99.
+        queue_size: number of keys in the queue, `K >= 1`. Defaults to
+            65536 (MoCo's); small data sets need a few batches' worth.
+        **kwargs: `keras.layers.Layer` arguments.
+
+    Example:
+
+    ```python
+    method = keras_fmicl.methods.MoCoV2(momentum=0.99, queue_size=4096)
+    model = keras_fmicl.ContrastiveModel(encoder, method=method,
+                                         projector=head, augmenter=augmenter)
+    ```
+
+    Reference:
+        He, Fan, Wu, Xie, Girshick. "Momentum Contrast for Unsupervised
+        Visual Representation Learning", CVPR 2020; Chen, Fan, Girshick,
+        He. "Improved Baselines with Momentum Contrastive Learning", 2020.
+    """
+
+    mode: ClassVar[str] = "moco"
+
+    def __init__(self, momentum: Any = 0.99, queue_size: int = 65536, **kwargs):
+        super().__init__(momentum=momentum, **kwargs)
+        self.queue_size = check_integer("queue_size", queue_size, 1)
+
+    def build(self, model: Any, embedding_shape: tuple) -> None:
+        super().build(model, embedding_shape)
+        self.queue = self.add_weight(
+            shape=(self.queue_size, embedding_shape[-1]),
+            dtype="float32",
+            initializer="zeros",
+            trainable=False,
+            name="queue",
+        )
+        self.queue_pointer = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False, name="queue_pointer"
+        )
+        self.queue_count = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False, name="queue_count"
+        )
+
+    def loss(self, model: Any, outputs: dict) -> tuple[Any, dict]:
+        per_sample, metrics = _contrastive_loss(model).contrast(
+            outputs["queries"],
+            keys=outputs["keys"],
+            queue=self.queue.value,
+            queue_mask=ops.arange(self.queue_size, dtype="int32") < self.queue_count.value,
+            in_batch_negatives=False,
+            return_metrics=True,
+        )
+        # Until the queue holds keys there are no negatives: no uniformity
+        # to measure, and the bound has no negative term.
+        has_negatives = ops.cast(self.queue_count.value > 0, "float32")
+        metrics = dict(metrics)
+        for name in ("uniformity", "mi_estimate"):
+            metrics[name] = (metrics[name], has_negatives)
+        return per_sample, metrics
+
+    def after_step(self, model: Any, outputs: dict) -> Any:
+        """Writes the keys of this batch (sample-major) over the oldest entries.
+
+        Under data parallelism with global negatives the queue receives the
+        keys of the global batch, identically on every replica. The keys are
+        written after the loss of the step: a step contrasts its queries
+        with the queue of the previous steps.
+
+        Returns:
+            `0.0`, or NaN when a batch of unknown size (at tracing) turns
+            out to hold more keys than the queue.
+        """
+        keys = outputs["keys"]
+        flat = ops.reshape(ops.stop_gradient(keys), (-1, self.queue.shape[-1]))
+        if _contrastive_loss(model).global_negatives:
+            flat = distributed.all_gather(flat)
+        count = flat.shape[0]
+        if count is not None:
+            self._check_keys(count)
+        overflow = 0.0
+        if count is None:
+            if not getattr(model, "_batch_size_checked", False):
+                model._warn_once(
+                    "unknown_batch_size",
+                    "The batch size is unknown when the training step is traced "
+                    "(e.g. a tf.data pipeline batched with drop_remainder=False, "
+                    "or a PyDataset or generator under TensorFlow), "
+                    f"so `queue_size` ({self.queue_size}) cannot be checked "
+                    "against the keys of a batch before training: a batch of "
+                    "more than queue_size // num_views = "
+                    f"{self.queue_size // model.num_views} samples makes the loss "
+                    "NaN. Batch with drop_remainder=True to have it checked "
+                    "before training.",
+                )
+            count = ops.shape(flat)[0]
+            overflow = _nan_unless(count <= self.queue_size)
+        pointer = self.queue_pointer.value
+        positions = (pointer + ops.arange(count, dtype="int32")) % self.queue_size
+        self.queue.assign(
+            ops.scatter_update(self.queue.value, positions[:, None], ops.cast(flat, self.queue.dtype))
+        )
+        self.queue_pointer.assign((pointer + count) % self.queue_size)
+        self.queue_count.assign(ops.minimum(self.queue_count.value + count, self.queue_size))
+        return overflow
+
+    def _check_keys(self, count: int) -> None:
+        if count > self.queue_size:
+            raise ValueError(
+                f"`queue_size` ({self.queue_size}) must be at least the number of "
+                f"keys of a batch (batch size x num_views = {count}). Received: "
+                f"queue_size={self.queue_size}"
+            )
+
+    def check_batch_size(self, model: Any, batch_size: int) -> None:
+        self._check_keys(batch_size * model.num_views)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["queue_size"] = self.queue_size
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MoCoV3(MomentumMethod):
+    """MoCo v3: a momentum (key) network, a predictor, in-batch keys.
+
+    The queries are the online projections through the `predictor`; query
+    `(i, v)` has positives the keys `(i, w)`, `w != v`, and negatives the
+    keys `(j, w)`, `j != i`, `w != v`, of the batch (for two views MoCo
+    v3's symmetrised loss). MoCo v3's projector ends in a batch norm
+    without scale and offset: `keras_fmicl.ProjectionHead(...,
+    num_layers=3, output_batch_norm=True)`.
+
+    Args:
+        momentum: EMA momentum of the key network, in `[0, 1)`, or a
+            schedule such as `keras_fmicl.CosineMomentum(0.99, total_steps)`
+            (MoCo v3's). Defaults to 0.99.
+        predictor: prediction head applied to the online projection,
+            e.g. `keras_fmicl.PredictionHead(hidden_dim, projection_dim)`;
+            `None` contrasts the projections themselves. Trained with the
+            model and saved with it.
+        **kwargs: `keras.layers.Layer` arguments.
+
+    Example:
+
+    ```python
+    method = keras_fmicl.methods.MoCoV3(
+        momentum=keras_fmicl.CosineMomentum(0.99, total_steps),
+        predictor=keras_fmicl.PredictionHead(256, 64))
+    model = keras_fmicl.ContrastiveModel(
+        encoder, method=method, augmenter=augmenter,
+        projector=keras_fmicl.ProjectionHead(256, 64, num_layers=3, output_batch_norm=True))
+    ```
+
+    Reference:
+        Chen, Xie, He. "An Empirical Study of Training Self-Supervised
+        Vision Transformers", ICCV 2021.
+    """
+
+    mode: ClassVar[str] = "mocov3"
+
+    def __init__(self, momentum: Any = 0.99, predictor: keras.layers.Layer | None = None, **kwargs):
+        super().__init__(momentum=momentum, **kwargs)
+        if predictor is not None and not isinstance(predictor, keras.layers.Layer):
+            raise ValueError(
+                "`predictor` must be a Keras layer (e.g. keras_fmicl.PredictionHead) "
+                f"or None. Received: predictor={predictor!r}"
+            )
+        self.predictor = predictor
+
+    def build(self, model: Any, embedding_shape: tuple) -> None:
+        if self.predictor is not None and not self.predictor.built:
+            self.predictor.build(embedding_shape)
+        super().build(model, embedding_shape)
+
+    def predict_queries(self, embeddings: Any, training: bool) -> Any:
+        if self.predictor is None:
+            return embeddings
+        return self.predictor(embeddings, training=training)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["predictor"] = (
+            None if self.predictor is None else keras.saving.serialize_keras_object(self.predictor)
+        )
+        return config
+
+
+def get(identifier: Any) -> Method:
+    """A method from a `Method`, a mode name or a serialized config.
+
+    Args:
+        identifier: a `Method`; `"simclr"`, `"moco"` (MoCo v2 with its
+            defaults) or `"mocov3"`; or a config dict.
+
+    Example:
+
+    ```python
+    keras_fmicl.methods.get("simclr")  # SimCLR()
+    ```
+    """
+    if isinstance(identifier, Method):
+        return identifier
+    if isinstance(identifier, dict):
+        method = keras.saving.deserialize_keras_object(identifier)
+        if isinstance(method, Method):
+            return method
+    if isinstance(identifier, str):
+        by_mode = {cls.mode: cls for cls in (SimCLR, MoCoV2, MoCoV3)}
+        key = identifier.strip().lower()
+        if key in by_mode:
+            return by_mode[key]()
+    raise ValueError(
+        "`method` must be a keras_fmicl.methods.Method such as "
+        "keras_fmicl.methods.SimCLR(), MoCoV2(momentum=..., queue_size=...) or "
+        "MoCoV3(momentum=..., predictor=...), or one of 'simclr', 'moco', "
+        f"'mocov3'. Received: method={identifier!r}"
+    )
