@@ -158,19 +158,32 @@ def tasks():
 
 
 def test_evaluate_sts_per_task_and_average(tiny_encoder):
+    # One batch shape (8 sentences) throughout: a single compilation on JAX.
     encoder, preprocessor = tiny_encoder
-    results = evaluation.evaluate_sts(encoder, tasks(), preprocessor, batch_size=3)
+    results = evaluation.evaluate_sts(encoder, tasks(), preprocessor, batch_size=8)
     assert list(results) == ["first", "second", evaluation.STS_AVERAGE]
     for name, (a, b, gold) in tasks().items():
-        features_a = keras.ops.convert_to_numpy(encoder(preprocessor(a), training=False))
-        features_b = keras.ops.convert_to_numpy(encoder(preprocessor(b), training=False))
-        expected = evaluation.sts_correlation(features_a, features_b, gold)
-        np.testing.assert_allclose(results[name], expected, rtol=1e-4, atol=1e-3)
+        features = encoder.predict(preprocessor(a + b), batch_size=8, verbose=0)
+        expected = evaluation.sts_correlation(features[:4], features[4:], gold)
+        np.testing.assert_allclose(results[name], expected, rtol=1e-5, atol=1e-4)
     assert results["average"] == pytest.approx((results["first"] + results["second"]) / 2)
-    # a plain callable (not a keras.Model) gives the same table
-    plain = evaluation.evaluate_sts(lambda x: encoder(x, training=False), tasks(), preprocessor)
-    for name in results:
-        np.testing.assert_allclose(plain[name], results[name], rtol=1e-4, atol=1e-3)
+
+
+def test_evaluate_sts_with_a_plain_callable_over_several_batches(tiny_encoder):
+    _, preprocessor = tiny_encoder
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(100, 5))
+
+    def encoder(batch):  # a bag of random token vectors, in numpy
+        ids = keras.ops.convert_to_numpy(batch["token_ids"])
+        mask = keras.ops.convert_to_numpy(batch["padding_mask"])[..., None]
+        return (table[ids] * mask).sum(axis=1)
+
+    results = evaluation.evaluate_sts(encoder, tasks(), preprocessor, batch_size=3)
+    for name, (a, b, gold) in tasks().items():
+        features = encoder(preprocessor(a + b))
+        expected = evaluation.sts_correlation(features[:4], features[4:], gold)
+        np.testing.assert_allclose(results[name], expected, rtol=1e-12)
 
 
 def test_evaluate_sts_bad_arguments(tiny_encoder):
@@ -189,5 +202,14 @@ def test_evaluate_sts_bad_arguments(tiny_encoder):
         evaluation.evaluate_sts("encoder", tasks(), preprocessor)
     with pytest.raises(ValueError, match="`batch_size`"):
         evaluation.evaluate_sts(encoder, tasks(), preprocessor, batch_size=0)
+    def ones(batch):
+        return np.ones((len(batch["token_ids"]), 3))
+
     with pytest.raises(ValueError, match="STS task 't'.*must not all be equal"):
-        evaluation.evaluate_sts(encoder, {"t": (["a", "b"], ["c", "d"], [1, 1])}, preprocessor)
+        evaluation.evaluate_sts(ones, {"t": (["a", "b"], ["c", "d"], [1, 1])}, preprocessor)
+
+    def flat(batch):
+        return np.ones((len(batch["token_ids"]),))
+
+    with pytest.raises(ValueError, match=r"`encoder` must map .* \(N, F\)"):
+        evaluation.evaluate_sts(flat, tasks(), preprocessor)
