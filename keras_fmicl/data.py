@@ -916,3 +916,589 @@ def image_dataset(
     if prefetch:
         dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset
+
+
+# ---------------------------------------------------------------------------
+# Sentences: a corpus file, tokenized tf.data batches, STS sentence pairs
+# ---------------------------------------------------------------------------
+
+# Imported here so that this section is self-contained.
+from typing import NamedTuple  # noqa: E402
+
+from keras_fmicl.validation import check_integer  # noqa: E402
+
+STS_TASKS = (
+    "STS12",
+    "STS13",
+    "STS14",
+    "STS15",
+    "STS16",
+    "STSBenchmark",
+    "SICKRelatedness",
+)
+"""The seven STS tasks SimCSE (and f-MICL) report, in their table order."""
+
+STS_SUBSETS = {
+    "STS12": ("MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews"),
+    # SentEval's STS13 has no "SMT" subset (its licence).
+    "STS13": ("FNWN", "headlines", "OnWN"),
+    "STS14": ("deft-forum", "deft-news", "headlines", "images", "OnWN", "tweet-news"),
+    "STS15": ("answers-forums", "answers-students", "belief", "headlines", "images"),
+    "STS16": ("answer-answer", "headlines", "plagiarism", "postediting", "question-question"),
+}
+"""STS12-16 task -> its subsets, files `STS.input.<subset>.txt` (two
+tab-separated sentences a line) and `STS.gs.<subset>.txt` (one gold score a
+line; an empty line drops the pair) in `downstream/STS/<task>-en-test/`."""
+
+STS_SPLITS = {
+    "STSBenchmark": {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.csv"},
+    "SICKRelatedness": {
+        "train": "SICK_train.txt",
+        "dev": "SICK_trial.txt",
+        "test": "SICK_test_annotated.txt",
+    },
+}
+"""STS-B and SICK-R split -> SentEval file (in `downstream/STS/STSBenchmark/`
+and `downstream/SICK/`); STS12-16 have a `"test"` split only."""
+
+_STS_DIRS = {
+    **{task: ("STS", f"{task}-en-test") for task in STS_SUBSETS},
+    "STSBenchmark": ("STS", "STSBenchmark"),
+    "SICKRelatedness": ("SICK",),
+}
+_STS_ALIASES = {
+    "stsb": "STSBenchmark",
+    "sts_b": "STSBenchmark",
+    "stsbenchmark": "STSBenchmark",
+    "sickr": "SICKRelatedness",
+    "sick_r": "SICKRelatedness",
+    "sickrelatedness": "SICKRelatedness",
+    **{task.lower(): task for task in STS_SUBSETS},
+}
+_SENTEVAL_HINT = (
+    "get SentEval's data with SimCSE's `SentEval/data/downstream/download_dataset.sh` "
+    "and pass `data_dir` pointing to `SentEval/data`"
+)
+GLUE_STSB_SPLITS = ("train", "validation")
+
+
+class STSPairs(NamedTuple):
+    """Sentence pairs with gold similarity scores (an STS task or split).
+
+    Attributes:
+        sentences_a: list of N first sentences.
+        sentences_b: list of N second sentences.
+        scores: float64 `(N,)` gold scores (0-5 for STS, 1-5 for SICK-R).
+        subsets: `(N,)` array naming each pair's subset (STS12-16), or its
+            split for STS-B and SICK-R.
+    """
+
+    sentences_a: list
+    sentences_b: list
+    scores: np.ndarray
+    subsets: np.ndarray
+
+
+def _check_path(path: Any, argument: str = "path") -> str:
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise ValueError(
+            f"`{argument}` must be a path (str or os.PathLike). Received: "
+            f"{argument}={path!r:.80}"
+        )
+    return os.fspath(path)
+
+
+def _text_lines(path: str, argument: str = "path") -> list[str]:
+    """The lines of the UTF-8 text file `path`, without line ends.
+
+    A missing file, a directory, a binary file (a NUL byte) or bytes that
+    are not UTF-8 raise a `ValueError` naming the file and the line.
+    """
+    if not os.path.isfile(path):
+        what = "a directory" if os.path.isdir(path) else "no such file"
+        raise ValueError(
+            f"`{argument}` must be an existing UTF-8 text file. Received: "
+            f"{argument}={path!r} ({what})"
+        )
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    lines = raw.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if b"\x00" in line:
+            raise ValueError(
+                f"`{argument}` must be a UTF-8 text file; {path!r} holds a NUL "
+                f"byte on line {number}: it looks binary. Received: {argument}={path!r}"
+            )
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"`{argument}` must be a UTF-8 text file; line {number} of "
+                f"{path!r} is not valid UTF-8 ({err.reason} at byte {err.start}). "
+                f"Received: {argument}={path!r}"
+            ) from None
+    return raw.decode("utf-8").splitlines()
+
+
+def load_sentences(path: str | os.PathLike) -> list[str]:
+    """The sentences of a corpus file, one a line (SimCSE's wiki1m format).
+
+    Lines are stripped of surrounding white space; empty lines are skipped.
+
+    Args:
+        path: a UTF-8 text file, e.g. `wiki1m_for_simcse.txt` (10^6 English
+            Wikipedia sentences).
+
+    Returns:
+        The list of sentences, in file order.
+
+    Raises:
+        ValueError: the file is missing, a directory, binary, not UTF-8 (the
+            message gives the line), or holds no sentence.
+
+    Example:
+
+    >>> sentences = load_sentences("wiki1m_for_simcse.txt")
+    >>> len(sentences)
+    1000000
+    """
+    path = _check_path(path)
+    sentences = [line.strip() for line in _text_lines(path)]
+    sentences = [sentence for sentence in sentences if sentence]
+    if not sentences:
+        raise ValueError(
+            f"`path` must hold at least one sentence (one a line). Received: "
+            f"path={path!r} with no non-empty line"
+        )
+    return sentences
+
+
+def _is_keras_hub_tokenizer(layer: Any) -> bool:
+    try:
+        import keras_hub
+    except ImportError:
+        return False
+    return isinstance(layer, keras_hub.tokenizers.Tokenizer)
+
+
+def _token_id(tokenizer: Any, names: tuple[str, ...], default: int | None) -> int | None:
+    for name in names:
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return default
+
+
+def _packing_preprocessor(tokenizer: Any, sequence_length: Any) -> Callable[[Any], dict]:
+    """A tokenizer plus `[CLS] ... [SEP]` packing, as keras-hub's single
+    sentence preprocessors do: `{"token_ids", "padding_mask", "segment_ids"}`."""
+    import keras_hub
+
+    if sequence_length is None:
+        raise ValueError(
+            "`sequence_length` is needed when `preprocessor` is a bare keras-hub "
+            "tokenizer (pass it, or a preprocessor such as "
+            "keras_hub.models.BertTextClassifierPreprocessor). Received: sequence_length=None"
+        )
+    sequence_length = check_integer("sequence_length", sequence_length, 2)
+    packer = keras_hub.layers.StartEndPacker(
+        sequence_length,
+        start_value=_token_id(tokenizer, ("cls_token_id", "start_token_id"), None),
+        end_value=_token_id(tokenizer, ("sep_token_id", "end_token_id"), None),
+        pad_value=_token_id(tokenizer, ("pad_token_id",), 0),
+        return_padding_mask=True,
+    )
+
+    tf = _import_tensorflow()
+
+    def preprocess(batch: Any) -> dict:
+        token_ids, padding_mask = packer(tokenizer(batch))
+        return {
+            "token_ids": token_ids,
+            "padding_mask": padding_mask,
+            "segment_ids": tf.zeros_like(token_ids),
+        }
+
+    return preprocess
+
+
+def _check_preprocessor(preprocessor: Any, sequence_length: Any) -> Callable[[Any], Any]:
+    if _is_keras_hub_tokenizer(preprocessor):
+        return _packing_preprocessor(preprocessor, sequence_length)
+    if not callable(preprocessor):
+        raise ValueError(
+            "`preprocessor` must be a keras-hub preprocessor (e.g. "
+            "keras_hub.models.BertTextClassifierPreprocessor), a keras-hub "
+            "tokenizer, or a callable mapping a batch of strings to the "
+            f"backbone's input dict. Received: preprocessor={preprocessor!r:.80}"
+        )
+    if sequence_length is not None:
+        raise ValueError(
+            "`sequence_length` applies to a bare tokenizer only; set it on the "
+            f"preprocessor instead. Received: sequence_length={sequence_length!r}"
+        )
+    return preprocessor
+
+
+def _check_sentence_list(sentences: Any) -> list[str]:
+    if isinstance(sentences, (str, bytes)) or not isinstance(sentences, (list, tuple, np.ndarray)):
+        raise ValueError(
+            "`sentences` must be a list of strings (e.g. from load_sentences). "
+            f"Received: sentences={sentences!r:.80}"
+        )
+    sentences = list(sentences)
+    if not sentences:
+        raise ValueError("`sentences` must hold at least one sentence. Received: []")
+    for index, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise ValueError(
+                "`sentences` must hold strings only. Received: "
+                f"sentences[{index}]={sentence!r:.80}"
+            )
+    return sentences
+
+
+def sentence_dataset(
+    sentences: Any,
+    preprocessor: Any,
+    batch_size: int = 64,
+    shuffle: bool = True,
+    shuffle_buffer: int | None = None,
+    seed: int | None = None,
+    drop_remainder: bool = True,
+    sequence_length: int | None = None,
+    prefetch: bool = True,
+) -> Any:
+    """A `tf.data.Dataset` of tokenized sentence batches.
+
+    Every epoch the sentences are shuffled (a permutation of indices, as
+    `multiview_dataset` does) and batched; each batch of strings then goes
+    through `preprocessor` inside tf.data, giving the dict a keras-hub
+    backbone (or `keras_fmicl.text.SentenceEncoder`) takes: integer
+    `token_ids (B, L)`, `padding_mask (B, L)` and, for BERT, `segment_ids`.
+    The views of SimCSE come from the model's dropout, so a batch holds each
+    sentence once.
+
+    Args:
+        sentences: list of N strings (e.g. `load_sentences(path)`).
+        preprocessor: a keras-hub preprocessor such as
+            `keras_hub.models.BertTextClassifierPreprocessor(tokenizer,
+            sequence_length=32)`, any callable mapping a batch of strings to
+            such a dict with TensorFlow ops, or a bare keras-hub tokenizer
+            (then give `sequence_length`: its ids are packed as
+            `[CLS] ... [SEP]` plus padding).
+        batch_size: B, sentences per batch (SimCSE: 64).
+        shuffle: reshuffle the sentences every epoch.
+        shuffle_buffer: shuffle buffer size; `None` for N (a full shuffle).
+        seed: seed of the shuffle.
+        drop_remainder: drop the last, smaller batch (for training); pass
+            `False` (and `shuffle=False`) to embed every sentence in order.
+        sequence_length: L, only with a bare tokenizer.
+        prefetch: prefetch batches (`tf.data.AUTOTUNE`).
+
+    Returns:
+        A `tf.data.Dataset` of dicts of `(B, L)` tensors.
+
+    Example:
+
+    >>> dataset = sentence_dataset(load_sentences("wiki1m_for_simcse.txt"), preprocessor)
+    >>> batch = next(iter(dataset))
+    >>> batch["token_ids"].shape, batch["token_ids"].dtype
+    (TensorShape([64, 32]), tf.int32)
+    """
+    sentences = _check_sentence_list(sentences)
+    preprocess = _check_preprocessor(preprocessor, sequence_length)
+    batch_size = check_integer("batch_size", batch_size, 1)
+    if drop_remainder and batch_size > len(sentences):
+        raise ValueError(
+            f"`batch_size` is larger than the {len(sentences)} sentences and "
+            "drop_remainder=True, so the dataset would be empty; lower it or "
+            f"pass drop_remainder=False. Received: batch_size={batch_size}"
+        )
+    seed = None if seed is None else check_integer("seed", seed, 0)
+    tf = _import_tensorflow()
+    table = tf.constant(sentences, dtype=tf.string)
+
+    def tokenize(index):
+        return preprocess(tf.gather(table, index))
+
+    dataset = _index_batches(
+        tf, len(sentences), batch_size, shuffle, shuffle_buffer, seed, drop_remainder
+    )
+    dataset = dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if prefetch:
+        dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset
+
+
+def _sts_task(task: Any) -> str:
+    key = task.strip().lower().replace("-", "_") if isinstance(task, str) else None
+    if key not in _STS_ALIASES:
+        raise ValueError(
+            f"Unknown `task`: expected one of {', '.join(map(repr, STS_TASKS))} "
+            f"(or 'STS-B', 'SICK-R'). Received: task={task!r}"
+        )
+    return _STS_ALIASES[key]
+
+
+def _senteval_dir(data_dir: Any, task: str) -> str:
+    """The folder of `task` under `data_dir` (SentEval's `data`, its
+    `downstream`, or the task folder itself)."""
+    data_dir = _check_path(data_dir, "data_dir")
+    parts = _STS_DIRS[task]
+    candidates = [
+        os.path.join(data_dir, "downstream", *parts),
+        os.path.join(data_dir, *parts),
+        os.path.join(data_dir, parts[-1]),
+        data_dir,
+    ]
+    for candidate in candidates[:3]:
+        if os.path.isdir(candidate):
+            return candidate
+    if os.path.basename(os.path.normpath(data_dir)) == parts[-1] and os.path.isdir(data_dir):
+        return data_dir
+    raise DatasetNotAvailableError(
+        f"No {task} files under data_dir={data_dir!r}: looked for "
+        f"{os.path.join('downstream', *parts)!r} there; {_SENTEVAL_HINT} "
+        "(no network is needed once the files are there)."
+    )
+
+
+def _sts_file(directory: str, name: str, task: str) -> str:
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise DatasetNotAvailableError(
+            f"{task} is incomplete: {path!r} is missing; {_SENTEVAL_HINT}."
+        )
+    return path
+
+
+def _score(text: str, path: str, number: int) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value):
+        raise ValueError(
+            f"Line {number} of {path!r} must hold a finite gold score. "
+            f"Received: {text!r:.80}"
+        )
+    return value
+
+
+def _normalise(sentence: str) -> str:
+    """White space collapsed, as SentEval's `split()` / `' '.join` does."""
+    return " ".join(sentence.split())
+
+
+def _fields(line: str, path: str, number: int, count: int) -> list[str]:
+    fields = line.split("\t")
+    if len(fields) < count:
+        raise ValueError(
+            f"Line {number} of {path!r} must have at least {count} tab-separated "
+            f"fields. Received: {line!r:.120}"
+        )
+    return fields
+
+
+def _load_sts_subset(directory: str, task: str, subset: str) -> tuple:
+    input_path = _sts_file(directory, f"STS.input.{subset}.txt", task)
+    gold_path = _sts_file(directory, f"STS.gs.{subset}.txt", task)
+    pairs = _text_lines(input_path, "data_dir")
+    gold = _text_lines(gold_path, "data_dir")
+    if len(pairs) != len(gold):
+        raise ValueError(
+            f"{task}: {input_path!r} and {gold_path!r} must have one line per "
+            f"pair. Received: {len(pairs)} and {len(gold)} lines"
+        )
+    a, b, scores = [], [], []
+    for number, (pair, score) in enumerate(zip(pairs, gold), start=1):
+        if not score.strip():
+            continue  # no gold score: SentEval drops the pair
+        fields = _fields(pair, input_path, number, 2)
+        a.append(_normalise(fields[0]))
+        b.append(_normalise(fields[1]))
+        scores.append(_score(score.strip(), gold_path, number))
+    return a, b, scores
+
+
+def _load_sts_table(path: str, columns: tuple[int, int, int], header: bool) -> tuple:
+    lines = _text_lines(path, "data_dir")
+    a, b, scores = [], [], []
+    first, second, score = columns
+    for number, line in enumerate(lines, start=1):
+        if (header and number == 1) or not line.strip():
+            continue
+        fields = _fields(line, path, number, max(columns) + 1)
+        a.append(_normalise(fields[first]))
+        b.append(_normalise(fields[second]))
+        scores.append(_score(fields[score].strip(), path, number))
+    return a, b, scores
+
+
+def load_sts(task: str, data_dir: str | os.PathLike, split: str = "test") -> STSPairs:
+    """The sentence pairs and gold scores of an STS task, from SentEval files.
+
+    Reads the layout of SentEval's data folder (as SimCSE distributes it):
+
+    | task              | files under `data_dir/downstream/`                        |
+    |-------------------|-----------------------------------------------------------|
+    | `STS12`..`STS16`  | `STS/STS1x-en-test/STS.input.<subset>.txt`, `STS.gs.<subset>.txt` |
+    | `STSBenchmark`    | `STS/STSBenchmark/sts-{train,dev,test}.csv` (tab-separated: score in column 5, sentences in 6 and 7) |
+    | `SICKRelatedness` | `SICK/SICK_{train,trial,test_annotated}.txt` (a header line; sentences in columns 2 and 3, score in 4) |
+
+    `data_dir` may also be the `downstream` folder or the task's own folder.
+    As SentEval does, STS12-16 concatenate their subsets in the order of
+    `STS_SUBSETS` and drop pairs whose gold line is empty, and sentences
+    have their white space collapsed. STS-B's `"dev"` is SICK's "trial".
+
+    Args:
+        task: one of `STS_TASKS` (`"STS-B"`, `"SICK-R"` and lowercase names
+            are accepted).
+        data_dir: SentEval's `data` folder (no network is used).
+        split: `"test"` (the reported split); `"train"` or `"dev"` for
+            STS-B and SICK-R.
+
+    Returns:
+        `STSPairs(sentences_a, sentences_b, scores, subsets)`.
+
+    Raises:
+        DatasetNotAvailableError: the task's folder or a file is missing (the
+            message says how to get them).
+        ValueError: a bad argument, or a malformed file (the message names
+            the file and the line).
+
+    Example:
+
+    >>> pairs = load_sts("STS12", "SentEval/data")
+    >>> len(pairs.scores), pairs.subsets[0]
+    (3108, 'MSRpar')
+    """
+    task = _sts_task(task)
+    splits = STS_SPLITS.get(task, {"test": None})
+    if split not in splits:
+        raise ValueError(
+            f"Unknown `split` for {task}: expected one of "
+            f"{', '.join(map(repr, splits))}. Received: split={split!r}"
+        )
+    directory = _senteval_dir(data_dir, task)
+    a, b, scores, subsets = [], [], [], []
+    if task in STS_SUBSETS:
+        for subset in STS_SUBSETS[task]:
+            subset_a, subset_b, subset_scores = _load_sts_subset(directory, task, subset)
+            a += subset_a
+            b += subset_b
+            scores += subset_scores
+            subsets += [subset] * len(subset_scores)
+    else:
+        path = _sts_file(directory, splits[split], task)
+        if task == "STSBenchmark":
+            a, b, scores = _load_sts_table(path, (5, 6, 4), header=False)
+        else:
+            a, b, scores = _load_sts_table(path, (1, 2, 3), header=True)
+        subsets = [split] * len(scores)
+    if not scores:
+        raise ValueError(
+            f"{task} ({split}) under {directory!r} must hold at least one scored "
+            "pair. Received: none"
+        )
+    return STSPairs(a, b, np.asarray(scores, np.float64), np.asarray(subsets))
+
+
+def load_sts_tasks(
+    data_dir: str | os.PathLike, tasks: Any = STS_TASKS, split: str = "test"
+) -> dict:
+    """`{task: load_sts(task, data_dir, split)}` for several tasks (all seven
+    by default), in the order given: the `tasks` of `evaluate_sts`.
+
+    Example:
+
+    >>> tasks = load_sts_tasks("SentEval/data")
+    >>> list(tasks)
+    ['STS12', 'STS13', 'STS14', 'STS15', 'STS16', 'STSBenchmark', 'SICKRelatedness']
+    """
+    if isinstance(tasks, str):
+        tasks = (tasks,)
+    names = [_sts_task(task) for task in tasks]
+    if not names:
+        raise ValueError("`tasks` must name at least one STS task. Received: tasks=()")
+    return {name: load_sts(name, data_dir, split) for name in names}
+
+
+def load_glue_stsb(split: str = "validation", data_dir: str | None = None) -> STSPairs:
+    """STS-B from tensorflow-datasets (`glue/stsb`, downloaded once, ~1 MB).
+
+    GLUE hides the labels of its test split (they read -1), so only
+    `"train"` (5749 pairs) and `"validation"` (1500) are offered; the
+    scored STS-B test set is SentEval's `sts-test.csv` (`load_sts`).
+
+    Args:
+        split: `"train"` or `"validation"`.
+        data_dir: tensorflow-datasets data folder; `None` for its default.
+
+    Returns:
+        `STSPairs` with scores in [0, 5] and `subsets` all equal to `split`.
+
+    Raises:
+        MissingDependencyError: tensorflow-datasets is not installed.
+        DatasetNotAvailableError: it cannot be downloaded or read.
+
+    Example:
+
+    >>> pairs = load_glue_stsb("validation")
+    >>> len(pairs.sentences_a)
+    1500
+    """
+    if split not in GLUE_STSB_SPLITS:
+        hint = (
+            " (GLUE's STS-B test labels are hidden; load_sts('STSBenchmark', "
+            "data_dir) reads SentEval's scored test set)"
+            if split == "test"
+            else ""
+        )
+        raise ValueError(
+            f"Unknown `split` for glue/stsb: expected one of "
+            f"{', '.join(map(repr, GLUE_STSB_SPLITS))}{hint}. Received: split={split!r}"
+        )
+    name = "glue/stsb"
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"Loading {name!r} needs tensorflow-datasets: install it with "
+            f'`pip install tensorflow-datasets` (or `pip install "keras-fmicl[tensorflow]"`) '
+            f"and run once with network access to download the data ({_short(err)})."
+        ) from err
+    data_dir = None if data_dir is None else os.fspath(data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        probe = DOWNLOAD_PROBE_TIMEOUT is not None and _needs_download(builder)
+        urls = _download_urls(builder) if probe else []
+    except ImportError as err:
+        raise _missing_dependency(name, err) from err
+    except Exception as err:
+        raise DatasetNotAvailableError(
+            f"Could not set up {name!r} (split {split!r}) with tensorflow-datasets: "
+            f"{_short(err)}."
+        ) from err
+    if urls:
+        _check_download_host(name, urls[0])
+    try:
+        dataset = tfds.load(name, split=split, data_dir=data_dir)
+        a, b, scores = [], [], []
+        for example in dataset.as_numpy_iterator():
+            a.append(_normalise(example["sentence1"].decode("utf-8")))
+            b.append(_normalise(example["sentence2"].decode("utf-8")))
+            scores.append(float(example["label"]))
+    except ImportError as err:
+        raise _missing_dependency(name, err) from err
+    except Exception as err:
+        raise DatasetNotAvailableError(
+            f"Could not load {name!r} (split {split!r}) with tensorflow-datasets: "
+            f"run `tfds.load({name!r})` once with network access to download and "
+            f"prepare it, or pass `data_dir` pointing to a prepared copy "
+            f"({_short(err)})."
+        ) from err
+    return STSPairs(a, b, np.asarray(scores, np.float64), np.asarray([split] * len(scores)))
