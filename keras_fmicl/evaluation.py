@@ -1148,14 +1148,15 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity in float64; a row of norm <= 1e-6 counts
-    as the zero vector (similarity 0), as `_unit_rows` does."""
+    """Row-wise cosine similarity in float64, scale-invariant like
+    `similarities.l2_normalize`: only an all-zero row counts as the zero
+    vector (similarity 0)."""
 
     def unit(x: np.ndarray) -> np.ndarray:
         scale = np.max(np.abs(x), axis=1, keepdims=True)
         scaled = x / np.where(scale > 0, scale, 1.0)
         norm = np.sqrt(np.sum(scaled * scaled, axis=1, keepdims=True))
-        is_zero = scale * norm <= math.sqrt(_NORM_EPSILON)
+        is_zero = scale == 0
         return np.where(is_zero, 0.0, scaled / np.where(is_zero, 1.0, norm))
 
     return np.sum(unit(a) * unit(b), axis=1)

@@ -37,8 +37,9 @@ class CosineMomentum(keras.optimizers.schedules.LearningRateSchedule):
     ```python
     steps = epochs * (len(x_train) // batch_size)
     model = keras_fmicl.ContrastiveModel(
-        encoder, projector=head, momentum=keras_fmicl.CosineMomentum(0.99, steps),
-        queue_size=4096)
+        encoder, projector=head,
+        method=keras_fmicl.methods.MoCoV2(
+            momentum=keras_fmicl.CosineMomentum(0.99, steps), queue_size=4096))
     ```
     """
 
