@@ -6,6 +6,7 @@ to the f-Gaussian similarity.
 """
 
 from keras_fmicl import augmentation
+from keras_fmicl import backend_ops
 from keras_fmicl import contrast
 from keras_fmicl import contrastive_model
 from keras_fmicl import data
@@ -13,11 +14,13 @@ from keras_fmicl import diagnostics
 from keras_fmicl import divergences
 from keras_fmicl import encoders
 from keras_fmicl import evaluation
+from keras_fmicl import fast_paths
 from keras_fmicl import heads
 from keras_fmicl import losses
 from keras_fmicl import methods
 from keras_fmicl import schedules
 from keras_fmicl import similarities
+from keras_fmicl import text
 from keras_fmicl.augmentation import RandomResizedCrop
 from keras_fmicl.augmentation import SimCLRAugmentation
 from keras_fmicl.contrastive_model import ContrastiveModel
@@ -25,6 +28,7 @@ from keras_fmicl.diagnostics import PositivesDriftMonitor
 from keras_fmicl.divergences import Divergence
 from keras_fmicl.divergences import JensenShannon
 from keras_fmicl.divergences import KullbackLeibler
+from keras_fmicl.divergences import NegativeForm
 from keras_fmicl.divergences import Pearson
 from keras_fmicl.divergences import SquaredHellinger
 from keras_fmicl.divergences import Tsallis
@@ -47,4 +51,5 @@ from keras_fmicl.schedules import CosineMomentum
 from keras_fmicl.similarities import Cosine
 from keras_fmicl.similarities import Gaussian
 from keras_fmicl.similarities import Similarity
+from keras_fmicl.text import SentenceEncoder
 from keras_fmicl.version import __version__
