@@ -12,6 +12,7 @@ metrics, the online probe, the NaN guards, saving and resuming.
 | `SimCLR()`                           | augmenter          | the other samples' embeddings         |
 | `MoCoV2(momentum, queue_size)`       | augmenter          | a FIFO queue of previous steps' keys  |
 | `MoCoV3(momentum, predictor)`        | augmenter          | keys `(j, w)`, `j != i`, `w != v`     |
+| `SimCSE()`                           | dropout, same input | the other samples' embeddings        |
 
 ```python
 model = keras_fmicl.ContrastiveModel(
@@ -457,6 +458,48 @@ class SimCLR(Method):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class SimCSE(SimCLR):
+    """Unsupervised SimCSE: views from dropout on identical inputs.
+
+    Each input (a dict of token ids such as a keras-hub preprocessor gives,
+    or any other structure) passes `num_views` times through the online
+    encoder and projector in training mode; dropout makes the views differ.
+    Query `(i, v)` has positives the other views of sentence `i` and
+    negatives every view of the other sentences of the batch, as SimCLR.
+    There is no augmenter. At inference the views are identical.
+
+    Example:
+
+    ```python
+    backbone, preprocessor = keras_fmicl.text.tiny_backbone(sentences)
+    model = keras_fmicl.ContrastiveModel(
+        keras_fmicl.SentenceEncoder(backbone, pooling="cls"),
+        method=keras_fmicl.methods.SimCSE(),
+        projector=keras_fmicl.ProjectionHead(64, 64))
+    model.compile(optimizer="adam", loss=keras_fmicl.FMICLLoss("kl"))
+    ```
+
+    Reference:
+        Gao, Yao, Chen. "SimCSE: Simple Contrastive Learning of Sentence
+        Embeddings", EMNLP 2021.
+    """
+
+    mode: ClassVar[str] = "simcse"
+
+    def view_shape(self, model: Any, input_shape: Any) -> Any:
+        if model.augmenter is not None:
+            raise ValueError(
+                "SimCSE draws its views through dropout and takes no "
+                "`augmenter`. Received: augmenter="
+                f"{getattr(model.augmenter, 'name', model.augmenter)!r}"
+            )
+        return map_shapes(lambda shape: (None,) + tuple(shape[1:]), input_shape)
+
+    def draw_views(self, model: Any, inputs: Any, training: bool) -> Any:
+        return repeat_views(inputs, model.num_views)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class MomentumMethod(Method):
     """Base of the methods with a momentum (key) network.
 
@@ -850,7 +893,7 @@ def get(identifier: Any) -> Method:
         if isinstance(method, Method):
             return method
     if isinstance(identifier, str):
-        by_mode = {cls.mode: cls for cls in (SimCLR, MoCoV2, MoCoV3)}
+        by_mode = {cls.mode: cls for cls in (SimCLR, SimCSE, MoCoV2, MoCoV3)}
         key = identifier.strip().lower()
         if key in by_mode:
             return by_mode[key]()

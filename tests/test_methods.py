@@ -211,10 +211,11 @@ def _sentences(num_samples, length=6, seed=0):
     return {"token_ids": np.where(mask, ids, 0).astype("int32"), "padding_mask": mask}
 
 
-def test_dropout_views_of_integer_token_ids_train_on_every_backend():
+@pytest.mark.parametrize("method", [_DropoutViews, methods.SimCSE], ids=["toy", "simcse"])
+def test_dropout_views_of_integer_token_ids_train_on_every_backend(method):
     encoder = _TokenEncoder()
     model = keras_fmicl.ContrastiveModel(
-        encoder, method=_DropoutViews(), projector=keras_fmicl.ProjectionHead(16, 8)
+        encoder, method=method(), projector=keras_fmicl.ProjectionHead(16, 8)
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras_fmicl.InfoNCELoss(0.2))
     history = model.fit(_sentences(32), batch_size=16, epochs=2, verbose=0)
@@ -243,3 +244,13 @@ def test_integer_images_get_image_handling():
     flipped = np.stack([images, images[:, :, ::-1]]).reshape(2, 3, -1).astype("float32")
     for view in range(2):  # each drawn view is the image or its mirror
         assert all(any(np.array_equal(features[i, view], f[i]) for f in flipped) for i in range(3))
+
+
+def test_simcse_takes_no_augmenter_and_is_found_by_name():
+    assert isinstance(methods.get("simcse"), methods.SimCSE)
+    model = keras_fmicl.ContrastiveModel(
+        _TokenEncoder(), method=methods.SimCSE(),
+        augmenter=keras.layers.RandomFlip("horizontal"),
+    )
+    with pytest.raises(ValueError, match="augmenter"):
+        model(_sentences(4))
