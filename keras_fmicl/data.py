@@ -507,7 +507,9 @@ def _needs_download(builder: Any) -> bool:
     return not (downloads and os.path.isdir(downloads) and os.listdir(downloads))
 
 
-def _load_tfds(name: str, split: str, data_dir: str | None) -> tuple:
+def _prepare_tfds(name: str, split: str, data_dir: str | None) -> tuple:
+    """`(tfds, data_dir)` once the builder of `name` is set up and, when it
+    must download, its host answers (clear errors otherwise)."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
@@ -530,6 +532,11 @@ def _load_tfds(name: str, split: str, data_dir: str | None) -> tuple:
         ) from err
     if urls:
         _check_download_host(name, urls[0])
+    return tfds, data_dir
+
+
+def _load_tfds(name: str, split: str, data_dir: str | None) -> tuple:
+    tfds, data_dir = _prepare_tfds(name, split, data_dir)
     try:
         dataset = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir)
         return _tfds_to_numpy(dataset)
@@ -1463,28 +1470,7 @@ def load_glue_stsb(split: str = "validation", data_dir: str | None = None) -> ST
             f"{', '.join(map(repr, GLUE_STSB_SPLITS))}{hint}. Received: split={split!r}"
         )
     name = "glue/stsb"
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as err:
-        raise MissingDependencyError(
-            f"Loading {name!r} needs tensorflow-datasets: install it with "
-            f'`pip install tensorflow-datasets` (or `pip install "keras-fmicl[tensorflow]"`) '
-            f"and run once with network access to download the data ({_short(err)})."
-        ) from err
-    data_dir = None if data_dir is None else os.fspath(data_dir)
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-        probe = DOWNLOAD_PROBE_TIMEOUT is not None and _needs_download(builder)
-        urls = _download_urls(builder) if probe else []
-    except ImportError as err:
-        raise _missing_dependency(name, err) from err
-    except Exception as err:
-        raise DatasetNotAvailableError(
-            f"Could not set up {name!r} (split {split!r}) with tensorflow-datasets: "
-            f"{_short(err)}."
-        ) from err
-    if urls:
-        _check_download_host(name, urls[0])
+    tfds, data_dir = _prepare_tfds(name, split, data_dir)
     try:
         dataset = tfds.load(name, split=split, data_dir=data_dir)
         a, b, scores = [], [], []
