@@ -151,9 +151,9 @@ def momentum_configs(alphas=()) -> dict:
         configs[f"{mode}-infonce"] = {"mode": mode, "loss": "infonce"}
         for divergence in ("kl", "js"):
             configs[f"{mode}-fmicl-{divergence}"] = dict(_fmicl(divergence), mode=mode)
-            for alpha in alphas:
-                configs[f"{mode}-fmicl-{divergence}-a{_number(alpha)}"] = dict(
-                    _fmicl(divergence, alpha=alpha), mode=mode
+            for alpha in alphas:  # the sweep's variants: at the paper's sigma
+                configs[f"{mode}-fmicl-{divergence}-s{_number(PAPER_SIGMA)}-a{_number(alpha)}"] = dict(
+                    _fmicl(divergence, sigma=PAPER_SIGMA, alpha=alpha), mode=mode
                 )
     return configs
 
