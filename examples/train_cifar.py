@@ -5,8 +5,12 @@ One script for the quick CPU demo and for CIFAR-10 on a GPU:
     # the embedded default: Fashion-MNIST, a small CNN, ~10 minutes on 2 CPU cores
     python examples/train_cifar.py --backend jax
 
-    # CIFAR-10 with a CIFAR ResNet-18 (download through tensorflow-datasets)
+    # CIFAR-10 in the paper's setting (download through tensorflow-datasets):
+    # CIFAR ResNet-18, batch 512, SGD 0.1 with cosine decay, 200 epochs
     python examples/train_cifar.py --backend jax --dataset cifar10
+    # ... and the paper's 800 epochs (benchmarks/gpu.sh --paper runs
+    # InfoNCE, KL and JS this way)
+    python examples/train_cifar.py --backend jax --dataset cifar10 --epochs 800
 
 It pretrains on the training split (labels unused, except by the online
 linear probe it reports), then evaluates the frozen encoder on the test
@@ -68,16 +72,25 @@ flags.DEFINE_enum("loss", "fmicl", ("fmicl", "infonce"), "f-MICL, or the InfoNCE
 flags.DEFINE_enum("divergence", "kl", DIVERGENCES, "f-divergence of f-MICL.")
 flags.DEFINE_float("tsallis_order", 1.5, "Order of the Tsallis divergence.")
 flags.DEFINE_enum("similarity", None, ("gaussian", "cosine"), "Similarity (default: gaussian for f-MICL, cosine for InfoNCE).")
-flags.DEFINE_float("sigma", None, "Bandwidth of the f-Gaussian similarity (default: the package's).")
+flags.DEFINE_float(
+    "sigma", None,
+    "Bandwidth of the f-Gaussian similarity (default: the package's, 2**-0.5 ~ 0.707, the paper's vision setting).",
+)
 flags.DEFINE_float("temperature", None, "Temperature of the cosine similarity (default: the package's).")
-flags.DEFINE_float("alpha", None, "Weight of the negative term of f-MICL (default: the package's).")
+flags.DEFINE_float(
+    "alpha", None, "Weight of the negative term of f-MICL (default: the package's, 40, the paper's vision setting)."
+)
 flags.DEFINE_enum("mode", "simclr", ("simclr", "moco", "mocov3"), "Training method: simclr, moco (MoCo v2) or mocov3 (keras_fmicl.methods.SimCLR, MoCoV2, MoCoV3).")
 flags.DEFINE_float("momentum", 0.99, "Base EMA momentum of the key encoder (moco, mocov3); rises to 1 (cosine).")
 flags.DEFINE_integer("queue_size", None, "MoCo queue size (default: 16 batches of keys, capped at 8192).")
 flags.DEFINE_enum("encoder", None, ("resnet18", "small_cnn"), "Encoder (default: small_cnn for 28x28/8x8 data, resnet18 otherwise).")
 flags.DEFINE_integer("width", None, "Encoder width (ResNet: 64 is the standard ResNet-18).")
 flags.DEFINE_integer("projection_dim", None, "Output dimension of the projection head.")
-flags.DEFINE_integer("epochs", None, "Pretraining epochs.")
+flags.DEFINE_integer(
+    "epochs", None,
+    "Pretraining epochs (default: the dataset's preset; cifar10, cifar100, stl10: 200, the length of the "
+    "paper's alpha ablation; --epochs 800 is the paper's setting of its main results).",
+)
 flags.DEFINE_integer("batch_size", None, "Batch size (samples; each has 2 views).")
 flags.DEFINE_float("learning_rate", None, "Peak learning rate, after a linear warmup, then cosine decay to 0.")
 flags.DEFINE_float("warmup_epochs", None, "Epochs of linear learning-rate warmup.")
@@ -86,6 +99,7 @@ flags.DEFINE_integer("max_train_samples", None, "Use only the first N training i
 flags.DEFINE_integer("max_test_samples", None, "Use only the first N test images (quick runs).")
 flags.DEFINE_integer("knn_every", None, "Log kNN accuracy on a subset every N epochs (0: only at the end).")
 flags.DEFINE_integer("linear_epochs", None, "Epochs of the linear evaluation.")
+flags.DEFINE_integer("knn_k", None, "Neighbours of the weighted kNN evaluation (default: 200, the paper's).")
 flags.DEFINE_list(
     "few_label", [],
     "Also report few-label linear top-1: a probe trained on these fractions of the training labels "
@@ -123,30 +137,48 @@ flags.DEFINE_bool(
 
 FLAGS = flags.FLAGS
 
+# The paper's vision setting (Lu et al., TMLR 2023, arXiv 2402.10150,
+# "Experimental setup" table), which the cifar10, cifar100 and stl10 presets
+# follow; the loss's own settings (f-Gaussian sigma = 2**-0.5, alpha = 40) are
+# the package's defaults. tests/test_defaults.py checks the presets against it.
+PAPER_VISION_SETTING = dict(
+    encoder="resnet18", batch_size=512, learning_rate=0.1, optimizer="sgd", epochs=800, knn_k=200,
+)
+
 # Per-dataset defaults of every flag left unset.
 PRESETS = {
     "fashion_mnist": dict(
         encoder="small_cnn", width=32, projection_dim=64, epochs=12, batch_size=256,
         learning_rate=2e-3, warmup_epochs=1, weight_decay=1e-4, optimizer="adamw",
-        max_train_samples=20000, knn_every=2, linear_epochs=30,
+        max_train_samples=20000, knn_every=2, linear_epochs=30, knn_k=200,
         crop_scale=(0.3, 1.0), flip=True, color=True,
     ),
     "digits": dict(
         encoder="small_cnn", width=16, projection_dim=32, epochs=10, batch_size=128,
         learning_rate=3e-3, warmup_epochs=1, weight_decay=1e-4, optimizer="adamw",
-        max_train_samples=None, knn_every=5, linear_epochs=50,
+        max_train_samples=None, knn_every=5, linear_epochs=50, knn_k=200,
         crop_scale=(0.4, 1.0), flip=False, color=True,
     ),
+    # The paper's CIFAR-10 setting: CIFAR ResNet-18 (3x3 stem, no max-pool),
+    # batch 512, SGD with learning rate 0.1 and cosine decay, kNN with
+    # k = 200; 200 epochs (the paper's alpha ablation) where its main
+    # results use 800 (--epochs 800). Ours, not stated in the paper's table:
+    # the 10-epoch linear warmup (--warmup_epochs 0 removes it), Nesterov
+    # momentum 0.9, weight decay 5e-4, the projection head and augmentations.
     "cifar10": dict(
         encoder="resnet18", width=64, projection_dim=128, epochs=200, batch_size=512,
-        learning_rate=0.06 * 512 / 256, warmup_epochs=10, weight_decay=5e-4, optimizer="sgd",
-        max_train_samples=None, knn_every=10, linear_epochs=100,
+        learning_rate=0.1, warmup_epochs=10, weight_decay=5e-4, optimizer="sgd",
+        max_train_samples=None, knn_every=10, linear_epochs=100, knn_k=200,
         crop_scale=(0.2, 1.0), flip=True, color=True,
     ),
 }
 PRESETS["cifar100"] = dict(PRESETS["cifar10"])
 PRESETS["synthetic_cifar"] = dict(PRESETS["cifar10"])
-PRESETS["stl10"] = dict(PRESETS["cifar10"], batch_size=256, learning_rate=0.06)
+# STL-10: the paper trains a ResNet-50, which this package does not have;
+# the example keeps the CIFAR ResNet-18 (a documented deviation) and the
+# rest of the paper's setting, but for a batch of 256: the 96x96 images
+# through the stride-1 stem need 9 times the activation memory of CIFAR's.
+PRESETS["stl10"] = dict(PRESETS["cifar10"], batch_size=256)
 
 
 class FlagError(ValueError):
@@ -169,7 +201,8 @@ def warmup_epochs():
 def check_flags():
     """Checks the values absl cannot: one sentence per problem."""
     positive = ["sigma", "temperature", "alpha", "learning_rate", "batch_size",
-                "width", "projection_dim", "max_train_samples", "max_test_samples", "linear_epochs"]
+                "width", "projection_dim", "max_train_samples", "max_test_samples", "linear_epochs",
+                "knn_k"]
     for name in positive:
         value = getattr(FLAGS, name)
         if value is not None and not value > 0:
@@ -454,7 +487,7 @@ def setup_distribution(backend):
 
 
 def describe_loss(loss):
-    """'f-MICL KL, f-Gaussian (sigma 1), alpha 4' or 'InfoNCE, cosine (T 0.1)'."""
+    """'f-MICL KL, f-Gaussian (sigma 0.707107), alpha 40' or 'InfoNCE, cosine (T 0.1)'."""
     config = loss.get_config()
     similarity = loss.similarity
     if similarity.name == "gaussian":
@@ -707,6 +740,7 @@ def run_in(backend, output_dir):
             (train_images[:subset_train], train_y[:subset_train]),
             (test_images[:subset_test], test_y[:subset_test]),
             every_n_epochs=knn_every,
+            k=_setting("knn_k"),
         )
         callbacks.insert(0, monitor)
 
@@ -735,7 +769,9 @@ def run_in(backend, output_dir):
     start = time.time()
     train_features = keras_fmicl.evaluation.extract_features(model.encoder, train_images)
     test_features = keras_fmicl.evaluation.extract_features(model.encoder, test_images)
-    knn = keras_fmicl.knn_accuracy(train_features, train_y, test_features, test_y, k=200, temperature=0.1)
+    knn = keras_fmicl.knn_accuracy(
+        train_features, train_y, test_features, test_y, k=_setting("knn_k"), temperature=0.1
+    )
     linear = keras_fmicl.evaluation.linear_probe_accuracy(
         train_features, train_y, test_features, test_y,
         num_classes=num_classes, epochs=_setting("linear_epochs"), learning_rate=1e-2,
@@ -793,7 +829,7 @@ def run_in(backend, output_dir):
     results = {
         "flags": {name: getattr(FLAGS, name) for name in FLAGS if name in _OWN_FLAGS},
         "settings": dict(
-            {name: _setting(name) for name in ("encoder", "width", "projection_dim", "epochs", "batch_size", "learning_rate", "weight_decay", "max_train_samples", "knn_every", "linear_epochs")},
+            {name: _setting(name) for name in ("encoder", "width", "projection_dim", "epochs", "batch_size", "learning_rate", "weight_decay", "max_train_samples", "knn_every", "linear_epochs", "knn_k")},
             warmup_epochs=warmup_epochs(),
         ),
         "backend": backend,
@@ -828,7 +864,7 @@ def run_in(backend, output_dir):
         ("encoder", f"{_setting('encoder')} (width {_setting('width')})"),
         ("epochs x steps", f"{_setting('epochs')} x {steps_per_epoch} (batch {batch_size})"),
         ("final loss", final_loss_text(logs)),
-        ("kNN top-1 (k=200)", f"{100 * knn:.2f} %"),
+        (f"kNN top-1 (k={_setting('knn_k')})", f"{100 * knn:.2f} %"),
         ("linear top-1", f"{100 * linear['test_accuracy']:.2f} %"),
         *[(f"linear top-1, {100 * float(f):g} % labels", f"{100 * r['mean']:.2f} % (mean of {len(r['accuracies'])})")
           for f, r in few_label.items()],
@@ -860,7 +896,7 @@ _OWN_FLAGS = (
     "backend", "dataset", "loss", "divergence", "tsallis_order", "similarity", "sigma",
     "temperature", "alpha", "mode", "momentum", "queue_size", "encoder", "width",
     "projection_dim", "epochs", "batch_size", "learning_rate", "warmup_epochs",
-    "weight_decay", "max_train_samples", "max_test_samples", "knn_every", "linear_epochs",
+    "weight_decay", "max_train_samples", "max_test_samples", "knn_every", "linear_epochs", "knn_k",
     "few_label", "few_label_draws", "save_features",
     "evaluate_on", "validation_samples", "seed", "output_dir", "data_dir", "verbose", "distribute",
     "pipeline", "debug", "embedding_points",

@@ -768,13 +768,13 @@ def test_labels_of_shape_n_by_one_are_accepted():
 
 
 def test_defaults_are_the_swept_values_and_apply_everywhere():
-    """The defaults of benchmarks/README.md's sweep, in the class and the functional form."""
+    """The documented defaults (docs/fmicl-math.md), in the class and the functional form."""
     y_pred = embeddings(n=6, v=2, seed=40)
     loss = keras_fmicl.FMICLLoss(reduction=None)
-    assert (loss.similarity, loss.alpha) == (keras_fmicl.Gaussian(1.0), 4.0)
+    assert (loss.similarity, loss.alpha) == (keras_fmicl.Gaussian(2**-0.5), 40.0)
     assert keras_fmicl.FMICLLoss(similarity="cosine").similarity == keras_fmicl.Cosine(0.5)
     assert keras_fmicl.InfoNCELoss().similarity == keras_fmicl.Cosine(0.1)
-    expected = reference.fmicl_loss(y_pred, None, "kl", "gaussian", 1.0, alpha=4.0)
+    expected = reference.fmicl_loss(y_pred, None, "kl", "gaussian", 2**-0.5, alpha=40.0)
     np.testing.assert_allclose(to_numpy(loss(None, y_pred)), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(to_numpy(keras_fmicl.fmicl(None, y_pred)), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
