@@ -512,20 +512,62 @@ class MomentumMethod(Method):
     online layers, so any encoder works and its batch normalisation uses
     batch statistics in training, as MoCo's does.
 
+    With `online_weight = w > 0` the loss is the mixture
+    `(1 - w) L(queries, keys) + w L(queries, queries)`: the second term is
+    the SimCLR contrast of the online embeddings among themselves, whose
+    negative term spreads the online embeddings (the keys, a stop-gradient
+    EMA of them, cannot be spread by the key contrast; docs/fmicl-math.md
+    section 4.4).
+
     Args:
         momentum: the EMA momentum, a number in `[0, 1)` or a schedule of
             the training step such as `keras_fmicl.CosineMomentum(0.99,
             total_steps)`. A schedule must return a value in `[0, 1]` (1
             freezes the key network): it is checked at step 0 here
             (ValueError), and a later value outside makes the loss NaN.
+        online_weight: weight `w` in `[0, 1]` of the contrast of the
+            online embeddings among themselves. Defaults to 0 (the key
+            contrast alone, as in MoCo).
         **kwargs: `keras.layers.Layer` arguments.
     """
 
     mode: ClassVar[str] = "momentum"
 
-    def __init__(self, momentum: Any = 0.99, **kwargs):
+    def __init__(self, momentum: Any = 0.99, online_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.momentum = _check_momentum(momentum)
+        if (
+            isinstance(online_weight, bool)
+            or not isinstance(online_weight, (int, float))
+            or not 0.0 <= online_weight <= 1.0
+        ):
+            raise ValueError(
+                "`online_weight` must be a number in [0, 1]. "
+                f"Received: online_weight={online_weight!r}"
+            )
+        self.online_weight = float(online_weight)
+
+    # --------------------------------------------------------------- loss
+
+    def loss(self, model: Any, outputs: dict) -> tuple[Any, dict]:
+        """The key contrast, mixed with the online contrast (`online_weight`)."""
+        per_sample, metrics = self.key_contrast(model, outputs)
+        weight = self.online_weight
+        if weight > 0.0:
+            online = _contrastive_loss(model).contrast(outputs["queries"])
+            per_sample = (1.0 - weight) * per_sample + weight * online
+        return per_sample, metrics
+
+    def key_contrast(self, model: Any, outputs: dict) -> tuple[Any, dict]:
+        """Per-sample loss and metrics of the queries against the keys."""
+        return super().loss(model, outputs)
+
+    def check_batch_size(self, model: Any, batch_size: int) -> None:
+        if self.online_weight > 0.0 and batch_size < 2:
+            raise ValueError(
+                "The online contrast (`online_weight` > 0) needs at least 2 samples "
+                f"per batch. Received: batch_size={batch_size}"
+            )
 
     # -------------------------------------------------------- key network
 
@@ -656,6 +698,7 @@ class MomentumMethod(Method):
         config["momentum"] = (
             keras.saving.serialize_keras_object(momentum) if callable(momentum) else momentum
         )
+        config["online_weight"] = self.online_weight
         return config
 
     @classmethod
@@ -728,7 +771,7 @@ class MoCoV2(MomentumMethod):
             shape=(), dtype="int32", initializer="zeros", trainable=False, name="queue_count"
         )
 
-    def loss(self, model: Any, outputs: dict) -> tuple[Any, dict]:
+    def key_contrast(self, model: Any, outputs: dict) -> tuple[Any, dict]:
         per_sample, metrics = _contrastive_loss(model).contrast(
             outputs["queries"],
             keys=outputs["keys"],
@@ -799,6 +842,7 @@ class MoCoV2(MomentumMethod):
             )
 
     def check_batch_size(self, model: Any, batch_size: int) -> None:
+        super().check_batch_size(model, batch_size)
         self._check_keys(batch_size * model.num_views)
 
     def get_config(self) -> dict:
