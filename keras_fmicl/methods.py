@@ -538,7 +538,7 @@ class MomentumMethod(Method):
         self.momentum = _check_momentum(momentum)
         if (
             isinstance(online_weight, bool)
-            or not isinstance(online_weight, (int, float))
+            or not isinstance(online_weight, numbers.Real)
             or not 0.0 <= online_weight <= 1.0
         ):
             raise ValueError(
@@ -733,7 +733,8 @@ class MoCoV2(MomentumMethod):
             schedule (see `MomentumMethod`). Defaults to 0.99.
         queue_size: number of keys in the queue, `K >= 1`. Defaults to
             65536 (MoCo's); small data sets need a few batches' worth.
-        **kwargs: `keras.layers.Layer` arguments.
+        **kwargs: `online_weight` (see `MomentumMethod`) and
+            `keras.layers.Layer` arguments.
 
     Example:
 
@@ -870,7 +871,8 @@ class MoCoV3(MomentumMethod):
             e.g. `keras_fmicl.PredictionHead(hidden_dim, projection_dim)`;
             `None` contrasts the projections themselves. Trained with the
             model and saved with it.
-        **kwargs: `keras.layers.Layer` arguments.
+        **kwargs: `online_weight` (see `MomentumMethod`) and
+            `keras.layers.Layer` arguments.
 
     Example:
 
