@@ -96,7 +96,8 @@ import keras
 from keras import ops
 
 from keras_fmicl import distributed
-from keras_fmicl.losses import ContrastiveLoss
+from keras_fmicl.heads import ProjectionHead
+from keras_fmicl.losses import ContrastiveLoss, FMICLLoss
 from keras_fmicl.validation import check_integer
 
 _PACKAGE = "keras_fmicl"
@@ -551,6 +552,7 @@ class MomentumMethod(Method):
 
     def loss(self, model: Any, outputs: dict) -> tuple[Any, dict]:
         """The key contrast, mixed with the online contrast (`online_weight`)."""
+        self._warn_if_keys_uncentred(model)
         per_sample, metrics = self.key_contrast(model, outputs)
         weight = self.online_weight
         if weight > 0.0:
@@ -561,6 +563,25 @@ class MomentumMethod(Method):
     def key_contrast(self, model: Any, outputs: dict) -> tuple[Any, dict]:
         """Per-sample loss and metrics of the queries against the keys."""
         return super().loss(model, outputs)
+
+    def _warn_if_keys_uncentred(self, model: Any) -> None:
+        """Warns once: f-MICL, no online contrast, a `ProjectionHead` without output batch norm."""
+        projector = getattr(model, "projector", None)
+        if (
+            isinstance(getattr(model, "loss", None), FMICLLoss)
+            and isinstance(projector, ProjectionHead)
+            and not projector.output_batch_norm
+            and self.online_weight == 0.0
+            and hasattr(model, "_warn_once")
+        ):
+            model._warn_once(
+                "uncentred_keys",
+                f"f-MICL with momentum keys ({type(self).__name__}) and a projector without "
+                "an output batch norm: the queries can lower the negative term by moving "
+                "away from the keys all together, and the positives drift apart "
+                "(docs/fmicl-math.md, section 4.5). Use keras_fmicl.ProjectionHead(..., "
+                "output_batch_norm=True), MoCo v3's design, or online_weight > 0.",
+            )
 
     def check_batch_size(self, model: Any, batch_size: int) -> None:
         if self.online_weight > 0.0 and batch_size < 2:

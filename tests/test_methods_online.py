@@ -3,6 +3,7 @@ online contrast, `(1 - w) L(queries, keys) + w L(queries, queries)`
 (docs/fmicl-math.md section 4.4), against the float64 loop reference."""
 
 import types
+import warnings
 
 import keras
 import numpy as np
@@ -50,3 +51,34 @@ def test_moco_v2_mixture_trains_and_round_trips():
 def test_bad_online_weight_raises(weight):
     with pytest.raises(ValueError, match="online_weight="):
         methods.MoCoV3(online_weight=weight)
+
+
+def _fit_moco(loss, output_batch_norm, online_weight=0.0):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 2, 6)).astype("float32")
+    encoder = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8)])
+    head = keras_fmicl.ProjectionHead(8, 4, output_batch_norm=output_batch_norm)
+    method = methods.MoCoV2(momentum=0.9, queue_size=32, online_weight=online_weight)
+    model = keras_fmicl.ContrastiveModel(encoder, method=method, projector=head)
+    model.compile(optimizer="sgd", loss=loss)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, batch_size=8, epochs=1, verbose=0)
+    return [str(w.message) for w in caught if "output batch norm" in str(w.message)]
+
+
+def test_fmicl_with_uncentred_keys_warns_once_and_names_the_remedy():
+    messages = _fit_moco(keras_fmicl.FMICLLoss("kl"), output_batch_norm=False)
+    assert len(messages) == 1
+    assert "output_batch_norm=True" in messages[0] and "section 4.5" in messages[0]
+
+
+@pytest.mark.parametrize(
+    "loss, output_batch_norm, online_weight",
+    [("fmicl", True, 0.0), ("fmicl", False, 0.5), ("infonce", False, 0.0)],
+)
+def test_no_uncentred_keys_warning_when_keys_are_centred_or_the_loss_is_infonce(
+    loss, output_batch_norm, online_weight
+):
+    loss = keras_fmicl.FMICLLoss("kl") if loss == "fmicl" else keras_fmicl.InfoNCELoss()
+    assert _fit_moco(loss, output_batch_norm, online_weight) == []
