@@ -17,7 +17,7 @@ metrics, the online probe, the NaN guards, saving and resuming.
 ```python
 model = keras_fmicl.ContrastiveModel(
     encoder, method=keras_fmicl.methods.MoCoV2(momentum=0.99, queue_size=4096),
-    projector=keras_fmicl.ProjectionHead(256, 64), augmenter=augmenter)
+    projector=keras_fmicl.ProjectionHead(256, 64, output_batch_norm=True), augmenter=augmenter)
 ```
 
 A method is a `keras.layers.Layer` (so that its state, a key network, a
@@ -743,6 +743,11 @@ class MoCoV2(MomentumMethod):
     the oldest entries. Until the queue holds keys there are no negatives:
     the `uniformity` and `mi_estimate` metrics skip those steps.
 
+    With f-MICL, end the projector in a batch norm
+    (`ProjectionHead(..., output_batch_norm=True)`): uncentred keys let the
+    queries flee from them (docs/fmicl-math.md section 4.5; a warning says
+    so).
+
     `queue_size` must hold the keys of a batch (`batch_size * num_views`):
     checked before training for in-memory data and for batches of static
     size; a batch of a size unknown when the step is traced (a `tf.data`
@@ -761,6 +766,7 @@ class MoCoV2(MomentumMethod):
 
     ```python
     method = keras_fmicl.methods.MoCoV2(momentum=0.99, queue_size=4096)
+    head = keras_fmicl.ProjectionHead(256, 64, output_batch_norm=True)
     model = keras_fmicl.ContrastiveModel(encoder, method=method,
                                          projector=head, augmenter=augmenter)
     ```
