@@ -144,17 +144,27 @@ def benchmark_configs() -> dict:
     return configs
 
 
-def momentum_configs(alphas=()) -> dict:
-    """InfoNCE and f-MICL (KL, JS) in the MoCo v2 and MoCo v3 modes."""
+def momentum_configs(alphas=(), online_weights=()) -> dict:
+    """InfoNCE and f-MICL (KL, JS) in the MoCo v2 and MoCo v3 modes.
+
+    `alphas`: f-MICL variants at the paper's sigma; `online_weights`: the
+    same with `--online_weight` (suffix `-w<weight>`), InfoNCE included.
+    """
     configs = {}
     for mode in ("moco", "mocov3"):
         configs[f"{mode}-infonce"] = {"mode": mode, "loss": "infonce"}
+        for weight in online_weights:
+            configs[f"{mode}-infonce-w{_number(weight)}"] = {
+                "mode": mode, "loss": "infonce", "online_weight": weight,
+            }
         for divergence in ("kl", "js"):
             configs[f"{mode}-fmicl-{divergence}"] = dict(_fmicl(divergence), mode=mode)
             for alpha in alphas:  # the sweep's variants: at the paper's sigma
-                configs[f"{mode}-fmicl-{divergence}-s{_number(PAPER_SIGMA)}-a{_number(alpha)}"] = dict(
-                    _fmicl(divergence, sigma=PAPER_SIGMA, alpha=alpha), mode=mode
-                )
+                name = f"{mode}-fmicl-{divergence}-s{_number(PAPER_SIGMA)}-a{_number(alpha)}"
+                flags = dict(_fmicl(divergence, sigma=PAPER_SIGMA, alpha=alpha), mode=mode)
+                configs[name] = flags
+                for weight in online_weights:
+                    configs[f"{name}-w{_number(weight)}"] = dict(flags, online_weight=weight)
     return configs
 
 
@@ -192,7 +202,9 @@ def sweep_configs(suite: str, args) -> dict:
                     _fmicl(divergence, sigma=args.sigma, alpha=args.alpha), batch_size=batch_size
                 )
     elif suite == "momentum":
-        configs.update(momentum_configs(_floats(args.sweep_alphas)))
+        configs.update(
+            momentum_configs(_floats(args.sweep_alphas), _floats(args.sweep_online_weights))
+        )
     else:
         raise SystemExit(f"quality.py: unknown suite {suite!r}; choose from {SUITES}.")
     return configs
@@ -484,6 +496,8 @@ def parse_args(argv=None):
     parser.add_argument("--sweep_divergences", default="kl,js")
     parser.add_argument("--sweep_sigmas", default="0.5,0.7071,1.0")
     parser.add_argument("--sweep_alphas", default="1,4,10,20,40,80,160")
+    parser.add_argument("--sweep_online_weights", default="",
+                        help="momentum suite: --online_weight variants (e.g. 0.5).")
     parser.add_argument("--sweep_temperatures", default="0.1,0.2,0.5")
     parser.add_argument("--sigma", type=float, default=PAPER_SIGMA, help="sigma of the sigma-fixed suites.")
     parser.add_argument("--alpha", type=float, default=PAPER_ALPHA, help="alpha of the alpha-fixed suites.")

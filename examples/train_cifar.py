@@ -82,6 +82,7 @@ flags.DEFINE_float(
 )
 flags.DEFINE_enum("mode", "simclr", ("simclr", "moco", "mocov3"), "Training method: simclr, moco (MoCo v2) or mocov3 (keras_fmicl.methods.SimCLR, MoCoV2, MoCoV3).")
 flags.DEFINE_float("momentum", 0.99, "Base EMA momentum of the key encoder (moco, mocov3); rises to 1 (cosine).")
+flags.DEFINE_float("online_weight", 0.0, "moco, mocov3: weight in [0, 1] of the contrast of the online embeddings among themselves, mixed with the key contrast (keras_fmicl.methods.MomentumMethod).")
 flags.DEFINE_integer("queue_size", None, "MoCo queue size (default: 16 batches of keys, capped at 8192).")
 flags.DEFINE_enum("encoder", None, ("resnet18", "small_cnn"), "Encoder (default: small_cnn for 28x28/8x8 data, resnet18 otherwise).")
 flags.DEFINE_integer("width", None, "Encoder width (ResNet: 64 is the standard ResNet-18).")
@@ -389,9 +390,15 @@ def build_method(keras_fmicl, steps_per_epoch, projection_dim):
     momentum = keras_fmicl.CosineMomentum(FLAGS.momentum, max(total_steps, 1))
     if mode == "moco":
         queue = FLAGS.queue_size or min(16 * 2 * _setting("batch_size"), 8192)
-        return keras_fmicl.methods.MoCoV2(momentum=momentum, queue_size=max(queue, 2 * _setting("batch_size")))
+        return keras_fmicl.methods.MoCoV2(
+            momentum=momentum,
+            queue_size=max(queue, 2 * _setting("batch_size")),
+            online_weight=FLAGS.online_weight,
+        )
     return keras_fmicl.methods.MoCoV3(
-        momentum=momentum, predictor=keras_fmicl.PredictionHead(2 * projection_dim, projection_dim)
+        momentum=momentum,
+        predictor=keras_fmicl.PredictionHead(2 * projection_dim, projection_dim),
+        online_weight=FLAGS.online_weight,
     )
 
 

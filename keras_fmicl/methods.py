@@ -17,7 +17,7 @@ metrics, the online probe, the NaN guards, saving and resuming.
 ```python
 model = keras_fmicl.ContrastiveModel(
     encoder, method=keras_fmicl.methods.MoCoV2(momentum=0.99, queue_size=4096),
-    projector=keras_fmicl.ProjectionHead(256, 64), augmenter=augmenter)
+    projector=keras_fmicl.ProjectionHead(256, 64, output_batch_norm=True), augmenter=augmenter)
 ```
 
 A method is a `keras.layers.Layer` (so that its state, a key network, a
@@ -96,7 +96,8 @@ import keras
 from keras import ops
 
 from keras_fmicl import distributed
-from keras_fmicl.losses import ContrastiveLoss
+from keras_fmicl.heads import ProjectionHead
+from keras_fmicl.losses import ContrastiveLoss, FMICLLoss
 from keras_fmicl.validation import check_integer
 
 _PACKAGE = "keras_fmicl"
@@ -512,20 +513,82 @@ class MomentumMethod(Method):
     online layers, so any encoder works and its batch normalisation uses
     batch statistics in training, as MoCo's does.
 
+    With `online_weight = w > 0` the loss is the mixture
+    `(1 - w) L(queries, keys) + w L(queries, queries)`: the second term is
+    the SimCLR contrast of the online embeddings among themselves, whose
+    negative term spreads the online embeddings (the keys, a stop-gradient
+    EMA of them, cannot be spread by the key contrast; docs/fmicl-math.md
+    section 4.4).
+
     Args:
         momentum: the EMA momentum, a number in `[0, 1)` or a schedule of
             the training step such as `keras_fmicl.CosineMomentum(0.99,
             total_steps)`. A schedule must return a value in `[0, 1]` (1
             freezes the key network): it is checked at step 0 here
             (ValueError), and a later value outside makes the loss NaN.
+        online_weight: weight `w` in `[0, 1]` of the contrast of the
+            online embeddings among themselves. Defaults to 0 (the key
+            contrast alone, as in MoCo).
         **kwargs: `keras.layers.Layer` arguments.
     """
 
     mode: ClassVar[str] = "momentum"
 
-    def __init__(self, momentum: Any = 0.99, **kwargs):
+    def __init__(self, momentum: Any = 0.99, online_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.momentum = _check_momentum(momentum)
+        if (
+            isinstance(online_weight, bool)
+            or not isinstance(online_weight, numbers.Real)
+            or not 0.0 <= online_weight <= 1.0
+        ):
+            raise ValueError(
+                "`online_weight` must be a number in [0, 1]. "
+                f"Received: online_weight={online_weight!r}"
+            )
+        self.online_weight = float(online_weight)
+
+    # --------------------------------------------------------------- loss
+
+    def loss(self, model: Any, outputs: dict) -> tuple[Any, dict]:
+        """The key contrast, mixed with the online contrast (`online_weight`)."""
+        self._warn_if_keys_uncentred(model)
+        per_sample, metrics = self.key_contrast(model, outputs)
+        weight = self.online_weight
+        if weight > 0.0:
+            online = _contrastive_loss(model).contrast(outputs["queries"])
+            per_sample = (1.0 - weight) * per_sample + weight * online
+        return per_sample, metrics
+
+    def key_contrast(self, model: Any, outputs: dict) -> tuple[Any, dict]:
+        """Per-sample loss and metrics of the queries against the keys."""
+        return super().loss(model, outputs)
+
+    def _warn_if_keys_uncentred(self, model: Any) -> None:
+        """Warns once: f-MICL, no online contrast, a `ProjectionHead` without output batch norm."""
+        projector = getattr(model, "projector", None)
+        if (
+            isinstance(getattr(model, "loss", None), FMICLLoss)
+            and isinstance(projector, ProjectionHead)
+            and not projector.output_batch_norm
+            and self.online_weight == 0.0
+            and hasattr(model, "_warn_once")
+        ):
+            model._warn_once(
+                "uncentred_keys",
+                f"f-MICL with momentum keys ({type(self).__name__}) and a projector without "
+                "an output batch norm: the queries can lower the negative term by moving "
+                "away from the keys all together, and the positives drift apart "
+                "(docs/fmicl-math.md, section 4.5). Use keras_fmicl.ProjectionHead(..., "
+                "output_batch_norm=True), MoCo v3's design, or online_weight > 0.",
+            )
+
+    def check_batch_size(self, model: Any, batch_size: int) -> None:
+        if self.online_weight > 0.0 and batch_size < 2:
+            raise ValueError(
+                "The online contrast (`online_weight` > 0) needs at least 2 samples "
+                f"per batch. Received: batch_size={batch_size}"
+            )
 
     # -------------------------------------------------------- key network
 
@@ -656,6 +719,7 @@ class MomentumMethod(Method):
         config["momentum"] = (
             keras.saving.serialize_keras_object(momentum) if callable(momentum) else momentum
         )
+        config["online_weight"] = self.online_weight
         return config
 
     @classmethod
@@ -679,6 +743,11 @@ class MoCoV2(MomentumMethod):
     the oldest entries. Until the queue holds keys there are no negatives:
     the `uniformity` and `mi_estimate` metrics skip those steps.
 
+    With f-MICL, end the projector in a batch norm
+    (`ProjectionHead(..., output_batch_norm=True)`): uncentred keys let the
+    queries flee from them (docs/fmicl-math.md section 4.5; a warning says
+    so).
+
     `queue_size` must hold the keys of a batch (`batch_size * num_views`):
     checked before training for in-memory data and for batches of static
     size; a batch of a size unknown when the step is traced (a `tf.data`
@@ -690,12 +759,14 @@ class MoCoV2(MomentumMethod):
             schedule (see `MomentumMethod`). Defaults to 0.99.
         queue_size: number of keys in the queue, `K >= 1`. Defaults to
             65536 (MoCo's); small data sets need a few batches' worth.
-        **kwargs: `keras.layers.Layer` arguments.
+        **kwargs: `online_weight` (see `MomentumMethod`) and
+            `keras.layers.Layer` arguments.
 
     Example:
 
     ```python
     method = keras_fmicl.methods.MoCoV2(momentum=0.99, queue_size=4096)
+    head = keras_fmicl.ProjectionHead(256, 64, output_batch_norm=True)
     model = keras_fmicl.ContrastiveModel(encoder, method=method,
                                          projector=head, augmenter=augmenter)
     ```
@@ -728,7 +799,7 @@ class MoCoV2(MomentumMethod):
             shape=(), dtype="int32", initializer="zeros", trainable=False, name="queue_count"
         )
 
-    def loss(self, model: Any, outputs: dict) -> tuple[Any, dict]:
+    def key_contrast(self, model: Any, outputs: dict) -> tuple[Any, dict]:
         per_sample, metrics = _contrastive_loss(model).contrast(
             outputs["queries"],
             keys=outputs["keys"],
@@ -799,6 +870,7 @@ class MoCoV2(MomentumMethod):
             )
 
     def check_batch_size(self, model: Any, batch_size: int) -> None:
+        super().check_batch_size(model, batch_size)
         self._check_keys(batch_size * model.num_views)
 
     def get_config(self) -> dict:
@@ -826,7 +898,8 @@ class MoCoV3(MomentumMethod):
             e.g. `keras_fmicl.PredictionHead(hidden_dim, projection_dim)`;
             `None` contrasts the projections themselves. Trained with the
             model and saved with it.
-        **kwargs: `keras.layers.Layer` arguments.
+        **kwargs: `online_weight` (see `MomentumMethod`) and
+            `keras.layers.Layer` arguments.
 
     Example:
 
