@@ -85,6 +85,10 @@ flags.DEFINE_string(
     "entailment, contradiction) rows (SimCSE's nli_for_simcse.csv).",
 )
 flags.DEFINE_string("sts_dir", None, "SentEval's data folder (SentEval/data): evaluate on STS12-16, STS-B and SICK-R.")
+flags.DEFINE_list(
+    "sts_tasks", ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness"],
+    "The STS tasks of --sts_dir to evaluate on (default: the seven SimCSE and the paper average).",
+)
 flags.DEFINE_enum(
     "method", "simcse", ("simcse", "supervised"),
     "simcse: views from dropout (keras_fmicl.methods.SimCSE); supervised: entailments as positives, "
@@ -144,6 +148,8 @@ def check_flags():
             )
     elif not os.path.isfile(FLAGS.corpus):
         raise FlagError(f"--corpus {FLAGS.corpus!r} is not a file.")
+    if not FLAGS.sts_tasks:
+        raise FlagError("--sts_tasks must name at least one STS task, e.g. STSBenchmark.")
     if FLAGS.sts_dir is not None and not os.path.isdir(FLAGS.sts_dir):
         raise FlagError(
             f"--sts_dir {FLAGS.sts_dir!r} is not a folder; pass SentEval's data folder (SentEval/data, "
@@ -397,8 +403,9 @@ def held_out_metrics(keras, np, keras_fmicl, encoder, sentences, preprocessor):
         def call(self, inputs, training=None):
             return self.inner(inputs, training=True)
 
+    # one batch (at most HELD_OUT_SENTENCES): one compiled shape per function
     dataset = keras_fmicl.data.sentence_dataset(
-        sentences, preprocessor, batch_size=64, shuffle=False, drop_remainder=False
+        sentences, preprocessor, batch_size=len(sentences), shuffle=False, drop_remainder=False
     )
     dropout_on = DropoutOn(encoder)
     first, second = (dropout_on.predict(dataset, verbose=0) for _ in range(2))
@@ -429,6 +436,8 @@ def run_in(backend, output_dir):
     keras, np, keras_fmicl = import_frameworks()  # the backend is set first
     keras.utils.set_random_seed(FLAGS.seed)
     loss = build_loss(keras_fmicl)
+    # the STS files first: a missing one stops the run before any training
+    tasks = None if FLAGS.sts_dir is None else keras_fmicl.data.load_sts_tasks(FLAGS.sts_dir, FLAGS.sts_tasks)
     train, held_out, corpus_text = load_corpus(keras_fmicl, hold_out=FLAGS.sts_dir is None)
     supervised = FLAGS.method == "supervised"
     count = len(train[0]) if supervised else len(train)
@@ -480,8 +489,7 @@ def run_in(backend, output_dir):
 
     start = time.time()
     sts, held = None, None
-    if FLAGS.sts_dir is not None:
-        tasks = keras_fmicl.data.load_sts_tasks(FLAGS.sts_dir)
+    if tasks is not None:
         sts = keras_fmicl.evaluation.evaluate_sts(model.encoder, tasks, preprocessor)
     else:
         print(
@@ -563,7 +571,7 @@ def run_in(backend, output_dir):
 
 
 _OWN_FLAGS = (
-    "backend", "backbone", "corpus", "sts_dir", "method", "loss", "divergence", "tsallis_order",
+    "backend", "backbone", "corpus", "sts_dir", "sts_tasks", "method", "loss", "divergence", "tsallis_order",
     "similarity", "sigma", "alpha", "temperature", "pooling", "sequence_length", "batch_size",
     "learning_rate", "epochs", "max_steps", "max_sentences", "seed", "output_dir", "verbose", "debug",
 )

@@ -88,8 +88,7 @@ def test_tiny_smoke_run_as_printed_writes_every_output(tmp_path):
 def test_supervised_run_with_an_sts_table(tmp_path):
     pytest.importorskip("keras_hub")
     sts_dir = tmp_path / "SentEval" / "data"
-    for task in ("STS12", "STS13", "STS14", "STS15", "STS16"):
-        write_sts_task(str(sts_dir), task)
+    write_sts_task(str(sts_dir), "STS13")
     write_stsb(str(sts_dir))
     write_sick(str(sts_dir))
     corpus = tmp_path / "nli.csv"
@@ -99,7 +98,7 @@ def test_supervised_run_with_an_sts_table(tmp_path):
     corpus.write_text("\n".join(rows) + "\n", encoding="utf-8")
     result = run_example(
         "--backbone=tiny", "--method=supervised", f"--corpus={corpus}", f"--sts_dir={sts_dir}",
-        "--loss=infonce", "--batch_size=8", "--max_steps=2", "--sequence_length=16", "--verbose=0",
+        "--sts_tasks=STS13,STS-B,SICK-R", "--loss=infonce", "--batch_size=8", "--max_steps=2", "--sequence_length=16", "--verbose=0",
         f"--output_dir={tmp_path / 'run'}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -109,11 +108,16 @@ def test_supervised_run_with_an_sts_table(tmp_path):
     assert results["loss"]["temperature"] == 0.05  # SimCSE's
     assert results["train_samples"] == 24 and results["steps"] == 2
     sts = results["sts"]
-    assert list(sts) == ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark",
-                         "SICKRelatedness", "average"]
+    assert list(sts) == ["STS13", "STSBenchmark", "SICKRelatedness", "average"]
     assert all(-100.0 <= value <= 100.0 for value in sts.values())
     assert sts["average"] == pytest.approx(np.mean([v for k, v in sts.items() if k != "average"]))
-    assert "| STS12 | STS13 |" in result.stdout  # the Markdown table
+    assert "| STS13 | STSBenchmark | SICKRelatedness | average |" in result.stdout  # Markdown table
+    # a task whose files are absent: one sentence naming it, before any training
+    result = run_example(f"--sts_dir={sts_dir}", "--sts_tasks=STS12", f"--output_dir={tmp_path / 'run2'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "STS12" in lines[0], result.stderr[-2000:]
+    assert "Training" not in result.stdout and not os.path.exists(tmp_path / "run2")
 
 
 @pytest.mark.parametrize(
@@ -127,6 +131,7 @@ def test_supervised_run_with_an_sts_table(tmp_path):
         (["--backbone=bert_base_en_uncased"], "--corpus is needed with --backbone bert_base_en_uncased"),
         (["--corpus=/no/such/corpus.txt"], "--corpus '/no/such/corpus.txt' is not a file."),
         (["--sts_dir=/no/such/SentEval"], "--sts_dir '/no/such/SentEval' is not a folder"),
+        (["--sts_tasks="], "--sts_tasks must name at least one STS task"),
         (["--divergence=tsallis", "--tsallis_order=1"], "--tsallis_order must be positive and not 1"),
     ],
 )
@@ -142,3 +147,21 @@ def test_unknown_method_is_rejected_by_absl():
     result = run_example("--method=byol", timeout=120)
     assert result.returncode != 0
     assert "--method" in result.stderr and "supervised" in result.stderr
+
+
+def test_offline_preset_gives_one_sentence_and_no_folder(tmp_path):
+    """A keras-hub preset without network: one line (no traceback), no run folder."""
+    pytest.importorskip("keras_hub")
+    proxy = "http://127.0.0.1:9"  # nothing listens on port 9: no network
+    env = dict(os.environ, HTTPS_PROXY=proxy, HTTP_PROXY=proxy, https_proxy=proxy, http_proxy=proxy,
+               NO_PROXY="", no_proxy="", KAGGLEHUB_CACHE=str(tmp_path / "kagglehub"),
+               HF_HOME=str(tmp_path / "hf"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"sentence number {i}\n" for i in range(80)), encoding="utf-8")
+    result = run_example("--backbone=bert_base_en_uncased", f"--corpus={corpus}",
+                         f"--output_dir={tmp_path / 'run'}", env=env, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "--backbone 'bert_base_en_uncased' could not be loaded" in lines[0] and "network" in lines[0]
+    assert not os.path.exists(tmp_path / "run")
