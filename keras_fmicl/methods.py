@@ -13,6 +13,7 @@ metrics, the online probe, the NaN guards, saving and resuming.
 | `MoCoV2(momentum, queue_size)`       | augmenter          | a FIFO queue of previous steps' keys  |
 | `MoCoV3(momentum, predictor)`        | augmenter          | keys `(j, w)`, `j != i`, `w != v`     |
 | `SimCSE()`                           | dropout, same input | the other samples' embeddings        |
+| `SupervisedSimCSE()`                 | given: (premise, entailment[, contradiction]) | the other samples' embeddings, and every contradiction |
 
 ```python
 model = keras_fmicl.ContrastiveModel(
@@ -467,7 +468,9 @@ class SimCSE(SimCLR):
     encoder and projector in training mode; dropout makes the views differ.
     Query `(i, v)` has positives the other views of sentence `i` and
     negatives every view of the other sentences of the batch, as SimCLR.
-    There is no augmenter. At inference the views are identical.
+    There is no augmenter. At inference the views are identical. For
+    labelled sentence pairs (NLI entailments as positives, contradictions
+    as hard negatives) see `SupervisedSimCSE`.
 
     Example:
 
@@ -487,17 +490,143 @@ class SimCSE(SimCLR):
 
     mode: ClassVar[str] = "simcse"
 
-    def view_shape(self, model: Any, input_shape: Any) -> Any:
+    def _refuse_augmenter(self, model: Any) -> None:
         if model.augmenter is not None:
             raise ValueError(
-                "SimCSE draws its views through dropout and takes no "
-                "`augmenter`. Received: augmenter="
+                f"{type(self).__name__} takes its views from dropout and the "
+                "data, and takes no `augmenter`. Received: augmenter="
                 f"{getattr(model.augmenter, 'name', model.augmenter)!r}"
             )
+
+    def view_shape(self, model: Any, input_shape: Any) -> Any:
+        self._refuse_augmenter(model)
         return map_shapes(lambda shape: (None,) + tuple(shape[1:]), input_shape)
 
     def draw_views(self, model: Any, inputs: Any, training: bool) -> Any:
         return repeat_views(inputs, model.num_views)
+
+
+HARD_NEGATIVES = "hard_negatives"
+"""The key of `SupervisedSimCSE`'s `(N, d)` hard-negative embeddings in the
+model's outputs."""
+
+
+def _merge_columns(x: Any) -> Any:
+    """`(N, C, ...)` to `(N C, ...)`, sample-major (row `i C + c`)."""
+    dynamic = ops.shape(x)
+    tail = tuple(d if d is not None else dynamic[k + 2] for k, d in enumerate(x.shape[2:]))
+    return as_float_images(ops.reshape(x, (-1,) + tail))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SupervisedSimCSE(SimCSE):
+    """Supervised SimCSE: entailment pairs are positives, contradictions hard negatives.
+
+    The data holds the views. Every leaf of the inputs (the dict of token
+    ids a keras-hub preprocessor gives, or a tensor) has shape `(N, C, ...)`,
+    its columns `(premise, entailment)` (`C = 2`) or `(premise, entailment,
+    contradiction)` (`C = 3`); in general `num_views` columns of sentences of
+    the same meaning, optionally followed by one column of hard negatives
+    (`C = num_views + 1`). `keras_fmicl.text.sentence_tuple_dataset` builds
+    such batches from `keras_fmicl.text.load_sentence_tuples("nli.csv")`.
+    Every column passes once through the online encoder and projector, in
+    training mode (dropout on, as SimCSE). No augmenter.
+
+    Query `(i, v)`, `v < num_views`, has positives the other views `(i, w)`
+    of its own sample, and negatives (1) every view of the other samples of
+    the batch, as SimCLR, and (2) the hard negative of *every* sample, its
+    own included: the `(N, d)` hard-negative embeddings enter the loss as
+    extra negatives of every query, through the `queue` argument of
+    `ContrastiveLoss.contrast` (with gradient; under data parallelism the
+    global batch's). A hard negative is never an anchor nor a positive. With
+    `C = num_views` this is `SimCSE`'s loss with the views given by the data.
+
+    The loss is symmetric in the premise and the entailment (both are
+    anchors, and the other samples' premises are negatives too), where
+    SimCSE's cross-entropy anchors the premises only and contrasts them with
+    the entailments and contradictions: the same positives and hard
+    negatives, in the form of the other methods of this package
+    (`docs/fmicl-math.md`, section 4.6).
+
+    Example:
+
+    ```python
+    premises, entailments, contradictions = keras_fmicl.text.load_sentence_tuples("nli.csv")
+    backbone, preprocessor = keras_fmicl.text.tiny_backbone(premises + entailments)
+    dataset = keras_fmicl.text.sentence_tuple_dataset(
+        (premises, entailments, contradictions), preprocessor, batch_size=64)
+    model = keras_fmicl.ContrastiveModel(
+        keras_fmicl.SentenceEncoder(backbone, pooling="cls"),
+        method=keras_fmicl.methods.SupervisedSimCSE(),
+        projector=keras_fmicl.ProjectionHead(64, 64))
+    model.compile(optimizer="adam", loss=keras_fmicl.FMICLLoss("kl"))
+    model.fit(dataset)  # batches: {"token_ids": (64, 3, L), "padding_mask": ..., ...}
+    ```
+
+    Reference:
+        Gao, Yao, Chen. "SimCSE: Simple Contrastive Learning of Sentence
+        Embeddings", EMNLP 2021 (section 4, supervised SimCSE).
+    """
+
+    mode: ClassVar[str] = "supervised_simcse"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # columns of the batch being embedded, set by `draw_views` (static)
+        self._columns = None
+
+    def _num_columns(self, model: Any, shapes: Any) -> int:
+        """`C`, the columns of every `(N, C, ...)` leaf; `ValueError` otherwise."""
+        found = []
+        map_shapes(lambda shape: found.append(shape), shapes)
+        allowed = (model.num_views, model.num_views + 1)
+        for shape in found:
+            if len(shape) < 3 or shape[1] not in allowed:
+                raise ValueError(
+                    f"{type(self).__name__} takes every input as (N, C, ...): C = "
+                    f"num_views = {model.num_views} columns of sentences of the "
+                    "same meaning (premise, entailment), optionally followed by "
+                    "one column of hard negatives (contradiction), so C in "
+                    f"{allowed}. Received: inputs of shape(s) {found}"
+                )
+        if len({shape[1] for shape in found}) != 1:
+            raise ValueError(
+                "Every input of SupervisedSimCSE must have the same number of "
+                f"columns (axis 1). Received: inputs of shapes {found}"
+            )
+        return found[0][1]
+
+    def view_shape(self, model: Any, input_shape: Any) -> Any:
+        self._refuse_augmenter(model)
+        self._num_columns(model, input_shape)
+        return map_shapes(lambda shape: (None,) + tuple(shape[2:]), input_shape)
+
+    def draw_views(self, model: Any, inputs: Any, training: bool) -> Any:
+        self._refuse_augmenter(model)
+        shapes = keras.tree.map_structure(lambda x: tuple(x.shape), inputs)
+        self._columns = self._num_columns(model, shapes)
+        return keras.tree.map_structure(_merge_columns, inputs)
+
+    def embed(self, model: Any, views: Any, training: bool) -> dict:
+        features, embeddings = model.online_forward(views, training=training)
+        columns = self._columns or model.num_views
+        num_views = model.num_views
+
+        def group(x):
+            return ops.reshape(x, (-1, columns, x.shape[-1]))
+
+        features, embeddings = group(features), group(embeddings)
+        outputs = {"features": features[:, :num_views], "queries": embeddings[:, :num_views]}
+        if columns > num_views:
+            outputs[HARD_NEGATIVES] = embeddings[:, num_views]
+        return outputs
+
+    def loss(self, model: Any, outputs: dict) -> tuple[Any, dict]:
+        loss = _contrastive_loss(model)
+        negatives = outputs.get(HARD_NEGATIVES)
+        if negatives is not None and loss.global_negatives:
+            negatives = distributed.all_gather(negatives)
+        return loss.contrast(outputs["queries"], queue=negatives, return_metrics=True)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -951,7 +1080,8 @@ def get(identifier: Any) -> Method:
 
     Args:
         identifier: a `Method`; `"simclr"`, `"moco"` (MoCo v2 with its
-            defaults) or `"mocov3"`; or a config dict.
+            defaults), `"mocov3"`, `"simcse"` or `"supervised_simcse"`; or a
+            config dict.
 
     Example:
 
@@ -966,7 +1096,7 @@ def get(identifier: Any) -> Method:
         if isinstance(method, Method):
             return method
     if isinstance(identifier, str):
-        by_mode = {cls.mode: cls for cls in (SimCLR, SimCSE, MoCoV2, MoCoV3)}
+        by_mode = {cls.mode: cls for cls in (SimCLR, SimCSE, SupervisedSimCSE, MoCoV2, MoCoV3)}
         key = identifier.strip().lower()
         if key in by_mode:
             return by_mode[key]()
@@ -974,5 +1104,5 @@ def get(identifier: Any) -> Method:
         "`method` must be a keras_fmicl.methods.Method such as "
         "keras_fmicl.methods.SimCLR(), MoCoV2(momentum=..., queue_size=...) or "
         "MoCoV3(momentum=..., predictor=...), or one of 'simclr', 'moco', "
-        f"'mocov3'. Received: method={identifier!r}"
+        f"'mocov3', 'simcse', 'supervised_simcse'. Received: method={identifier!r}"
     )

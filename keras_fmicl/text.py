@@ -15,7 +15,10 @@ contrastive loss (through a projection head) and the STS evaluation see:
   tokens, the padding masked out (SimCSE's `avg`).
 
 Token ids stay integers from the preprocessor to the backbone's embedding
-lookup on every backend. `tiny_backbone` builds a small random-init BERT
+lookup on every backend. For supervised SimCSE (`keras_fmicl.methods.
+SupervisedSimCSE`), `load_sentence_tuples` reads an NLI file of
+(premise, entailment[, contradiction]) rows and `sentence_tuple_dataset`
+batches them as `(B, C, L)` token ids. `tiny_backbone` builds a small random-init BERT
 and a WordPiece vocabulary from a corpus, so that everything runs offline
 (no presets, no download); its features are a smoke test, not a model.
 
@@ -44,6 +47,8 @@ Reference:
 from __future__ import annotations
 
 import collections
+import csv
+import os
 import re
 from collections.abc import Iterable
 from collections.abc import Mapping
@@ -438,3 +443,184 @@ def tiny_backbone(
         max_sequence_length=sequence_length,
     )
     return backbone, preprocessor
+
+
+# ---------------------------------------------------------------------------
+# Sentence tuples: supervised SimCSE's (premise, entailment, contradiction)
+# ---------------------------------------------------------------------------
+
+SIMCSE_NLI_HEADER = ("sent0", "sent1", "hard_neg")
+"""The header of SimCSE's `nli_for_simcse.csv` (premise, entailment,
+contradiction); `load_sentence_tuples` skips a first row made of its first
+2 or 3 names."""
+
+
+def load_sentence_tuples(
+    path: str | os.PathLike, delimiter: str | None = None
+) -> tuple[list[str], ...]:
+    """The columns of a CSV or TSV file of sentence tuples (supervised SimCSE).
+
+    Each row holds 2 sentences (premise, entailment) or 3 (premise,
+    entailment, contradiction), the same number on every row: SimCSE's
+    `nli_for_simcse.csv` (SNLI + MNLI, 275,601 triples) has the header
+    `sent0,sent1,hard_neg`, which is skipped. Fields are stripped of
+    surrounding white space; empty lines are skipped; quoting is the `csv`
+    module's.
+
+    Args:
+        path: a UTF-8 text file.
+        delimiter: the field separator; `None` for a tab in a `.tsv` file
+            and a comma otherwise.
+
+    Returns:
+        A tuple of 2 or 3 lists of strings (the columns), of equal length,
+        what `sentence_tuple_dataset` takes.
+
+    Raises:
+        ValueError: the file is missing, binary or not UTF-8, holds no
+            row, or a row with another number of fields than 2 or 3, than
+            the first row, or with an empty field (the line is named).
+
+    Example:
+
+    ```python
+    premises, entailments, contradictions = load_sentence_tuples("nli_for_simcse.csv")
+    ```
+    """
+    from keras_fmicl import data
+
+    path = data._check_path(path)
+    if delimiter is None:
+        delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        raise ValueError(
+            f"`delimiter` must be one character. Received: delimiter={delimiter!r}"
+        )
+    lines = data._text_lines(path)
+    rows = []
+    reader = csv.reader(lines, delimiter=delimiter)
+    for number, row in enumerate(reader, start=1):
+        fields = [field.strip() for field in row]
+        if not any(fields):
+            continue
+        if not rows and tuple(f.lower() for f in fields) == SIMCSE_NLI_HEADER[: len(fields)]:
+            continue
+        if len(fields) not in (2, 3):
+            raise ValueError(
+                f"`path` must hold rows of 2 or 3 {'tab' if delimiter == chr(9) else repr(delimiter)}-"
+                "separated sentences (premise, entailment[, contradiction]); "
+                f"line {number} of {path!r} has {len(fields)} field(s). Received: path={path!r}"
+            )
+        if rows and len(fields) != len(rows[0]):
+            raise ValueError(
+                f"`path` must hold the same number of sentences on every row; line "
+                f"{number} of {path!r} has {len(fields)}, the first row {len(rows[0])}. "
+                f"Received: path={path!r}"
+            )
+        if not all(fields):
+            raise ValueError(
+                f"`path` must hold a sentence in every field; line {number} of "
+                f"{path!r} has an empty one. Received: path={path!r}"
+            )
+        rows.append(fields)
+    if not rows:
+        raise ValueError(
+            f"`path` must hold at least one row of sentences. Received: path={path!r} "
+            "with no row"
+        )
+    return tuple(list(column) for column in zip(*rows))
+
+
+def _check_columns(columns: Any) -> list[list[str]]:
+    if isinstance(columns, (str, bytes)) or not isinstance(columns, (list, tuple)):
+        raise ValueError(
+            "`columns` must be a tuple of 2 or more lists of sentences (e.g. "
+            "premises, entailments, contradictions). Received: "
+            f"columns={columns!r:.80}"
+        )
+    if len(columns) < 2:
+        raise ValueError(
+            "`columns` must hold at least 2 lists of sentences (the views of a "
+            f"sample). Received: {len(columns)} column(s)"
+        )
+    checked = [_check_sentences(column, f"columns[{index}]") for index, column in enumerate(columns)]
+    lengths = [len(column) for column in checked]
+    if len(set(lengths)) != 1:
+        raise ValueError(
+            f"`columns` must hold lists of the same length, one sentence per "
+            f"sample. Received: lengths {lengths}"
+        )
+    return checked
+
+
+def sentence_tuple_dataset(
+    columns: Any,
+    preprocessor: Any,
+    batch_size: int = 64,
+    shuffle: bool = True,
+    shuffle_buffer: int | None = None,
+    seed: int | None = None,
+    drop_remainder: bool = True,
+    sequence_length: int | None = None,
+    prefetch: bool = True,
+) -> Any:
+    """A `tf.data.Dataset` of tokenized sentence tuples, `(B, C, L)` a key.
+
+    The batches `keras_fmicl.methods.SupervisedSimCSE` trains on: sample
+    `i` is the tuple `(columns[0][i], ..., columns[C-1][i])`, e.g.
+    (premise, entailment, contradiction); each column of a batch goes
+    through `preprocessor` inside tf.data and the results are stacked on
+    axis 1: integer `token_ids (B, C, L)`, `padding_mask (B, C, L)`, ...
+    Shuffling and batching are those of `keras_fmicl.data.sentence_dataset`
+    (a fresh permutation of the tuples every epoch).
+
+    Args:
+        columns: `C >= 2` lists of N strings each (`load_sentence_tuples`).
+        preprocessor: a keras-hub preprocessor, a bare keras-hub tokenizer
+            (with `sequence_length`), or a callable mapping a batch of
+            strings to the backbone's input dict with TensorFlow ops.
+        batch_size: B, tuples per batch (supervised SimCSE trained
+            BERT-base with 512).
+        shuffle: reshuffle the tuples every epoch.
+        shuffle_buffer: shuffle buffer size; `None` for N (a full shuffle).
+        seed: seed of the shuffle.
+        drop_remainder: drop the last, smaller batch.
+        sequence_length: L, only with a bare tokenizer.
+        prefetch: prefetch batches (`tf.data.AUTOTUNE`).
+
+    Returns:
+        A `tf.data.Dataset` of dicts of `(B, C, L)` tensors.
+
+    Example:
+
+    ```python
+    columns = load_sentence_tuples("nli_for_simcse.csv")
+    dataset = sentence_tuple_dataset(columns, preprocessor, batch_size=64)
+    next(iter(dataset))["token_ids"].shape  # (64, 3, 32)
+    ```
+    """
+    from keras_fmicl import data
+
+    columns = _check_columns(columns)
+    preprocess = data._check_preprocessor(preprocessor, sequence_length)
+    batch_size = check_integer("batch_size", batch_size, 1)
+    count = len(columns[0])
+    if drop_remainder and batch_size > count:
+        raise ValueError(
+            f"`batch_size` is larger than the {count} sentence tuples and "
+            "drop_remainder=True, so the dataset would be empty; lower it or "
+            f"pass drop_remainder=False. Received: batch_size={batch_size}"
+        )
+    seed = None if seed is None else check_integer("seed", seed, 0)
+    tf = data._import_tensorflow()
+    tables = [tf.constant(column, dtype=tf.string) for column in columns]
+
+    def tokenize(index):
+        outputs = [preprocess(tf.gather(table, index)) for table in tables]
+        return tf.nest.map_structure(lambda *parts: tf.stack(parts, axis=1), *outputs)
+
+    dataset = data._index_batches(tf, count, batch_size, shuffle, shuffle_buffer, seed, drop_remainder)
+    dataset = dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if prefetch:
+        dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset

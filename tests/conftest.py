@@ -2,6 +2,8 @@
 
 import contextlib
 import os
+from typing import Any
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -37,6 +39,60 @@ def float64_enabled():
 def float64():
     with float64_enabled():
         yield
+
+
+# The corpus of the shared tiny BERT: the first five sentences are
+# tests/test_text.py's CORPUS (an accented word, punctuation, mixed case).
+TINY_TEXT_CORPUS = (
+    "The cat sat on the mat.",
+    "A dog runs in the park!",
+    "Dogs and cats are pets",
+    "the quick brown fox jumps over the lazy dog",
+    "Un café, s'il vous plaît",
+    "A man is playing a guitar.",
+    "A woman is slicing an onion.",
+    "Two children play football in the rain.",
+    "The sun rises over the quiet lake",
+    "She reads a long book about old ships.",
+    "Birds sing in the tall green trees",
+    "He cooks pasta with fresh tomatoes.",
+    "The train leaves the station at noon.",
+    "A girl paints a small red house",
+    "They walk along the river at night.",
+    "My brother fixes an old bicycle.",
+)
+
+
+class TinyText(NamedTuple):
+    """The session's tiny BERT (`tiny_text_backbone`)."""
+
+    backbone: Any
+    preprocessor: Any
+    corpus: tuple
+    sequence_length: int
+    hidden_dim: int
+
+
+@pytest.fixture(scope="session")
+def tiny_text_backbone():
+    """A tiny random-init keras-hub BERT and its preprocessor, built once.
+
+    2 layers, hidden size 32, a WordPiece vocabulary of at most 100 entries
+    from `TINY_TEXT_CORPUS`, sequences of 12 tokens, dropout 0.1. Building
+    a BERT takes seconds (over 10 on JAX), so every test shares this one.
+    Tests may train it: never rely on its initial weights, and compute any
+    expected value from the backbone as it is. Skipped without keras-hub.
+    """
+    pytest.importorskip("keras_hub")
+    from keras_fmicl import text
+
+    keras.utils.set_random_seed(0)
+    sequence_length, hidden_dim = 12, 32
+    backbone, preprocessor = text.tiny_backbone(
+        list(TINY_TEXT_CORPUS), vocabulary_size=100, sequence_length=sequence_length,
+        num_layers=2, num_heads=2, hidden_dim=hidden_dim, dropout=0.1,
+    )
+    return TinyText(backbone, preprocessor, TINY_TEXT_CORPUS, sequence_length, hidden_dim)
 
 
 def pytest_report_header(config):

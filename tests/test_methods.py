@@ -15,6 +15,7 @@ from keras import ops
 
 import keras_fmicl
 from keras_fmicl import methods
+from tests import reference
 from tests.utils import to_numpy
 
 IMAGE = (8, 8, 1)
@@ -30,10 +31,12 @@ def _all_methods():
         methods.MoCoV2(momentum=keras_fmicl.CosineMomentum(0.99, 100), queue_size=64),
         methods.MoCoV3(momentum=0.95, predictor=keras_fmicl.PredictionHead(16, 8)),
         methods.MoCoV3(),
+        methods.SimCSE(),
+        methods.SupervisedSimCSE(),
     ]
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(7))
 def test_config_round_trip(index):
     method = _all_methods()[index]
     config = method.get_config()
@@ -254,3 +257,120 @@ def test_simcse_takes_no_augmenter_and_is_found_by_name():
     )
     with pytest.raises(ValueError, match="augmenter"):
         model(_sentences(4))
+
+
+# ------------------------------------- supervised SimCSE: hard negatives
+
+
+def _triples(num_samples, columns=3, length=6, seed=0):
+    """`{"token_ids", "padding_mask"}` of shape (N, C, L): C sentences a sample."""
+    rows = _sentences(num_samples * columns, length=length, seed=seed)
+    return {key: value.reshape((num_samples, columns, length)) for key, value in rows.items()}
+
+
+def _supervised_simcse_reference(queries, hard_negatives, loss_kind, parameter, alpha=1.0):
+    """Per-sample supervised SimCSE loss, float64, by explicit loops.
+
+    Anchor (i, a), a < V: its positives are the other views (i, w); its
+    negatives are every view (j, w) of every other sample j != i and the
+    hard negative of every sample j, its own included. `loss_kind` is a
+    divergence name (f-MICL, f-Gaussian similarity of bandwidth
+    `parameter`) or "infonce" (cosine similarity at temperature `parameter`).
+    """
+    queries = np.asarray(queries, np.float64)
+    hard = [] if hard_negatives is None else list(np.asarray(hard_negatives, np.float64))
+    n, v, _ = queries.shape
+    similarity = "cosine" if loss_kind == "infonce" else "gaussian"
+    losses = np.zeros((n, v))
+    for i in range(n):
+        for a in range(v):
+            anchor = queries[i, a]
+            positives = [queries[i, w] for w in range(v) if w != a]
+            negatives = [queries[j, w] for j in range(n) if j != i for w in range(v)] + hard
+            pos_l = [reference.log_ratio(anchor, p, similarity, parameter) for p in positives]
+            neg_l = [reference.log_ratio(anchor, m, similarity, parameter) for m in negatives]
+            if loss_kind == "infonce":
+                terms = []
+                for lp in pos_l:
+                    logits = np.array([lp] + neg_l)
+                    top = logits.max()
+                    terms.append(-lp + top + np.log(np.sum(np.exp(logits - top))))
+                losses[i, a] = np.mean(terms)
+            else:
+                f, fp = reference.generator(loss_kind)
+                u_pos, u_neg = np.exp(pos_l), np.exp(neg_l)
+                losses[i, a] = -np.mean(fp(u_pos)) + alpha * np.mean(u_neg * fp(u_neg) - f(u_neg))
+    return losses.mean(axis=1)
+
+
+def _supervised_model(loss, run_eagerly=False):
+    keras.utils.set_random_seed(0)
+    model = keras_fmicl.ContrastiveModel(
+        _TokenEncoder(rate=0.3), method=methods.SupervisedSimCSE(),
+        projector=keras_fmicl.ProjectionHead(16, 8),
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, run_eagerly=run_eagerly)
+    return model
+
+
+@pytest.mark.parametrize(
+    "loss_kind, make_loss, columns",
+    [
+        ("kl", lambda: keras_fmicl.FMICLLoss("kl", sigma=0.5, alpha=3.0), 3),
+        ("infonce", lambda: keras_fmicl.InfoNCELoss(temperature=0.2), 3),
+        ("js", lambda: keras_fmicl.FMICLLoss("js", sigma=0.7, alpha=1.0), 2),
+    ],
+    ids=["kl_triples", "infonce_triples", "js_pairs"],
+)
+def test_supervised_simcse_loss_matches_float64_reference(loss_kind, make_loss, columns):
+    loss = make_loss()
+    model = _supervised_model(loss)
+    batch = _triples(6, columns=columns)
+    outputs = model(batch, training=False)  # no dropout: the step's embeddings
+    queries = to_numpy(outputs["queries"])
+    assert queries.shape == (6, 2, 8)
+    hard = outputs.get(methods.HARD_NEGATIVES)
+    assert (hard is None) == (columns == 2)
+    hard = None if hard is None else to_numpy(hard)
+    if hard is not None:
+        assert hard.shape == (6, 8)
+    parameter = loss.similarity.get_config().get("temperature" if loss_kind == "infonce" else "sigma")
+    alpha = getattr(loss, "alpha", 1.0)
+    expected = _supervised_simcse_reference(queries, hard, loss_kind, parameter, alpha)
+    logs = model.test_on_batch(batch, return_dict=True)
+    assert logs["loss"] == pytest.approx(float(np.mean(expected)), rel=1e-4, abs=1e-5)
+    # the hard negatives are negatives, not positives: with them as a third
+    # view of the sample (positives) the loss would differ
+    if hard is not None:
+        as_views = np.concatenate([queries, hard[:, None]], axis=1)
+        wrong = _supervised_simcse_reference(as_views, None, loss_kind, parameter, alpha)
+        assert abs(float(np.mean(wrong)) - logs["loss"]) > 1e-3
+
+
+def test_supervised_simcse_trains_on_token_ids_on_every_backend():
+    model = _supervised_model(keras_fmicl.FMICLLoss("kl", sigma=0.5))
+    history = model.fit(_triples(32), batch_size=16, epochs=1, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert model.encoder.token_dtypes == {"int32"}
+    assert model.mode == "supervised_simcse"
+    # the features (for the probe and `predict`) are the positives' only
+    features = to_numpy(model(_triples(4, seed=2), training=False)["features"])
+    assert features.shape == (4, 2, 16)
+
+
+def test_supervised_simcse_bad_inputs():
+    assert isinstance(methods.get("supervised_simcse"), methods.SupervisedSimCSE)
+    model = _supervised_model(keras_fmicl.InfoNCELoss())
+    with pytest.raises(ValueError, match=r"C in \(2, 3\)"):
+        model(_triples(4, columns=4))
+    with pytest.raises(ValueError, match=r"C in \(2, 3\)"):
+        model(_sentences(4))  # (N, L): no columns
+    uneven = _triples(4)
+    uneven["padding_mask"] = uneven["padding_mask"][:, :2]
+    with pytest.raises(ValueError, match="same number of columns"):
+        model(uneven)
+    with pytest.raises(ValueError, match="augmenter"):
+        keras_fmicl.ContrastiveModel(
+            _TokenEncoder(), method=methods.SupervisedSimCSE(),
+            augmenter=keras.layers.RandomFlip("horizontal"),
+        )(_triples(4))

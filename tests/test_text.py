@@ -2,6 +2,8 @@
 tiny backbone and its WordPiece vocabulary (tiny random backbones only)."""
 
 import configparser
+import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -10,7 +12,9 @@ import keras
 import numpy as np
 import pytest
 
+import keras_fmicl
 from keras_fmicl import data
+from keras_fmicl import methods
 from keras_fmicl import text
 from tests.utils import to_numpy
 from tests.utils import traced
@@ -25,16 +29,15 @@ CORPUS = [
     "Un café, s'il vous plaît",
 ]
 SEQUENCE_LENGTH = 12
-HIDDEN = 16
+HIDDEN = 32
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    keras.utils.set_random_seed(0)
-    return text.tiny_backbone(
-        CORPUS, vocabulary_size=100, sequence_length=SEQUENCE_LENGTH,
-        num_layers=2, num_heads=2, hidden_dim=HIDDEN, dropout=0.1,
-    )
+@pytest.fixture
+def tiny(tiny_text_backbone):
+    """The session's tiny BERT (tests/conftest.py), whose corpus starts with CORPUS."""
+    assert tiny_text_backbone.corpus[: len(CORPUS)] == tuple(CORPUS)
+    assert (tiny_text_backbone.sequence_length, tiny_text_backbone.hidden_dim) == (SEQUENCE_LENGTH, HIDDEN)
+    return tiny_text_backbone.backbone, tiny_text_backbone.preprocessor
 
 
 def tokens(preprocessor, sentences=CORPUS):
@@ -277,3 +280,132 @@ def test_bad_arguments_and_inputs(tiny):
         encoder(inputs["token_ids"])
     with pytest.raises(ValueError, match="token_ids.shape"):
         encoder({**inputs, "token_ids": inputs["token_ids"][0]})
+
+
+# ---------------------------------------------------------------------------
+# SimCSE end to end: a SentenceEncoder inside a ContrastiveModel
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def dropout_off(layer):
+    """Every `keras.layers.Dropout` inside `layer` at rate 0, restored after
+    (the backbone's embedding, attention and feed-forward dropout)."""
+    dropouts = [
+        sub for sub in layer._flatten_layers(include_self=True, recursive=True)
+        if isinstance(sub, keras.layers.Dropout)
+    ]
+    assert dropouts
+    rates = [sub.rate for sub in dropouts]
+    try:
+        for sub in dropouts:
+            sub.rate = 0.0
+        yield
+    finally:
+        for sub, rate in zip(dropouts, rates):
+            sub.rate = rate
+
+
+def simcse_model(backbone):
+    keras.utils.set_random_seed(0)
+    return keras_fmicl.ContrastiveModel(
+        text.SentenceEncoder(backbone, pooling="cls"),
+        method=methods.SimCSE(),
+        projector=keras_fmicl.ProjectionHead(HIDDEN, 16, batch_norm=False),
+    )
+
+
+def test_simcse_views_differ_only_through_dropout(tiny_text_backbone):
+    backbone, preprocessor = tiny_text_backbone.backbone, tiny_text_backbone.preprocessor
+    model = simcse_model(backbone)
+    batch = tokens(preprocessor, list(tiny_text_backbone.corpus[:8]))
+    features = to_numpy(model(batch, training=True)["features"])  # (8, 2, F)
+    assert features.shape == (8, 2, HIDDEN)
+    assert np.abs(features[:, 0] - features[:, 1]).max() > 1e-3
+    with dropout_off(backbone):  # training mode, no dropout: identical views
+        features = to_numpy(model(batch, training=True)["features"])
+    np.testing.assert_allclose(features[:, 0], features[:, 1], rtol=1e-6, atol=1e-6)
+    features = to_numpy(model(batch, training=False)["features"])
+    np.testing.assert_allclose(features[:, 0], features[:, 1], rtol=1e-6, atol=1e-6)
+
+
+def test_simcse_trains_a_sentence_encoder_and_round_trips(tiny_text_backbone, tmp_path):
+    backbone, preprocessor = tiny_text_backbone.backbone, tiny_text_backbone.preprocessor
+    model = simcse_model(backbone)
+    # the paper's text setting: (2 sigma^2)^-1 = 20, alpha = 409600
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras_fmicl.FMICLLoss("kl", sigma=1 / math.sqrt(40), alpha=409600.0),
+    )
+    x = tokens(preprocessor, list(tiny_text_backbone.corpus))  # 16 sentences
+    before = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)["loss"]
+    history = model.fit(x, batch_size=8, epochs=2, verbose=0).history
+    assert np.all(np.isfinite(history["loss"])) and np.all(np.isfinite(history["mi_estimate"]))
+    after = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)["loss"]
+    assert after < before  # deterministic (inference mode), same sentences
+    assert int(to_numpy(model.training_steps.value)) == 4
+    path = str(tmp_path / "simcse.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.encoder, text.SentenceEncoder)
+    assert isinstance(loaded.method, methods.SimCSE) and loaded.mode == "simcse"
+    batch = tokens(preprocessor, list(tiny_text_backbone.corpus[:8]))  # the shapes of the
+    expected, got = model(batch), loaded(batch)  # views test: JAX reuses its compiled ops
+    for key in ("features", "queries"):  # encoder and projector
+        np.testing.assert_array_equal(to_numpy(got[key]), to_numpy(expected[key]))
+
+
+def test_sentence_tuple_dataset_columns_and_bad_arguments(tiny_text_backbone):
+    preprocessor = tiny_text_backbone.preprocessor
+    columns = (["a cat", "a dog", "the mat"], ["cats", "dogs", "mats"])
+    dataset = text.sentence_tuple_dataset(columns, preprocessor, batch_size=3, shuffle=False)
+    batch = next(iter(dataset))
+    single = tokens(preprocessor, columns[1])
+    np.testing.assert_array_equal(to_numpy(batch["token_ids"])[:, 1], single["token_ids"])
+    np.testing.assert_array_equal(to_numpy(batch["padding_mask"])[:, 1], single["padding_mask"])
+    for bad, match in [
+        ((["a"],), "at least 2"),
+        ("a cat", "`columns`"),
+        ((["a", "b"], ["c"]), "same length"),
+        ((["a", "b"], ["c", 3]), r"columns\[1\]"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            text.sentence_tuple_dataset(bad, preprocessor, batch_size=1)
+    with pytest.raises(ValueError, match="`batch_size`"):
+        text.sentence_tuple_dataset(columns, preprocessor, batch_size=4)
+
+
+def test_load_sentence_tuples(tmp_path):
+    path = tmp_path / "nli.csv"
+    path.write_text(
+        'sent0,sent1,hard_neg\n"A man, smiling.",A man smiles.,Nobody smiles.\n\n'
+        "Two dogs run., Dogs run. , Cats sleep.\n",
+        encoding="utf-8",
+    )
+    premises, entailments, contradictions = text.load_sentence_tuples(path)
+    assert premises == ["A man, smiling.", "Two dogs run."]
+    assert entailments == ["A man smiles.", "Dogs run."]
+    assert contradictions == ["Nobody smiles.", "Cats sleep."]
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("a cat\tthe cat\nsome dogs\tdogs\n", encoding="utf-8")
+    assert text.load_sentence_tuples(tsv) == (["a cat", "some dogs"], ["the cat", "dogs"])
+    cases = [
+        ("one.csv", "just one field\n", "line 1 .* 1 field"),
+        ("four.csv", "a,b,c,d\n", "line 1 .* 4 field"),
+        ("mixed.csv", "a,b,c\nd,e\n", "line 2 .* has 2, the first row 3"),
+        ("empty_field.csv", "a,b\nc, \n", "line 2 .* empty"),
+        ("empty.csv", "\n\n", "at least one row"),
+    ]
+    for name, content, match in cases:
+        bad = tmp_path / name
+        bad.write_text(content, encoding="utf-8")
+        with pytest.raises(ValueError, match=match):
+            text.load_sentence_tuples(bad)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"a,b\x00\n")
+    with pytest.raises(ValueError, match="binary"):
+        text.load_sentence_tuples(binary)
+    with pytest.raises(ValueError, match="no such file"):
+        text.load_sentence_tuples(tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match="`delimiter`"):
+        text.load_sentence_tuples(path, delimiter=";;")

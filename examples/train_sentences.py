@@ -1,0 +1,607 @@
+"""Train sentence embeddings with f-MICL (or InfoNCE) in the SimCSE setting.
+
+The paper's text experiment (Lu et al., TMLR 2023): BERT-base trained on
+10^6 English Wikipedia sentences exactly as unsupervised SimCSE (the two
+views of a sentence are two forward passes with different dropout masks;
+batch 64, learning rate 3e-5, 1 epoch), evaluated by the average Spearman
+correlation over the seven STS tasks:
+
+    # the paper's setting, on a GPU (downloads BERT-base from keras-hub once)
+    python examples/train_sentences.py --backbone bert_base_en_uncased \\
+        --corpus wiki1m_for_simcse.txt --sts_dir SentEval/data --backend jax
+
+    # offline smoke test: a tiny random-init BERT, its WordPiece vocabulary
+    # built from the corpus (here the small built-in synthetic one)
+    python examples/train_sentences.py --backbone tiny --max_steps 5
+
+The corpus is SimCSE's `wiki1m_for_simcse.txt` (one sentence a line; from
+https://huggingface.co/datasets/princeton-nlp/datasets-for-simcse). The STS
+data is SentEval's folder (`SentEval/data/downstream/download_dataset.sh` of
+the SimCSE repository): STS12-16, STS-B and SICK-R, scored in SimCSE's "all"
+setting. Without `--sts_dir` there is no STS table: the script says so and
+reports the alignment and uniformity of a held-out slice of the corpus
+instead. `--method supervised` trains supervised SimCSE
+(`keras_fmicl.methods.SupervisedSimCSE`) on a CSV or TSV of (premise,
+entailment, contradiction) rows given as `--corpus`, e.g. SimCSE's
+`nli_for_simcse.csv` (same source).
+
+`--backbone tiny` has no pretrained weights: its STS figures (or held-out
+metrics) only show that the pipeline runs end to end; they say nothing of
+f-MICL. With a keras-hub preset name (`bert_base_en_uncased`,
+`roberta_base_en`, ...) the weights are downloaded once; without network
+the run stops with one sentence saying so.
+
+Outputs in `--output_dir` (default `runs/sentences_<backbone>_<loss>_<method>_<backend>/`):
+
+    results.json    flags, settings, per-step history, STS table (or the
+                    held-out metrics), timings, versions
+    curves.png      loss, alignment, uniformity and mi_estimate per step
+                    (the running means of the epoch that `fit` prints)
+    encoder.keras   the trained `keras_fmicl.SentenceEncoder` (without
+                    SimCSE's training-only MLP), `keras.models.load_model`
+    vocabulary.txt  with --backbone tiny: the WordPiece vocabulary, one
+                    token a line (keras_hub.models.BertTokenizer(vocabulary=...))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+BACKENDS = ("tensorflow", "jax", "torch")
+DIVERGENCES = ("kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc")
+TINY = "tiny"
+
+# The paper's text setting (Lu et al. 2023, the setup table, text column;
+# docs/fmicl-math.md section 8): the f-Gaussian similarity with
+# (2 sigma^2)^-1 = 20, i.e. sigma = sqrt(1/40) ~ 0.1581, and alpha = 409600
+# (doubled from 100 until it stopped helping).
+PAPER_TEXT_SIGMA = math.sqrt(1.0 / 40.0)
+PAPER_TEXT_ALPHA = 409600.0
+# SimCSE's temperature of the cosine similarity (Gao et al. 2021).
+SIMCSE_TEMPERATURE = 0.05
+HELD_OUT_SENTENCES = 256
+
+flags.DEFINE_enum("backend", None, BACKENDS, "Keras backend (default: $KERAS_BACKEND, else tensorflow).")
+flags.DEFINE_string(
+    "backbone", TINY,
+    "A keras-hub preset name (bert_base_en_uncased, roberta_base_en, ...; downloaded once), or 'tiny': a "
+    "small random-init BERT with a WordPiece vocabulary built from the corpus, fully offline (a smoke test).",
+)
+flags.DEFINE_string(
+    "corpus", None,
+    "--method simcse: a text file, one sentence a line (SimCSE's wiki1m_for_simcse.txt); with --backbone "
+    "tiny it defaults to a small built-in synthetic corpus. --method supervised: a CSV or TSV of (premise, "
+    "entailment, contradiction) rows (SimCSE's nli_for_simcse.csv).",
+)
+flags.DEFINE_string("sts_dir", None, "SentEval's data folder (SentEval/data): evaluate on STS12-16, STS-B and SICK-R.")
+flags.DEFINE_list(
+    "sts_tasks", ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness"],
+    "The STS tasks of --sts_dir to evaluate on (default: the seven SimCSE and the paper average).",
+)
+flags.DEFINE_enum(
+    "method", "simcse", ("simcse", "supervised"),
+    "simcse: views from dropout (keras_fmicl.methods.SimCSE); supervised: entailments as positives, "
+    "contradictions as hard negatives (keras_fmicl.methods.SupervisedSimCSE).",
+)
+flags.DEFINE_enum("loss", "fmicl", ("fmicl", "infonce"), "f-MICL, or the InfoNCE (SimCSE) baseline.")
+flags.DEFINE_enum("divergence", "kl", DIVERGENCES, "f-divergence of f-MICL.")
+flags.DEFINE_float("tsallis_order", 1.5, "Order of the Tsallis divergence.")
+flags.DEFINE_enum("similarity", None, ("gaussian", "cosine"), "Similarity (default: gaussian for f-MICL, cosine for InfoNCE).")
+flags.DEFINE_float("sigma", None, f"Bandwidth of the f-Gaussian similarity (default: the paper's text setting, sqrt(1/40) = {PAPER_TEXT_SIGMA:.4f}).")
+flags.DEFINE_float("alpha", None, f"Weight of the negative term of f-MICL (default: the paper's text setting, {PAPER_TEXT_ALPHA:g}).")
+flags.DEFINE_float("temperature", None, f"Temperature of the cosine similarity (default: SimCSE's {SIMCSE_TEMPERATURE}).")
+flags.DEFINE_enum("pooling", "cls", ("cls", "mean"), "Sentence features: [CLS] before the pooler (SimCSE's), or the masked mean.")
+flags.DEFINE_integer("sequence_length", 32, "Tokens per sentence, [CLS] and [SEP] included (SimCSE: 32).")
+flags.DEFINE_integer("batch_size", 64, "Sentences (or sentence tuples) per batch.")
+flags.DEFINE_float("learning_rate", 3e-5, "Initial learning rate of Adam, decaying linearly to 0.")
+flags.DEFINE_integer("epochs", 1, "Passes over the corpus.")
+flags.DEFINE_integer("max_steps", None, "Stop after this many training steps (quick runs).")
+flags.DEFINE_integer("max_sentences", None, "Use only the first N sentences (or tuples) of the corpus.")
+flags.DEFINE_integer("seed", 0, "Random seed (weights, dropout, data order).")
+flags.DEFINE_string("output_dir", None, "Where results go (default: runs/sentences_<backbone>_<loss>_<method>_<backend>).")
+flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_bool("debug", False, "Show TensorFlow/XLA's C++ start-up logging, hidden by default.")
+
+FLAGS = flags.FLAGS
+
+
+class FlagError(ValueError):
+    """A bad flag value: reported as one sentence."""
+
+
+def check_flags():
+    """Checks the values absl cannot: one sentence per problem."""
+    for name in ("sigma", "temperature", "alpha", "learning_rate", "batch_size", "epochs",
+                 "max_steps", "max_sentences"):
+        value = getattr(FLAGS, name)
+        if value is not None and not value > 0:
+            raise FlagError(f"--{name} must be positive, got {value}.")
+    if FLAGS.sequence_length < 2:
+        raise FlagError(f"--sequence_length must be at least 2 ([CLS] and [SEP]), got {FLAGS.sequence_length}.")
+    if FLAGS.divergence == "tsallis" and (FLAGS.tsallis_order <= 0 or FLAGS.tsallis_order == 1):
+        raise FlagError(f"--tsallis_order must be positive and not 1, got {FLAGS.tsallis_order}.")
+    if FLAGS.loss == "infonce" and FLAGS.alpha is not None:
+        raise FlagError("--alpha weighs the negative term of f-MICL; InfoNCE has none (drop --alpha or use --loss fmicl).")
+    if not FLAGS.backbone.strip():
+        raise FlagError("--backbone must be a keras-hub preset name (e.g. bert_base_en_uncased) or 'tiny'.")
+    if FLAGS.corpus is None:
+        if FLAGS.method == "supervised":
+            raise FlagError(
+                "--method supervised trains on sentence triples: pass --corpus pointing to a CSV or TSV of "
+                "(premise, entailment, contradiction) rows, e.g. SimCSE's nli_for_simcse.csv."
+            )
+        if FLAGS.backbone != TINY:
+            raise FlagError(
+                f"--corpus is needed with --backbone {FLAGS.backbone}: a text file with one sentence a line, "
+                "e.g. SimCSE's wiki1m_for_simcse.txt (only --backbone tiny has a built-in corpus)."
+            )
+    elif not os.path.isfile(FLAGS.corpus):
+        raise FlagError(f"--corpus {FLAGS.corpus!r} is not a file.")
+    if not FLAGS.sts_tasks:
+        raise FlagError("--sts_tasks must name at least one STS task, e.g. STSBenchmark.")
+    if FLAGS.sts_dir is not None and not os.path.isdir(FLAGS.sts_dir):
+        raise FlagError(
+            f"--sts_dir {FLAGS.sts_dir!r} is not a folder; pass SentEval's data folder (SentEval/data, "
+            "filled by SentEval/data/downstream/download_dataset.sh)."
+        )
+
+
+def select_backend():
+    backend = FLAGS.backend or os.environ.get("KERAS_BACKEND", "tensorflow")
+    if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", backend) != backend:
+        raise FlagError("--backend must be chosen before Keras is imported.")
+    os.environ["KERAS_BACKEND"] = backend
+    if not FLAGS.debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return backend
+
+
+# TensorFlow/XLA's native start-up lines (as in examples/train_cifar.py).
+_NATIVE_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
+    r"|.*oneDNN custom operations are on.*)$"
+)
+
+
+@contextlib.contextmanager
+def quiet_native_logging():
+    """Hides the C++ start-up logging of TensorFlow/XLA (unless --debug);
+    everything else written to stderr meanwhile is passed on."""
+    if FLAGS.debug:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode("utf-8", "replace").splitlines()
+            kept = [line for line in lines if line.strip() and not _NATIVE_NOISE.match(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+                sys.stderr.flush()
+
+
+def import_frameworks():
+    """Keras, numpy, keras_fmicl and TensorFlow (tf.data), imported quietly."""
+    with quiet_native_logging():
+        import keras
+        import numpy as np
+
+        import keras_fmicl
+
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # probes CUDA now, quietly
+        except ImportError:
+            pass
+    return keras, np, keras_fmicl
+
+
+def make_output_dir(path):
+    """Creates `path`; returns the folders this call created (deepest last)."""
+    created = []
+    head = os.path.abspath(path)
+    while head and not os.path.exists(head):
+        created.append(head)
+        head = os.path.dirname(head)
+    os.makedirs(path, exist_ok=True)
+    return created[::-1]
+
+
+def remove_if_empty(created):
+    for folder in reversed(created):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
+
+
+def synthetic_corpus(count=2048, seed=0):
+    """A small built-in corpus of template sentences, for offline smoke runs."""
+    import random
+
+    rng = random.Random(seed)
+    subjects = ["a man", "a woman", "the child", "an old dog", "the cat", "two students",
+                "my neighbour", "the teacher", "a young girl", "the farmer"]
+    verbs = ["reads", "paints", "watches", "carries", "cleans", "builds", "finds", "sells",
+             "opens", "follows"]
+    objects = ["a red book", "the small boat", "a wooden chair", "the bright kite", "an empty box",
+               "a green apple", "the long letter", "a broken clock", "the new bicycle", "a warm coat"]
+    places = ["in the park", "at home", "near the river", "on the beach", "in the kitchen",
+              "at the station", "under the bridge", "in the garden"]
+    times = ["in the morning", "at night", "after lunch", "every day", "on sunday", "before dinner"]
+    return [
+        f"{rng.choice(subjects).capitalize()} {rng.choice(verbs)} {rng.choice(objects)} "
+        f"{rng.choice(places)} {rng.choice(times)}."
+        for _ in range(count)
+    ]
+
+
+def load_corpus(keras_fmicl, hold_out):
+    """(training data, held-out sentences, description). The training data is
+    a list of sentences (simcse) or a tuple of 3 columns (supervised)."""
+    if FLAGS.method == "supervised":
+        columns = keras_fmicl.text.load_sentence_tuples(FLAGS.corpus)
+        if len(columns) != 3:
+            raise FlagError(
+                f"--method supervised needs (premise, entailment, contradiction) rows; {FLAGS.corpus!r} "
+                f"has {len(columns)} sentences a row."
+            )
+        if FLAGS.max_sentences:
+            columns = tuple(column[: FLAGS.max_sentences] for column in columns)
+        count = len(columns[0])
+        held = min(HELD_OUT_SENTENCES, count // 10) if hold_out else 0
+        train = tuple(column[: count - held] for column in columns)
+        return train, columns[0][count - held:], f"{FLAGS.corpus} ({count:,} sentence triples)"
+    if FLAGS.corpus is None:
+        sentences, description = synthetic_corpus(), "built-in synthetic corpus"
+    else:
+        sentences, description = keras_fmicl.data.load_sentences(FLAGS.corpus), FLAGS.corpus
+    if FLAGS.max_sentences:
+        sentences = sentences[: FLAGS.max_sentences]
+    held = min(HELD_OUT_SENTENCES, len(sentences) // 10) if hold_out else 0
+    return (
+        sentences[: len(sentences) - held],
+        sentences[len(sentences) - held:],
+        f"{description} ({len(sentences):,} sentences)",
+    )
+
+
+def _first_line(error, limit=200):
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def build_backbone(keras_fmicl, corpus_sentences):
+    """(backbone, preprocessor, vocabulary or None) of --backbone."""
+    if FLAGS.backbone == TINY:
+        backbone, preprocessor = keras_fmicl.text.tiny_backbone(
+            corpus_sentences, sequence_length=FLAGS.sequence_length
+        )
+        return backbone, preprocessor, preprocessor.tokenizer.get_vocabulary()
+    keras_hub = keras_fmicl.text.import_keras_hub()
+    name = FLAGS.backbone
+    try:
+        with quiet_native_logging():
+            backbone = keras_hub.models.Backbone.from_preset(name)
+            preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
+                name, sequence_length=FLAGS.sequence_length
+            )
+    except Exception as error:  # network, unknown preset, ...: one sentence
+        raise FlagError(
+            f"--backbone {name!r} could not be loaded from keras-hub ({type(error).__name__}: "
+            f"{_first_line(error)}); presets are downloaded once and need network (or a preset "
+            "folder path); --backbone tiny runs offline."
+        ) from None
+    return backbone, preprocessor, None
+
+
+def build_loss(keras_fmicl):
+    similarity = FLAGS.similarity or ("gaussian" if FLAGS.loss == "fmicl" else "cosine")
+    temperature = FLAGS.temperature or (SIMCSE_TEMPERATURE if similarity == "cosine" else None)
+    sigma = FLAGS.sigma or (PAPER_TEXT_SIGMA if similarity == "gaussian" else None)
+    if FLAGS.loss == "infonce":
+        return keras_fmicl.InfoNCELoss(temperature=temperature, similarity=similarity, sigma=sigma)
+    divergence = FLAGS.divergence
+    if divergence == "tsallis":
+        divergence = keras_fmicl.Tsallis(order=FLAGS.tsallis_order)
+    alpha = PAPER_TEXT_ALPHA if FLAGS.alpha is None else FLAGS.alpha
+    return keras_fmicl.FMICLLoss(
+        divergence, similarity=similarity, sigma=sigma, temperature=temperature, alpha=alpha
+    )
+
+
+def describe_loss(loss):
+    config = loss.get_config()
+    similarity = loss.similarity
+    if similarity.name == "gaussian":
+        similarity_text = f"f-Gaussian (sigma {similarity.sigma:.4g})"
+    else:
+        similarity_text = f"cosine (T {similarity.temperature:g})"
+    if "divergence" not in config:
+        return f"InfoNCE, {similarity_text}"
+    divergence = getattr(loss.divergence, "name", str(config["divergence"]))
+    return f"f-MICL {divergence}, {similarity_text}, alpha {config['alpha']:g}"
+
+
+class StepHistory:
+    """The logs `fit` reports after every step (running means of the epoch)."""
+
+    def __init__(self):
+        self.steps = []
+        self.logs = {}
+
+    def callback(self, keras):
+        history = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                history.steps.append(len(history.steps) + 1)
+                for key, value in (logs or {}).items():
+                    history.logs.setdefault(key, []).append(float(value))
+
+        return _Callback()
+
+
+def plot_curves(history, title, path):
+    """curves.png: the step logs, one panel each."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("Note: matplotlib is not installed; no curves.png (pip install matplotlib).")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("loss", "training loss"), ("alignment", "alignment (lower: positives closer)"),
+              ("uniformity", "uniformity (lower: more spread)"), ("mi_estimate", "mi_estimate (nats)")]
+    figure, axes = plt.subplots(2, 2, figsize=(9.5, 7))
+    for axis, (key, label) in zip(axes.flat, panels):
+        values = history.logs.get(key, [])
+        axis.plot(history.steps[: len(values)], values, marker="o" if len(values) < 50 else None, markersize=3)
+        axis.set_title(label)
+        axis.set_xlabel("step (running mean of the epoch)")
+        axis.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def held_out_metrics(keras, np, keras_fmicl, encoder, sentences, preprocessor):
+    """Alignment of two dropout views and uniformity of the inference
+    features of held-out sentences (Wang & Isola 2020)."""
+
+    class DropoutOn(keras.Model):
+        """The encoder with its dropout on, whatever `predict` asks."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def call(self, inputs, training=None):
+            return self.inner(inputs, training=True)
+
+    # one batch (at most HELD_OUT_SENTENCES): one compiled shape per function
+    dataset = keras_fmicl.data.sentence_dataset(
+        sentences, preprocessor, batch_size=len(sentences), shuffle=False, drop_remainder=False
+    )
+    dropout_on = DropoutOn(encoder)
+    first, second = (dropout_on.predict(dataset, verbose=0) for _ in range(2))
+    features = encoder.predict(dataset, verbose=0)
+    return {
+        "sentences": len(sentences),
+        "alignment": float(keras_fmicl.alignment(first, second)),
+        "uniformity": float(keras_fmicl.uniformity(features)),
+    }
+
+
+def run():
+    check_flags()
+    backend = select_backend()
+    backbone_tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(FLAGS.backbone.rstrip("/")))
+    output_dir = FLAGS.output_dir or os.path.join(
+        "runs", f"sentences_{backbone_tag}_{FLAGS.loss}_{FLAGS.method}_{backend}"
+    )
+    created = make_output_dir(output_dir)
+    try:
+        return run_in(backend, output_dir)
+    except BaseException:
+        remove_if_empty(created)  # a failed run leaves no empty folder behind
+        raise
+
+
+def run_in(backend, output_dir):
+    keras, np, keras_fmicl = import_frameworks()  # the backend is set first
+    keras.utils.set_random_seed(FLAGS.seed)
+    loss = build_loss(keras_fmicl)
+    # the STS files first: a missing one stops the run before any training
+    tasks = None if FLAGS.sts_dir is None else keras_fmicl.data.load_sts_tasks(FLAGS.sts_dir, FLAGS.sts_tasks)
+    train, held_out, corpus_text = load_corpus(keras_fmicl, hold_out=FLAGS.sts_dir is None)
+    supervised = FLAGS.method == "supervised"
+    count = len(train[0]) if supervised else len(train)
+    if FLAGS.batch_size > count:
+        raise FlagError(f"--batch_size ({FLAGS.batch_size}) is larger than the {count} training samples.")
+    vocabulary_corpus = [s for column in train for s in column] if supervised else train
+    backbone, preprocessor, vocabulary = build_backbone(keras_fmicl, vocabulary_corpus)
+    if supervised:
+        dataset = keras_fmicl.text.sentence_tuple_dataset(
+            train, preprocessor, batch_size=FLAGS.batch_size, seed=FLAGS.seed
+        )
+        method = keras_fmicl.methods.SupervisedSimCSE()
+    else:
+        dataset = keras_fmicl.data.sentence_dataset(
+            train, preprocessor, batch_size=FLAGS.batch_size, seed=FLAGS.seed
+        )
+        method = keras_fmicl.methods.SimCSE()
+    # The features are taken before BERT's pooler (SimCSE's cls_before_pooler),
+    # so the pooler gets no gradient: frozen, Keras does not warn about it.
+    for layer in backbone.layers:
+        if layer.name == "pooled_dense":
+            layer.trainable = False
+    encoder = keras_fmicl.SentenceEncoder(backbone, pooling=FLAGS.pooling)
+    hidden = encoder.output_dim
+    # SimCSE's training-only MLP over [CLS]: Dense(F) + tanh, dropped at evaluation
+    projector = keras.layers.Dense(hidden, activation="tanh", name="simcse_mlp")
+    model = keras_fmicl.ContrastiveModel(encoder, method=method, projector=projector)
+    steps_per_epoch = count // FLAGS.batch_size
+    total_steps = FLAGS.epochs * steps_per_epoch
+    if FLAGS.max_steps:
+        total_steps = min(total_steps, FLAGS.max_steps)
+    # Adam with the learning rate decaying linearly to 0 (SimCSE's trainer)
+    schedule = keras.optimizers.schedules.PolynomialDecay(
+        FLAGS.learning_rate, decay_steps=max(total_steps, 1), end_learning_rate=0.0, power=1.0
+    )
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+
+    history = StepHistory()
+    callbacks = [history.callback(keras), keras.callbacks.TerminateOnNaN()]
+    print(
+        f"Training {FLAGS.backbone} ({hidden}-d, {FLAGS.pooling} pooling) with {describe_loss(loss)}, "
+        f"{FLAGS.method}, on {corpus_text}; backend {backend}, {total_steps} steps of "
+        f"{FLAGS.batch_size}."
+    )
+    start = time.time()
+    if total_steps < FLAGS.epochs * steps_per_epoch:
+        fit = model.fit(dataset.repeat(), epochs=1, steps_per_epoch=total_steps,
+                        callbacks=callbacks, verbose=FLAGS.verbose, shuffle=False)
+    else:  # the dataset reshuffles every epoch itself
+        fit = model.fit(dataset, epochs=FLAGS.epochs, callbacks=callbacks, verbose=FLAGS.verbose,
+                        shuffle=False)
+    train_seconds = time.time() - start
+    epoch_logs = {key: [float(v) for v in values] for key, values in fit.history.items()}
+
+    start = time.time()
+    sts, held = None, None
+    if tasks is not None:
+        sts = keras_fmicl.evaluation.evaluate_sts(model.encoder, tasks, preprocessor)
+    else:
+        print(
+            "STS: skipped, no --sts_dir (get SentEval's data with SimCSE's "
+            "SentEval/data/downstream/download_dataset.sh and pass --sts_dir SentEval/data); "
+            f"held-out metrics on {len(held_out)} sentences of the corpus instead."
+        )
+        if len(held_out) >= 2:
+            held = held_out_metrics(keras, np, keras_fmicl, model.encoder, held_out, preprocessor)
+    evaluation_seconds = time.time() - start
+
+    encoder_path = os.path.join(output_dir, "encoder.keras")
+    model.encoder.save(encoder_path)
+    outputs = {"encoder": encoder_path}
+    if vocabulary is not None:
+        outputs["vocabulary"] = os.path.join(output_dir, "vocabulary.txt")
+        with open(outputs["vocabulary"], "w", encoding="utf-8") as f:
+            f.write("\n".join(vocabulary) + "\n")
+    title = (
+        f"{FLAGS.backbone}, {describe_loss(loss)}, {FLAGS.method}, {backend} backend, "
+        f"{len(history.steps)} steps of {FLAGS.batch_size}"
+    )
+    curves = plot_curves(history, title, os.path.join(output_dir, "curves.png"))
+    if curves:
+        outputs["curves"] = curves
+    results = {
+        "flags": {name: getattr(FLAGS, name) for name in _OWN_FLAGS},
+        "backend": backend,
+        "backbone": {"name": FLAGS.backbone, "hidden_dim": hidden,
+                     "parameters": int(backbone.count_params()), "pretrained": FLAGS.backbone != TINY},
+        "method": keras.saving.serialize_keras_object(model.method),
+        "loss": loss.get_config(),
+        "loss_description": describe_loss(loss),
+        "corpus": corpus_text,
+        "train_samples": count,
+        "steps": len(history.steps),
+        "history": {"step": history.steps, **history.logs},
+        "epoch_history": epoch_logs,
+        "sts": sts,
+        "sts_skipped": None if sts is not None else "no --sts_dir",
+        "held_out": held,
+        "train_seconds": train_seconds,
+        "evaluation_seconds": evaluation_seconds,
+        "versions": {"keras": keras.__version__, "keras_fmicl": keras_fmicl.__version__,
+                     "numpy": np.__version__},
+        "outputs": outputs,
+    }
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+
+    final = {key: values[-1] for key, values in history.logs.items() if values}
+    rows = [
+        ("backbone", f"{FLAGS.backbone} ({hidden}-d, {FLAGS.pooling} pooling"
+                     + (", random init: a smoke test)" if FLAGS.backbone == TINY else ")")),
+        ("backend", backend),
+        ("method", f"{FLAGS.method}, {describe_loss(loss)}"),
+        ("corpus", corpus_text),
+        ("steps", f"{len(history.steps)} (batch {FLAGS.batch_size})"),
+        ("final loss", f"{final.get('loss', float('nan')):.4f}"),
+        ("alignment / uniformity", f"{final.get('alignment', float('nan')):.4g} / "
+                                   f"{final.get('uniformity', float('nan')):.4g}"),
+    ]
+    if sts is not None:
+        rows += [(f"STS {name}", f"{value:.2f}") for name, value in sts.items()]
+    else:
+        rows.append(("STS", "skipped (no --sts_dir)"))
+        if held is not None:
+            rows.append((f"held-out ({held['sentences']} sentences)",
+                         f"alignment {held['alignment']:.4g}, uniformity {held['uniformity']:.4g}"))
+    rows += [("training time", f"{train_seconds:.0f} s"), ("outputs", output_dir)]
+    width = max(len(key) for key, _ in rows)
+    print("\n| " + "result".ljust(width) + " | value |")
+    print("|" + "-" * (width + 2) + "|-------|")
+    for key, value in rows:
+        print(f"| {key.ljust(width)} | {value} |")
+    if sts is not None:
+        print("\n" + keras_fmicl.evaluation.sts_table(sts))
+    return results
+
+
+_OWN_FLAGS = (
+    "backend", "backbone", "corpus", "sts_dir", "sts_tasks", "method", "loss", "divergence", "tsallis_order",
+    "similarity", "sigma", "alpha", "temperature", "pooling", "sequence_length", "batch_size",
+    "learning_rate", "epochs", "max_steps", "max_sentences", "seed", "output_dir", "verbose", "debug",
+)
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        print(f"train_sentences.py: error: unexpected arguments {argv[1:]}; flags look like --name=value.",
+              file=sys.stderr)
+        return 2
+    try:
+        run()
+    except FlagError as error:
+        print(f"train_sentences.py: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # one sentence for the errors a user can fix
+        from keras_fmicl.data import DatasetNotAvailableError
+
+        if isinstance(error, (DatasetNotAvailableError, ValueError)):
+            print(f"train_sentences.py: error: {error}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,167 @@
+"""examples/train_sentences.py end to end, as a user runs it: a subprocess per run.
+
+The training runs use `--backbone tiny` (a random-init BERT built offline);
+the bad-flag runs stop before Keras is imported (about a second each).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tests.test_data_sentences import write_sick
+from tests.test_data_sentences import write_sts_task
+from tests.test_data_sentences import write_stsb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "examples", "train_sentences.py")
+NATIVE_NOISE = re.compile(r"cuInit|oneDNN|InitializeLog|^[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]", re.M)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def error_lines(stderr):
+    """stderr without TensorFlow's C++ start-up banner."""
+    return [
+        line
+        for line in stderr.strip().splitlines()
+        if line.strip()
+        and not line.startswith("WARNING: All log messages before absl::InitializeLog()")
+        and not re.match(r"^[IWE]\d{4} ", line)
+    ]
+
+
+def run_example(*args, timeout=300, env=None):
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, SCRIPT, f"--backend={keras.backend.backend()}", *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+    )
+
+
+def test_tiny_smoke_run_as_printed_writes_every_output(tmp_path):
+    pytest.importorskip("keras_hub")
+    # as a user runs it (the README's command, with a space before the value),
+    # without the TF_CPP_MIN_LOG_LEVEL=3 of tests/conftest.py
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = run_example("--backbone", "tiny", "--max_steps", "5", f"--output_dir={tmp_path}",
+                         "--verbose=0", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not NATIVE_NOISE.findall(result.stderr), result.stderr[-3000:]
+    assert "STS: skipped, no --sts_dir" in result.stdout
+    assert "random init: a smoke test" in result.stdout
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert results["backend"] == keras.backend.backend()
+    assert results["steps"] == 5 and results["history"]["step"] == [1, 2, 3, 4, 5]
+    for key in ("loss", "alignment", "uniformity", "mi_estimate"):
+        assert len(results["history"][key]) == 5 and np.all(np.isfinite(results["history"][key])), key
+    # the paper's text setting by default: (2 sigma^2)^-1 = 20, alpha = 409600
+    assert results["loss"]["divergence"] == "kl"
+    assert 1.0 / (2.0 * results["loss"]["sigma"] ** 2) == pytest.approx(20.0)
+    assert results["loss"]["alpha"] == 409600.0
+    assert results["method"]["class_name"] == "SimCSE"
+    assert results["sts"] is None and results["corpus"].startswith("built-in synthetic corpus")
+    held = results["held_out"]
+    assert held["sentences"] > 0 and np.isfinite(held["alignment"]) and np.isfinite(held["uniformity"])
+    with open(tmp_path / "curves.png", "rb") as f:
+        assert f.read(8) == PNG
+    # the saved encoder and vocabulary embed new sentences
+    import keras_hub
+
+    import keras_fmicl  # noqa: F401  (registers SentenceEncoder)
+
+    encoder = keras.saving.load_model(tmp_path / "encoder.keras")
+    with open(tmp_path / "vocabulary.txt", encoding="utf-8") as f:
+        vocabulary = f.read().splitlines()
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=32)
+    features = keras.ops.convert_to_numpy(encoder(preprocessor(["A man reads a book.", "The cat."])))
+    assert features.shape == (2, 32) and np.all(np.isfinite(features))
+
+
+def test_supervised_run_with_an_sts_table(tmp_path):
+    pytest.importorskip("keras_hub")
+    sts_dir = tmp_path / "SentEval" / "data"
+    write_sts_task(str(sts_dir), "STS13")
+    write_stsb(str(sts_dir))
+    write_sick(str(sts_dir))
+    corpus = tmp_path / "nli.csv"
+    rows = ["sent0,sent1,hard_neg"] + [
+        f"a man reads book {i},a person reads book {i},nobody reads book {i}" for i in range(24)
+    ]
+    corpus.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    result = run_example(
+        "--backbone=tiny", "--method=supervised", f"--corpus={corpus}", f"--sts_dir={sts_dir}",
+        "--sts_tasks=STS13,STS-B,SICK-R", "--loss=infonce", "--batch_size=8", "--max_steps=2", "--sequence_length=16", "--verbose=0",
+        f"--output_dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "run" / "results.json") as f:
+        results = json.load(f)
+    assert results["method"]["class_name"] == "SupervisedSimCSE"
+    assert results["loss"]["temperature"] == 0.05  # SimCSE's
+    assert results["train_samples"] == 24 and results["steps"] == 2
+    sts = results["sts"]
+    assert list(sts) == ["STS13", "STSBenchmark", "SICKRelatedness", "average"]
+    assert all(-100.0 <= value <= 100.0 for value in sts.values())
+    assert sts["average"] == pytest.approx(np.mean([v for k, v in sts.items() if k != "average"]))
+    assert "| STS13 | STSBenchmark | SICKRelatedness | average |" in result.stdout  # Markdown table
+    # a task whose files are absent: one sentence naming it, before any training
+    result = run_example(f"--sts_dir={sts_dir}", "--sts_tasks=STS12", f"--output_dir={tmp_path / 'run2'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "STS12" in lines[0], result.stderr[-2000:]
+    assert "Training" not in result.stdout and not os.path.exists(tmp_path / "run2")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sigma=-1"], "--sigma must be positive, got -1.0."),
+        (["--max_steps=0"], "--max_steps must be positive, got 0."),
+        (["--sequence_length=1"], "--sequence_length must be at least 2"),
+        (["--loss=infonce", "--alpha=2"], "--alpha weighs the negative term"),
+        (["--method=supervised"], "CSV or TSV of (premise, entailment, contradiction) rows"),
+        (["--backbone=bert_base_en_uncased"], "--corpus is needed with --backbone bert_base_en_uncased"),
+        (["--corpus=/no/such/corpus.txt"], "--corpus '/no/such/corpus.txt' is not a file."),
+        (["--sts_dir=/no/such/SentEval"], "--sts_dir '/no/such/SentEval' is not a folder"),
+        (["--sts_tasks="], "--sts_tasks must name at least one STS task"),
+        (["--divergence=tsallis", "--tsallis_order=1"], "--tsallis_order must be positive and not 1"),
+    ],
+)
+def test_bad_flags_get_one_clear_sentence(args, message):
+    result = run_example(*args, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("train_sentences.py: error: ") and message in lines[0]
+
+
+def test_unknown_method_is_rejected_by_absl():
+    result = run_example("--method=byol", timeout=120)
+    assert result.returncode != 0
+    assert "--method" in result.stderr and "supervised" in result.stderr
+
+
+def test_offline_preset_gives_one_sentence_and_no_folder(tmp_path):
+    """A keras-hub preset without network: one line (no traceback), no run folder."""
+    pytest.importorskip("keras_hub")
+    proxy = "http://127.0.0.1:9"  # nothing listens on port 9: no network
+    env = dict(os.environ, HTTPS_PROXY=proxy, HTTP_PROXY=proxy, https_proxy=proxy, http_proxy=proxy,
+               NO_PROXY="", no_proxy="", KAGGLEHUB_CACHE=str(tmp_path / "kagglehub"),
+               HF_HOME=str(tmp_path / "hf"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"sentence number {i}\n" for i in range(80)), encoding="utf-8")
+    result = run_example("--backbone=bert_base_en_uncased", f"--corpus={corpus}",
+                         f"--output_dir={tmp_path / 'run'}", env=env, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "--backbone 'bert_base_en_uncased' could not be loaded" in lines[0] and "network" in lines[0]
+    assert not os.path.exists(tmp_path / "run")
