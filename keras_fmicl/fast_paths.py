@@ -30,7 +30,10 @@ each exact (`docs/fmicl-math.md`, sections 7.5 and 7.6):
 * **one-matmul symmetric gradient** (`symmetric_row_sum`): a batch
   contrasted with itself has the matrix `w w^T + c`; when the plan knows
   the core's derivative, the negatives' row sums are differentiated with
-  one `(M, M) x (M, d)` matmul instead of the two of autodiff;
+  one `(M, M) x (M, d)` matmul instead of the two of autodiff; under XLA
+  the derivative is a function of the scores alone and is computed after
+  their row sums, so that one `(M, M)` buffer holds the matrix, then the
+  scores, then the gradient's weights;
 * **PyTorch's squared norms** (`ScorePlan.row_sum`): VLC's core is a
   square, whose row sums eager PyTorch takes as squared norms.
 
@@ -239,22 +242,39 @@ def _form_plan(form, similarity) -> ScorePlan:
         else:
             core = lambda x: ops.softplus(kl(x))  # noqa: E731
         bounds = (_softplus(low), _softplus(high))
-        if b is not None and k == 1.0:
+        if b is not None and backend_ops.elementwise_ops_fuse():
+            # sigmoid(z) = 1 - e^-softplus(z), from the values alone: one
+            # (M, M) buffer under XLA, as for `"sigmoid_squared"` below.
+            derivative = lambda x, values: -k * ops.expm1(-values)  # noqa: E731
+        elif b is not None and k == 1.0:
             derivative = lambda x, values: ops.sigmoid(kl(x))  # noqa: E731
         elif b is not None:
             derivative = lambda x, values: k * ops.sigmoid(kl(x))  # noqa: E731
     else:  # "sigmoid_squared"
         root = lambda x: ops.sigmoid(kl(x))  # noqa: E731
-        core = lambda x: ops.square(root(x))  # noqa: E731
         bounds = (_sigmoid(low) ** 2, _sigmoid(high) ** 2)
-        if not backend_ops.elementwise_ops_fuse():
+        if backend_ops.elementwise_ops_fuse():
+            # sigmoid(z)^2 = 1 / (1 + e^-z)^2, one fusion. The derivative
+            # below takes the root back as sqrt(values): XLA would simplify
+            # sqrt(square(sigmoid(z))) to sigmoid(z), keeping the sigmoid's
+            # (M, M) buffer alive beside the squares' (see `derivative`).
+            core = lambda x: 1.0 / ops.square(1.0 + ops.exp(-kl(x)))  # noqa: E731
+        else:
+            core = lambda x: ops.square(root(x))  # noqa: E731
             row_sum = lambda x: backend_ops.squared_row_norms(root(x))  # noqa: E731
         if b is not None:
 
             def derivative(x, values):
-                # d sigmoid(k l)^2 / dl = 2 k sigmoid(k l)^2 (1 - sigmoid(k l))
-                r = root(x)
-                return ops.square(r) * (2.0 * k - 2.0 * k * r)
+                # d sigmoid(k l)^2 / dl = 2 k sigmoid(k l)^2 (1 - sigmoid(k l)),
+                # from the values alone (sigmoid(k l) = sqrt(values)): the
+                # matrix is dead once the values are computed, and XLA keeps
+                # one (M, M) buffer, overwritten in place by the gradient's
+                # weights (`symmetric_row_sum`), as for an exponential core.
+                # Taking the root from the matrix keeps the sigmoid's buffer
+                # beside the squares': 36 MiB at M = 2048, past glibc's
+                # largest mmap threshold (32 MiB), so that every call maps
+                # and page-faults fresh memory.
+                return values * (2.0 * k - 2.0 * k * ops.sqrt(values))
 
     return ScorePlan(
         s,
@@ -352,12 +372,26 @@ def symmetric_row_sum(
         # Evaluated here, so that the backward keeps one (M, M) tensor (eager
         # torch frees `values`; XLA schedules it as it likes).
         derivative = score_derivative(x, values)
+        # Under XLA the weights below are made to depend on the row sums
+        # (`+ 0 * sums`, exact for finite sums): its scheduler then computes
+        # them after the sums, in the buffer of `values`, one (M, M) buffer
+        # in all (an exponential core's derivative is `values` itself, and
+        # `_form_plan`'s squared sigmoid's is a function of `values`).
+        # Otherwise it may compute them first, keeping `values` alive beside
+        # them: two (M, M) buffers, 33 MiB at M = 2048, past glibc's largest
+        # mmap threshold (32 MiB), so that every call maps and page-faults
+        # fresh memory. (Not on eager torch, which runs in program order,
+        # and where the forward's output held by `grad` would be a
+        # reference cycle through the autograd graph.)
+        after = sums if backend_ops.elementwise_ops_fuse() else None
 
         def grad(*args, upstream=None):
             # TensorFlow and JAX pass the upstream gradient positionally,
             # torch as `upstream` after the inputs.
             if upstream is None:
                 (upstream,) = args
+            if after is not None:
+                upstream = upstream + 0.0 * after
             weights = (upstream[:, None] + upstream[None, :]) * derivative
             if mask is not None:
                 weights = ops.where(mask, weights, 0.0)
