@@ -95,12 +95,13 @@ def test_fit_on_views_from_tf_data_and_arrays(digits):
         batch_size=32,
         seed=2,
     )
-    model = compile_model(make_model("simclr", augmenter=False))
+    # the input formats are under test, not the encoder: the dense one
+    model = compile_model(make_model("simclr", augmenter=False, tiny=True))
     history = model.fit(dataset, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
     assert "probe_accuracy" in history.history
     # pre-drawn views as a plain (N, V, H, W, C) array, no labels, no probe
-    model = compile_model(make_model("mocov3", num_classes=None, augmenter=False))
+    model = compile_model(make_model("mocov3", num_classes=None, augmenter=False, tiny=True))
     history = model.fit(views_of(images), epochs=2, batch_size=32, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
     assert "probe_accuracy" not in history.history
@@ -116,7 +117,7 @@ def test_fit_on_a_py_dataset_of_raw_images(digits):
         def __getitem__(self, index):
             return images[index * 32 : (index + 1) * 32]
 
-    model = compile_model(make_model("moco", num_classes=None))
+    model = compile_model(make_model("moco", num_classes=None, tiny=True))
     history = model.fit(Batches(), epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
 
@@ -134,14 +135,16 @@ def _online_layers(model):
 def test_key_weights_are_the_ema_of_the_online_weights(schedule, digits):
     images, _ = digits
     momentum = keras_fmicl.CosineMomentum(0.8, decay_steps=10) if schedule else 0.8
-    model = compile_model(make_model("moco", num_classes=None, momentum=momentum))
-    model.build(images[:32].shape)
+    # pre-drawn views: the augmenter plays no part in the EMA
+    model = compile_model(make_model("moco", num_classes=None, momentum=momentum, augmenter=False))
+    views = views_of(images[:96])
+    model.build(views[:32].shape)
     keys, online = _key_and_online(model)
     for key, value in zip(keys, online):
         np.testing.assert_array_equal(key, value)  # the key network starts as a copy
     for step in range(3):
         keys, online = _key_and_online(model)
-        model.train_on_batch(images[32 * step : 32 * (step + 1)])
+        model.train_on_batch(views[32 * step : 32 * (step + 1)])
         m = float(momentum(step)) if schedule else 0.8
         new_keys, new_online = _key_and_online(model)
         assert any(not np.allclose(a, b) for a, b in zip(online, new_online))
@@ -179,24 +182,27 @@ def test_queue_holds_the_most_recent_keys_in_order(digits):
     np.testing.assert_allclose(ordered, written[-queue_size:], rtol=1e-4, atol=1e-5)
 
 
-def test_queue_is_masked_until_filled(digits):
+def test_queue_is_masked_until_filled_and_metrics_skip_the_steps_without_negatives(digits):
     images, _ = digits
-    model = compile_model(make_model("moco", num_classes=None, queue_size=64, augmenter=False))
+    model = compile_model(make_model("moco", num_classes=None, queue_size=64, augmenter=False, tiny=True))
     model.build((16, 2) + IMAGE)
     assert int(to_numpy(model.method.queue_count.value)) == 0
     model.train_on_batch(views_of(images[:16]))
     assert int(to_numpy(model.method.queue_count.value)) == 32
     assert int(to_numpy(model.method.queue_pointer.value)) == 32
     assert np.all(to_numpy(model.method.queue.value)[32:] == 0.0)
+    # the queue was empty at that step: no negatives, no uniformity
+    assert float(to_numpy(model.uniformity_tracker.count)) == 0.0
+    assert float(to_numpy(model.alignment_tracker.count)) == 1.0
 
 
 def test_probe_gradient_never_reaches_the_encoder(digits):
     images, labels = digits
-    model = compile_model(make_model("simclr", tiny=True))
-    model.build(images[:16].shape)
+    model = compile_model(make_model("simclr", tiny=True, augmenter=False))
+    views = views_of(images[:16])
+    model.build(views.shape)
     encoder = model.encoder
     variables = encoder.trainable_variables
-    views = views_of(images[:16])
     flat = views.reshape((-1,) + IMAGE)
 
     def probe_only(*values):
@@ -212,7 +218,7 @@ def test_probe_gradient_never_reaches_the_encoder(digits):
         np.testing.assert_array_equal(grad, 0.0)
     # while a training step does train the probe itself
     before = to_numpy(model.probe.kernel.value).copy()
-    model.train_on_batch(images[:16], labels[:16])
+    model.train_on_batch(views, labels[:16])
     assert not np.allclose(before, to_numpy(model.probe.kernel.value))
 
 
@@ -281,21 +287,23 @@ def test_backup_and_restore_resumes_with_identical_losses(digits, tmp_path):
 
 def test_labels_without_probe_and_probe_without_labels_warn_and_train(digits):
     images, labels = digits
-    model = compile_model(make_model("simclr", num_classes=None, tiny=True))
+    views = views_of(images[:64])  # pre-drawn: the augmenter plays no part
+    model = compile_model(make_model("simclr", num_classes=None, tiny=True, augmenter=False))
     with pytest.warns(UserWarning, match="no probe"):
-        history = model.fit(images[:64], labels[:64], batch_size=32, epochs=1, verbose=0)
+        history = model.fit(views, labels[:64], batch_size=32, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
-    model = compile_model(make_model("simclr", num_classes=10, tiny=True))
+    model = compile_model(make_model("simclr", num_classes=10, tiny=True, augmenter=False))
     with pytest.warns(UserWarning, match="holds no labels"):
-        history = model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
+        history = model.fit(views, batch_size=32, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
 
 
 def test_info_nce_and_every_divergence_compile(digits):
     images, _ = digits
+    views = views_of(images[:64])  # pre-drawn: the augmenter plays no part
     for loss in [keras_fmicl.InfoNCELoss(0.2), keras_fmicl.FMICLLoss("vlc", similarity="cosine")]:
-        model = compile_model(make_model("mocov3", num_classes=None, tiny=True), loss=loss)
-        history = model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
+        model = compile_model(make_model("mocov3", num_classes=None, tiny=True, augmenter=False), loss=loss)
+        history = model.fit(views, batch_size=32, epochs=1, verbose=0)
         assert np.isfinite(history.history["loss"][0])
 
 
@@ -310,10 +318,11 @@ def test_fit_under_mixed_precision(digits):
 def test_tensorboard_and_csv_logger_record_the_metrics(digits, tmp_path):
     pytest.importorskip("tensorboard")
     images, _ = digits
-    model = compile_model(make_model("simclr", num_classes=None))
+    # the callbacks are under test: the dense encoder on pre-drawn views
+    model = compile_model(make_model("simclr", num_classes=None, augmenter=False, tiny=True))
     csv_path = tmp_path / "log.csv"
     model.fit(
-        images[:64],
+        views_of(images[:64]),
         batch_size=32,
         epochs=1,
         verbose=0,
@@ -413,21 +422,14 @@ def test_key_forward_leaves_the_online_batch_norm_statistics_alone(digits):
         np.testing.assert_allclose(to_numpy(variable.value), to_numpy(value), rtol=1e-5, atol=1e-6)
 
 
-def test_metrics_skip_the_steps_without_negatives(digits):
-    images, _ = digits
-    model = compile_model(make_model("moco", num_classes=None, augmenter=False))
-    model.train_on_batch(views_of(images[:16]))  # the queue was empty
-    assert float(to_numpy(model.uniformity_tracker.count)) == 0.0
-    assert float(to_numpy(model.alignment_tracker.count)) == 1.0
-
-
 def test_freezing_a_layer_after_build_keeps_the_key_network_matched(digits):
     images, _ = digits
-    model = compile_model(make_model("moco", num_classes=None, tiny=True))
-    model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
+    views = views_of(images[:64])  # pre-drawn: the augmenter plays no part
+    model = compile_model(make_model("moco", num_classes=None, tiny=True, augmenter=False))
+    model.fit(views, batch_size=32, epochs=1, verbose=0)
     model.encoder.layers[-1].trainable = False  # the encoder's dense layer
     compile_model(model)
-    history = model.fit(images[:64], batch_size=32, epochs=1, verbose=0)
+    history = model.fit(views, batch_size=32, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
 
 
