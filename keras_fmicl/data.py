@@ -1216,24 +1216,45 @@ def sentence_dataset(
     (TensorShape([64, 32]), tf.int32)
     """
     sentences = _check_sentence_list(sentences)
+    return _tokenized_batches(
+        [sentences], lambda tokenized: tokenized[0], "sentences", preprocessor, batch_size,
+        shuffle, shuffle_buffer, seed, drop_remainder, sequence_length, prefetch,
+    )
+
+
+def _tokenized_batches(
+    columns: list,
+    combine: Any,
+    noun: str,
+    preprocessor: Any,
+    batch_size: int,
+    shuffle: bool,
+    shuffle_buffer: int | None,
+    seed: int | None,
+    drop_remainder: bool,
+    sequence_length: int | None,
+    prefetch: bool,
+) -> Any:
+    """Batches of the samples of `columns` (checked lists of N strings),
+    each column tokenized by `preprocessor` and the results joined by
+    `combine` (`sentence_dataset`, `text.sentence_tuple_dataset`)."""
     preprocess = _check_preprocessor(preprocessor, sequence_length)
     batch_size = check_integer("batch_size", batch_size, 1)
-    if drop_remainder and batch_size > len(sentences):
+    count = len(columns[0])
+    if drop_remainder and batch_size > count:
         raise ValueError(
-            f"`batch_size` is larger than the {len(sentences)} sentences and "
+            f"`batch_size` is larger than the {count} {noun} and "
             "drop_remainder=True, so the dataset would be empty; lower it or "
             f"pass drop_remainder=False. Received: batch_size={batch_size}"
         )
     seed = None if seed is None else check_integer("seed", seed, 0)
     tf = _import_tensorflow()
-    table = tf.constant(sentences, dtype=tf.string)
+    tables = [tf.constant(column, dtype=tf.string) for column in columns]
 
     def tokenize(index):
-        return preprocess(tf.gather(table, index))
+        return combine([preprocess(tf.gather(table, index)) for table in tables])
 
-    dataset = _index_batches(
-        tf, len(sentences), batch_size, shuffle, shuffle_buffer, seed, drop_remainder
-    )
+    dataset = _index_batches(tf, count, batch_size, shuffle, shuffle_buffer, seed, drop_remainder)
     dataset = dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if prefetch:
         dataset = dataset.prefetch(tf.data.AUTOTUNE)

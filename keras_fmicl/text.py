@@ -602,25 +602,12 @@ def sentence_tuple_dataset(
     from keras_fmicl import data
 
     columns = _check_columns(columns)
-    preprocess = data._check_preprocessor(preprocessor, sequence_length)
-    batch_size = check_integer("batch_size", batch_size, 1)
-    count = len(columns[0])
-    if drop_remainder and batch_size > count:
-        raise ValueError(
-            f"`batch_size` is larger than the {count} sentence tuples and "
-            "drop_remainder=True, so the dataset would be empty; lower it or "
-            f"pass drop_remainder=False. Received: batch_size={batch_size}"
-        )
-    seed = None if seed is None else check_integer("seed", seed, 0)
-    tf = data._import_tensorflow()
-    tables = [tf.constant(column, dtype=tf.string) for column in columns]
 
-    def tokenize(index):
-        outputs = [preprocess(tf.gather(table, index)) for table in tables]
+    def stack(outputs):
+        tf = data._import_tensorflow()
         return tf.nest.map_structure(lambda *parts: tf.stack(parts, axis=1), *outputs)
 
-    dataset = data._index_batches(tf, count, batch_size, shuffle, shuffle_buffer, seed, drop_remainder)
-    dataset = dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if prefetch:
-        dataset = dataset.prefetch(tf.data.AUTOTUNE)
-    return dataset
+    return data._tokenized_batches(
+        columns, stack, "sentence tuples", preprocessor, batch_size, shuffle,
+        shuffle_buffer, seed, drop_remainder, sequence_length, prefetch,
+    )
