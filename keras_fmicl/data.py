@@ -46,6 +46,7 @@ for batch in dataset.take(1):
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import inspect
 import os
@@ -537,9 +538,16 @@ def _prepare_tfds(name: str, split: str, data_dir: str | None) -> tuple:
 
 def _load_tfds(name: str, split: str, data_dir: str | None) -> tuple:
     tfds, data_dir = _prepare_tfds(name, split, data_dir)
-    try:
+    with _tfds_load_errors(name, split):
         dataset = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir)
         return _tfds_to_numpy(dataset)
+
+
+@contextlib.contextmanager
+def _tfds_load_errors(name: str, split: str):
+    """Turns an error of loading a prepared tfds set into one sentence."""
+    try:
+        yield
     except ImportError as err:
         raise _missing_dependency(name, err) from err
     except Exception as err:
@@ -1492,20 +1500,11 @@ def load_glue_stsb(split: str = "validation", data_dir: str | None = None) -> ST
         )
     name = "glue/stsb"
     tfds, data_dir = _prepare_tfds(name, split, data_dir)
-    try:
+    with _tfds_load_errors(name, split):
         dataset = tfds.load(name, split=split, data_dir=data_dir)
         a, b, scores = [], [], []
         for example in dataset.as_numpy_iterator():
             a.append(_normalise(example["sentence1"].decode("utf-8")))
             b.append(_normalise(example["sentence2"].decode("utf-8")))
             scores.append(float(example["label"]))
-    except ImportError as err:
-        raise _missing_dependency(name, err) from err
-    except Exception as err:
-        raise DatasetNotAvailableError(
-            f"Could not load {name!r} (split {split!r}) with tensorflow-datasets: "
-            f"run `tfds.load({name!r})` once with network access to download and "
-            f"prepare it, or pass `data_dir` pointing to a prepared copy "
-            f"({_short(err)})."
-        ) from err
     return STSPairs(a, b, np.asarray(scores, np.float64), np.asarray([split] * len(scores)))
