@@ -53,14 +53,19 @@ import contextlib
 import csv
 import json
 import os
-import re
 import sys
-import tempfile
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/_common.py
+from _common import FlagError  # noqa: E402
+from _common import exit_code  # noqa: E402
+from _common import quiet_native_logging  # noqa: E402
+from _common import run_in_output_dir  # noqa: E402
+from _common import select_backend  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "digits", "synthetic_cifar")
@@ -182,10 +187,6 @@ PRESETS["synthetic_cifar"] = dict(PRESETS["cifar10"])
 PRESETS["stl10"] = dict(PRESETS["cifar10"], batch_size=256)
 
 
-class FlagError(ValueError):
-    """A bad flag value: reported as one sentence."""
-
-
 def _setting(name):
     value = getattr(FLAGS, name)
     return PRESETS[FLAGS.dataset][name] if value is None else value
@@ -231,58 +232,9 @@ def check_flags():
         raise FlagError("--alpha weighs the negative term of f-MICL; InfoNCE has none (drop --alpha or use --loss fmicl).")
 
 
-def select_backend():
-    backend = FLAGS.backend or os.environ.get("KERAS_BACKEND", "tensorflow")
-    if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", backend) != backend:
-        raise FlagError("--backend must be chosen before Keras is imported.")
-    os.environ["KERAS_BACKEND"] = backend
-    if not FLAGS.debug:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return backend
-
-
-# TensorFlow/XLA's native start-up lines: glog-style "I0000 00:00:..." lines,
-# absl's notice that they precede InitializeLog, and the oneDNN notice.
-_NATIVE_NOISE = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
-    r"|.*oneDNN custom operations are on.*)$"
-)
-
-
-@contextlib.contextmanager
-def quiet_native_logging():
-    """Hides the C++ start-up logging of TensorFlow/XLA (unless --debug).
-
-    Those lines go straight to file descriptor 2 before any Python logging
-    is set up, so no environment variable silences all of them: fd 2 is
-    captured while the frameworks load, and everything else written there
-    (Python warnings, errors) is passed on.
-    """
-    if FLAGS.debug:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            lines = capture.read().decode("utf-8", "replace").splitlines()
-            kept = [line for line in lines if line.strip() and not _NATIVE_NOISE.match(line)]
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
-                sys.stderr.flush()
-
-
 def import_frameworks(backend):
     """Imports Keras, keras_fmicl and (for tf.data) TensorFlow quietly."""
-    with quiet_native_logging():
+    with quiet_native_logging(FLAGS.debug):
         import keras
         import numpy as np
 
@@ -296,26 +248,6 @@ def import_frameworks(backend):
             except ImportError:
                 pass
     return keras, np, keras_fmicl
-
-
-def make_output_dir(path):
-    """Creates `path`; returns the folders this call created (deepest last)."""
-    created = []
-    head = os.path.abspath(path)
-    while head and not os.path.exists(head):
-        created.append(head)
-        head = os.path.dirname(head)
-    os.makedirs(path, exist_ok=True)
-    return created[::-1]
-
-
-def remove_if_empty(created):
-    """Removes the folders of `make_output_dir` that are still empty."""
-    for folder in reversed(created):
-        try:
-            os.rmdir(folder)  # only succeeds on an empty folder
-        except OSError:
-            break
 
 
 def load_data(keras_fmicl):
@@ -442,8 +374,6 @@ class Distribution:
     process's rank and the number of processes that split the data."""
 
     def __init__(self, scope=None, rank=0, processes=1, description="one device"):
-        import contextlib
-
         self.scope = scope or contextlib.nullcontext()
         self.rank = rank
         self.processes = processes
@@ -681,16 +611,11 @@ class HistoryCSV:
 
 def run():
     check_flags()
-    backend = select_backend()
+    backend = select_backend(FLAGS.backend, FLAGS.debug)
     output_dir = FLAGS.output_dir or os.path.join(
         "runs", f"{FLAGS.dataset}_{FLAGS.loss}_{FLAGS.mode}_{backend}"
     )
-    created = make_output_dir(output_dir)
-    try:
-        return run_in(backend, output_dir)
-    except BaseException:
-        remove_if_empty(created)  # a failed run leaves no empty folder behind
-        raise
+    return run_in_output_dir(output_dir, lambda folder: run_in(backend, folder))
 
 
 def run_in(backend, output_dir):
@@ -910,29 +835,18 @@ _OWN_FLAGS = (
 )
 
 
+def run_and_finish():
+    run()
+    if FLAGS.distribute and FLAGS.backend == "torch":
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        print(f"train_cifar.py: error: unexpected arguments {argv[1:]}; flags look like --name=value.", file=sys.stderr)
-        return 2
-    try:
-        run()
-        if FLAGS.distribute and FLAGS.backend == "torch":
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-    except FlagError as error:
-        print(f"train_cifar.py: error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # one sentence for the errors a user can fix
-        from keras_fmicl.data import DatasetNotAvailableError
-
-        if isinstance(error, (DatasetNotAvailableError, ValueError)):
-            print(f"train_cifar.py: error: {error}", file=sys.stderr)
-            return 2
-        raise
-    return 0
+    return exit_code("train_cifar.py", argv, run_and_finish)
 
 
 if __name__ == "__main__":

@@ -45,18 +45,23 @@ Outputs in `--output_dir` (default `runs/sentences_<backbone>_<loss>_<method>_<b
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
 import sys
-import tempfile
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/_common.py
+from _common import FlagError  # noqa: E402
+from _common import exit_code  # noqa: E402
+from _common import quiet_native_logging  # noqa: E402
+from _common import run_in_output_dir  # noqa: E402
+from _common import select_backend  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
 DIVERGENCES = ("kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc")
@@ -116,10 +121,6 @@ flags.DEFINE_bool("debug", False, "Show TensorFlow/XLA's C++ start-up logging, h
 FLAGS = flags.FLAGS
 
 
-class FlagError(ValueError):
-    """A bad flag value: reported as one sentence."""
-
-
 def check_flags():
     """Checks the values absl cannot: one sentence per problem."""
     for name in ("sigma", "temperature", "alpha", "learning_rate", "batch_size", "epochs",
@@ -157,52 +158,9 @@ def check_flags():
         )
 
 
-def select_backend():
-    backend = FLAGS.backend or os.environ.get("KERAS_BACKEND", "tensorflow")
-    if "keras" in sys.modules and os.environ.get("KERAS_BACKEND", backend) != backend:
-        raise FlagError("--backend must be chosen before Keras is imported.")
-    os.environ["KERAS_BACKEND"] = backend
-    if not FLAGS.debug:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return backend
-
-
-# TensorFlow/XLA's native start-up lines (as in examples/train_cifar.py).
-_NATIVE_NOISE = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
-    r"|.*oneDNN custom operations are on.*)$"
-)
-
-
-@contextlib.contextmanager
-def quiet_native_logging():
-    """Hides the C++ start-up logging of TensorFlow/XLA (unless --debug);
-    everything else written to stderr meanwhile is passed on."""
-    if FLAGS.debug:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            lines = capture.read().decode("utf-8", "replace").splitlines()
-            kept = [line for line in lines if line.strip() and not _NATIVE_NOISE.match(line)]
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
-                sys.stderr.flush()
-
-
 def import_frameworks():
     """Keras, numpy, keras_fmicl and TensorFlow (tf.data), imported quietly."""
-    with quiet_native_logging():
+    with quiet_native_logging(FLAGS.debug):
         import keras
         import numpy as np
 
@@ -215,25 +173,6 @@ def import_frameworks():
         except ImportError:
             pass
     return keras, np, keras_fmicl
-
-
-def make_output_dir(path):
-    """Creates `path`; returns the folders this call created (deepest last)."""
-    created = []
-    head = os.path.abspath(path)
-    while head and not os.path.exists(head):
-        created.append(head)
-        head = os.path.dirname(head)
-    os.makedirs(path, exist_ok=True)
-    return created[::-1]
-
-
-def remove_if_empty(created):
-    for folder in reversed(created):
-        try:
-            os.rmdir(folder)
-        except OSError:
-            break
 
 
 def synthetic_corpus(count=2048, seed=0):
@@ -302,7 +241,7 @@ def build_backbone(keras_fmicl, corpus_sentences):
     keras_hub = keras_fmicl.text.import_keras_hub()
     name = FLAGS.backbone
     try:
-        with quiet_native_logging():
+        with quiet_native_logging(FLAGS.debug):
             backbone = keras_hub.models.Backbone.from_preset(name)
             preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
                 name, sequence_length=FLAGS.sequence_length
@@ -419,17 +358,12 @@ def held_out_metrics(keras, np, keras_fmicl, encoder, sentences, preprocessor):
 
 def run():
     check_flags()
-    backend = select_backend()
+    backend = select_backend(FLAGS.backend, FLAGS.debug)
     backbone_tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(FLAGS.backbone.rstrip("/")))
     output_dir = FLAGS.output_dir or os.path.join(
         "runs", f"sentences_{backbone_tag}_{FLAGS.loss}_{FLAGS.method}_{backend}"
     )
-    created = make_output_dir(output_dir)
-    try:
-        return run_in(backend, output_dir)
-    except BaseException:
-        remove_if_empty(created)  # a failed run leaves no empty folder behind
-        raise
+    return run_in_output_dir(output_dir, lambda folder: run_in(backend, folder))
 
 
 def run_in(backend, output_dir):
@@ -584,23 +518,7 @@ _OWN_FLAGS = (
 
 def main(argv):
     logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        print(f"train_sentences.py: error: unexpected arguments {argv[1:]}; flags look like --name=value.",
-              file=sys.stderr)
-        return 2
-    try:
-        run()
-    except FlagError as error:
-        print(f"train_sentences.py: error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # one sentence for the errors a user can fix
-        from keras_fmicl.data import DatasetNotAvailableError
-
-        if isinstance(error, (DatasetNotAvailableError, ValueError)):
-            print(f"train_sentences.py: error: {error}", file=sys.stderr)
-            return 2
-        raise
-    return 0
+    return exit_code("train_sentences.py", argv, run)
 
 
 if __name__ == "__main__":

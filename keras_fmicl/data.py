@@ -50,8 +50,10 @@ import contextlib
 import gzip
 import inspect
 import os
+from collections.abc import Iterable
 from typing import Any
 from typing import Callable
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -937,11 +939,6 @@ def image_dataset(
 # Sentences: a corpus file, tokenized tf.data batches, STS sentence pairs
 # ---------------------------------------------------------------------------
 
-# Imported here so that this section is self-contained.
-from typing import NamedTuple  # noqa: E402
-
-from keras_fmicl.validation import check_integer  # noqa: E402
-
 STS_TASKS = (
     "STS12",
     "STS13",
@@ -1157,20 +1154,21 @@ def _check_preprocessor(preprocessor: Any, sequence_length: Any) -> Callable[[An
     return preprocessor
 
 
-def _check_sentence_list(sentences: Any) -> list[str]:
-    if isinstance(sentences, (str, bytes)) or not isinstance(sentences, (list, tuple, np.ndarray)):
+def _check_sentences(sentences: Any, argument: str = "sentences") -> list[str]:
+    """`sentences` as a non-empty list of strings, else a ValueError naming `argument`."""
+    if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Iterable):
         raise ValueError(
-            "`sentences` must be a list of strings (e.g. from load_sentences). "
-            f"Received: sentences={sentences!r:.80}"
+            f"`{argument}` must be a list of strings (e.g. from load_sentences). "
+            f"Received: {argument}={sentences!r:.80}"
         )
     sentences = list(sentences)
     if not sentences:
-        raise ValueError("`sentences` must hold at least one sentence. Received: []")
+        raise ValueError(f"`{argument}` must hold at least one sentence. Received: []")
     for index, sentence in enumerate(sentences):
         if not isinstance(sentence, str):
             raise ValueError(
-                "`sentences` must hold strings only. Received: "
-                f"sentences[{index}]={sentence!r:.80}"
+                f"`{argument}` must hold strings only. Received: "
+                f"{argument}[{index}]={sentence!r:.80}"
             )
     return sentences
 
@@ -1223,7 +1221,7 @@ def sentence_dataset(
     >>> batch["token_ids"].shape, batch["token_ids"].dtype
     (TensorShape([64, 32]), tf.int32)
     """
-    sentences = _check_sentence_list(sentences)
+    sentences = _check_sentences(sentences)
     return _tokenized_batches(
         [sentences], lambda tokenized: tokenized[0], "sentences", preprocessor, batch_size,
         shuffle, shuffle_buffer, seed, drop_remainder, sequence_length, prefetch,

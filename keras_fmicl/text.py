@@ -50,7 +50,6 @@ import collections
 import csv
 import os
 import re
-from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,6 +57,7 @@ import keras
 from keras import ops
 
 from keras_fmicl.data import MissingDependencyError
+from keras_fmicl.data import _check_sentences
 from keras_fmicl.validation import check_choice
 from keras_fmicl.validation import check_integer
 
@@ -276,24 +276,6 @@ class SentenceEncoder(keras.Model):
 # ---------------------------------------------------------------------------
 # An offline tiny backbone and its WordPiece vocabulary
 # ---------------------------------------------------------------------------
-
-
-def _check_sentences(sentences: Any, argument: str = "sentences") -> list[str]:
-    if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Iterable):
-        raise ValueError(
-            f"`{argument}` must be a list of strings. Received: "
-            f"{argument}={sentences!r:.80}"
-        )
-    sentences = list(sentences)
-    for index, sentence in enumerate(sentences):
-        if not isinstance(sentence, str):
-            raise ValueError(
-                f"`{argument}` must hold strings only. Received: "
-                f"{argument}[{index}]={sentence!r:.80}"
-            )
-    if not sentences:
-        raise ValueError(f"`{argument}` must hold at least one sentence. Received: []")
-    return sentences
 
 
 def word_piece_vocabulary(

@@ -3,7 +3,6 @@
 import csv
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -13,9 +12,13 @@ import numpy as np
 import pytest
 
 import keras_fmicl
+from tests.examples.scripts import NATIVE_NOISE
+from tests.examples.scripts import ROOT
+from tests.examples.scripts import error_lines
+from tests.examples.scripts import run_script
+from tests.examples.scripts import script_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "examples", "train_cifar.py")
+SCRIPT = script_path("train_cifar.py")
 TINY = [
     "--dataset=digits",
     "--epochs=2",
@@ -29,34 +32,13 @@ TINY = [
 ]
 
 
-def error_lines(stderr):
-    """stderr without TensorFlow's C++ start-up banner (no env var silences it)."""
-    return [
-        line
-        for line in stderr.strip().splitlines()
-        if line.strip()
-        and not line.startswith("WARNING: All log messages before absl::InitializeLog()")
-        and not re.match(r"^[IWE]\d{4} ", line)
-    ]
-
-
 def run_example(*args, timeout=300, env=None):
-    env = dict(os.environ if env is None else env)
-    env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, SCRIPT, f"--backend={keras.backend.backend()}", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
+    return run_script(SCRIPT, *args, timeout=timeout, env=env)
 
 
 # runs whose embedding.png nothing checks skip its t-SNE
 NO_EMBEDDING = ["--embedding_points=0"]
 
-NATIVE_NOISE = re.compile(r"cuInit|oneDNN|InitializeLog|^[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]", re.M)
 
 
 def test_tiny_run_writes_every_output(tmp_path):

@@ -6,42 +6,25 @@ the bad-flag runs stop before Keras is imported (about a second each).
 
 import json
 import os
-import re
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
+from tests.examples.scripts import NATIVE_NOISE
+from tests.examples.scripts import error_lines
+from tests.examples.scripts import run_script
+from tests.examples.scripts import script_path
 from tests.test_data_sentences import write_sick
 from tests.test_data_sentences import write_sts_task
 from tests.test_data_sentences import write_stsb
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "examples", "train_sentences.py")
-NATIVE_NOISE = re.compile(r"cuInit|oneDNN|InitializeLog|^[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]", re.M)
+SCRIPT = script_path("train_sentences.py")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def error_lines(stderr):
-    """stderr without TensorFlow's C++ start-up banner."""
-    return [
-        line
-        for line in stderr.strip().splitlines()
-        if line.strip()
-        and not line.startswith("WARNING: All log messages before absl::InitializeLog()")
-        and not re.match(r"^[IWE]\d{4} ", line)
-    ]
-
-
 def run_example(*args, timeout=300, env=None):
-    env = dict(os.environ if env is None else env)
-    env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, SCRIPT, f"--backend={keras.backend.backend()}", *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
-    )
+    return run_script(SCRIPT, *args, timeout=timeout, env=env)
 
 
 def test_tiny_smoke_run_as_printed_writes_every_output(tmp_path):

@@ -1,0 +1,44 @@
+"""Running an example script as a user does: one subprocess per run."""
+
+import os
+import re
+import subprocess
+import sys
+
+import keras
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# TensorFlow/XLA's C++ start-up lines, which the examples hide.
+NATIVE_NOISE = re.compile(r"cuInit|oneDNN|InitializeLog|^[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]", re.M)
+
+
+def script_path(name: str) -> str:
+    """The path of examples/<name>."""
+    return os.path.join(ROOT, "examples", name)
+
+
+def error_lines(stderr: str) -> list:
+    """stderr without TensorFlow's C++ start-up banner (no env var silences it)."""
+    return [
+        line
+        for line in stderr.strip().splitlines()
+        if line.strip()
+        and not line.startswith("WARNING: All log messages before absl::InitializeLog()")
+        and not re.match(r"^[IWE]\d{4} ", line)
+    ]
+
+
+def run_script(script: str, *args, timeout: float = 300, env: dict = None):
+    """`python <script> --backend=<this process's backend> <args>` from the
+    repository root, with the checkout on PYTHONPATH."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, script, f"--backend={keras.backend.backend()}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
