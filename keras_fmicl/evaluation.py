@@ -1259,12 +1259,21 @@ def _sts_task_pairs(name: Any, pairs: Any) -> tuple[list, list, np.ndarray]:
 
 
 def _embed_sentences(
-    encoder: Any, sentences: list, preprocessor: Any, batch_size: int, verbose: int
+    encoder: Any, sentences: list, preprocessor: Any, batch_size: int, verbose: int, task: str
 ) -> np.ndarray:
+    """(len(sentences), F) features, in full batches of `batch_size`.
+
+    The list is padded with empty sentences to a multiple of `batch_size`
+    (their rows are dropped), so every task of `evaluate_sts` feeds the
+    encoder one batch shape: one compilation on JAX/XLA, not one per task.
+    Inference is row-independent, so the padding changes no feature.
+    """
     from keras_fmicl import data
 
+    count = len(sentences)
+    padded = list(sentences) + [""] * (-count % batch_size)
     dataset = data.sentence_dataset(
-        sentences, preprocessor, batch_size=batch_size, shuffle=False, drop_remainder=False
+        padded, preprocessor, batch_size=batch_size, shuffle=False, drop_remainder=False
     )
     if isinstance(encoder, keras.Model):
         features = encoder.predict(dataset, verbose=verbose)
@@ -1283,7 +1292,13 @@ def _embed_sentences(
             f"features. Received: an output of type {type(features).__name__}"
             + (f" and shape {np.shape(features)}" if not isinstance(features, dict) else "")
         )
-    return np.asarray(features)
+    if features.shape[0] != len(padded):
+        raise ValueError(
+            f"`encoder` must return one row per sentence: {len(padded)} for "
+            f"task {task!r} (its {count} sentences in batches of {batch_size}). "
+            f"Received: {features.shape[0]} rows"
+        )
+    return np.asarray(features)[:count]
 
 
 def evaluate_sts(
@@ -1296,7 +1311,8 @@ def evaluate_sts(
     """STS scores of a sentence encoder: per task, and their average.
 
     For each task, both sentences of every pair are embedded (inference
-    mode, in batches of `batch_size`) and scored with `sts_correlation`:
+    mode, in full batches of `batch_size`: the last one is padded with empty
+    sentences, so every task shares one compiled shape) and scored with `sts_correlation`:
     the Spearman correlation x 100 of the cosine similarities with the
     gold scores, over all the task's pairs at once. For STS12-16 this is
     SentEval's "all" setting (the subsets concatenated), which SimCSE and
@@ -1354,14 +1370,9 @@ def evaluate_sts(
                 f"`tasks[{name!r}]` must hold at least 2 pairs. Received: {len(scores)}"
             )
         features = _embed_sentences(
-            encoder, sentences_a + sentences_b, preprocessor, batch_size, verbose
+            encoder, sentences_a + sentences_b, preprocessor, batch_size, verbose, name
         )
         count = len(sentences_a)
-        if features.shape[0] != 2 * count:
-            raise ValueError(
-                f"`encoder` must return one row per sentence: {2 * count} for "
-                f"task {name!r}. Received: {features.shape[0]} rows"
-            )
         try:
             results[name] = sts_correlation(features[:count], features[count:], scores)
         except ValueError as err:

@@ -173,13 +173,17 @@ def test_evaluate_sts_with_a_plain_callable_over_several_batches(tiny_encoder):
     _, preprocessor = tiny_encoder
     rng = np.random.default_rng(0)
     table = rng.normal(size=(100, 5))
+    seen = []
 
     def encoder(batch):  # a bag of random token vectors, in numpy
         ids = keras.ops.convert_to_numpy(batch["token_ids"])
+        seen.append(ids.shape)
         mask = keras.ops.convert_to_numpy(batch["padding_mask"])[..., None]
         return (table[ids] * mask).sum(axis=1)
 
     results = evaluation.evaluate_sts(encoder, tasks(), preprocessor, batch_size=3)
+    # 8 sentences a task, padded to 9: full batches only, one shape for every task
+    assert seen == [(3, 12)] * 6
     for name, (a, b, gold) in tasks().items():
         features = encoder(preprocessor(a + b))
         expected = evaluation.sts_correlation(features[:4], features[4:], gold)
@@ -207,6 +211,12 @@ def test_evaluate_sts_bad_arguments(tiny_encoder):
 
     with pytest.raises(ValueError, match="STS task 't'.*must not all be equal"):
         evaluation.evaluate_sts(ones, {"t": (["a", "b"], ["c", "d"], [1, 1])}, preprocessor)
+
+    def one_short(batch):
+        return np.ones((len(batch["token_ids"]) - 1, 3))
+
+    with pytest.raises(ValueError, match=r"one row per sentence: 8 for task 'first'.*Received: 7 rows"):
+        evaluation.evaluate_sts(one_short, tasks(), preprocessor, batch_size=8)
 
     def flat(batch):
         return np.ones((len(batch["token_ids"]),))
