@@ -174,9 +174,14 @@ def test_one_matmul_gradient_of_the_negatives_equals_autodiff(name, similarity, 
     np.testing.assert_allclose(grad, plain_grad, rtol=1e-4, atol=1e-5 * np.abs(plain_grad).max())
 
 
+# Every divergence with the default similarity; the cosine kernel with KL and
+# VLC (the one that once broke), not the full product: each case compiles
+# for ~5 s on CI.
+COMPILE_CASES = [(name, "gaussian") for name in NAMES] + [("kl", "cosine"), ("vlc", "cosine")]
+
+
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile")
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("similarity", ["gaussian", "cosine"])
+@pytest.mark.parametrize("name, similarity", COMPILE_CASES)
 def test_torch_compile_traces_the_loss_as_one_graph(name, similarity):
     """No graph break (a break made VLC fall back to eager under torch.compile)."""
     import torch
