@@ -161,12 +161,9 @@ def make_loss_fn(
         loss = keras_fmicl.InfoNCELoss(temperature=temperature)
     elif config.startswith("fmicl/"):
         _, divergence, similarity = config.split("/")
-        loss = keras_fmicl.FMICLLoss(
-            divergence=divergence,
-            similarity=similarity,
-            sigma=sigma,
-            temperature=temperature,
-        )
+        # each similarity gets its own parameter only (the other would warn)
+        parameter = {"sigma": sigma} if similarity == "gaussian" else {"temperature": temperature}
+        loss = keras_fmicl.FMICLLoss(divergence=divergence, similarity=similarity, **parameter)
     else:
         raise ValueError(f"Unknown loss configuration. Received: config={config!r}")
     return lambda y: loss(None, y)
