@@ -389,11 +389,8 @@ def run_in(backend, output_dir):
             train, preprocessor, batch_size=FLAGS.batch_size, seed=FLAGS.seed
         )
         method = keras_fmicl.methods.SimCSE()
-    # The features are taken before BERT's pooler (SimCSE's cls_before_pooler),
-    # so the pooler gets no gradient: frozen, Keras does not warn about it.
-    for layer in backbone.layers:
-        if layer.name == "pooled_dense":
-            layer.trainable = False
+    # The features are taken before BERT's pooler (SimCSE's cls_before_pooler);
+    # SentenceEncoder freezes that pooler, which gets no gradient.
     encoder = keras_fmicl.SentenceEncoder(backbone, pooling=FLAGS.pooling)
     hidden = encoder.output_dim
     # SimCSE's training-only MLP over [CLS]: Dense(F) + tanh, dropped at evaluation

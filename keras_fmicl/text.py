@@ -130,6 +130,11 @@ def _is_integer_dtype(x: Any) -> bool:
     return dtype.startswith("int") or dtype.startswith("uint")
 
 
+# keras-hub backbone layers that compute a pooled output SentenceEncoder never
+# reads (BertBackbone's dense + tanh over [CLS]).
+UNUSED_POOLER_LAYERS = ("pooled_dense",)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SentenceEncoder(keras.Model):
     """A keras-hub text backbone pooled into `(N, F)` sentence features.
@@ -157,6 +162,8 @@ class SentenceEncoder(keras.Model):
         pooling: `"cls"` (the first token's last hidden state, before any
             pooler: SimCSE's `cls_before_pooler`) or `"mean"` (the average
             over the tokens the padding mask keeps). Defaults to `"cls"`.
+            The backbone's own pooler (BERT's `pooled_dense`), which
+            neither pooling reads, is set non-trainable.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -174,6 +181,11 @@ class SentenceEncoder(keras.Model):
         self._backbone_inputs = _check_backbone(backbone)
         self.pooling = check_choice("pooling", pooling, POOLINGS)
         self.backbone = backbone
+        # Neither pooling reads the backbone's pooler (BERT's `pooled_dense`,
+        # over [CLS]): frozen, it gets no gradient and no optimizer warning.
+        for layer in getattr(backbone, "layers", ()):
+            if layer.name in UNUSED_POOLER_LAYERS:
+                layer.trainable = False
 
     @property
     def output_dim(self) -> int | None:

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -339,8 +340,13 @@ def test_simcse_trains_a_sentence_encoder_and_round_trips(tiny_text_backbone, tm
     )
     x = tokens(preprocessor, list(tiny_text_backbone.corpus))  # 16 sentences
     before = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)["loss"]
-    history = model.fit(x, batch_size=8, epochs=2, verbose=0).history
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, batch_size=8, epochs=2, verbose=0).history
     assert np.all(np.isfinite(history["loss"])) and np.all(np.isfinite(history["mi_estimate"]))
+    # BERT's pooler, which neither pooling reads, is frozen: no gradient missing
+    assert not [w for w in caught if "Gradients do not exist" in str(w.message)]
+    assert not [w for w in model.trainable_weights if "pooled_dense" in w.path]
     after = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)["loss"]
     assert after < before  # deterministic (inference mode), same sentences
     assert int(to_numpy(model.training_steps.value)) == 4
@@ -349,6 +355,7 @@ def test_simcse_trains_a_sentence_encoder_and_round_trips(tiny_text_backbone, tm
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded.encoder, text.SentenceEncoder)
     assert isinstance(loaded.method, methods.SimCSE) and loaded.mode == "simcse"
+    assert not [w for w in loaded.trainable_weights if "pooled_dense" in w.path]
     batch = tokens(preprocessor, list(tiny_text_backbone.corpus[:8]))  # the shapes of the
     expected, got = model(batch), loaded(batch)  # views test: JAX reuses its compiled ops
     for key in ("features", "queries"):  # encoder and projector
