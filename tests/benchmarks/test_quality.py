@@ -137,6 +137,9 @@ def test_goals_compare_best_fmicl_with_infonce_of_its_mode_and_gaussian_with_cos
     def row(name, knn, paired=None):
         return {"name": name, "knn_mean": knn, "paired": {"knn": paired} if paired else {}}
 
+    def one_seed(mean):
+        return {"n": 1, "mean": mean, "half_width": None, "low": None, "high": None}
+
     def ci(mean, half):
         return {"n": 3, "mean": mean, "half_width": half, "low": mean - half, "high": mean + half}
 
@@ -145,8 +148,13 @@ def test_goals_compare_best_fmicl_with_infonce_of_its_mode_and_gaussian_with_cos
         row("fmicl-kl-gaussian", 71.5, ci(1.5, 0.5)), row("fmicl-kl-cosine", 72.0, ci(2.0, 0.5)),
         row("fmicl-js-gaussian", 69.0, ci(-1.0, 0.5)), row("fmicl-js-cosine", 68.0, ci(-2.0, 0.5)),
         row("moco-infonce", 65.0), row("moco-fmicl-kl", 55.0, ci(-10.0, 1.0)),
+        row("mocov3-infonce", 66.0), row("mocov3-fmicl-kl", 65.7, one_seed(-0.3)),
+        row("b128-infonce", 64.0), row("b128-fmicl-kl", 63.0, one_seed(-1.0)),
     ]
     text = "\n".join(quality.goals(rows))
+    # one seed: no CI, so only the 0.5-point margin is judged, and said so
+    assert "mocov3-fmicl-kl, kNN -0.30 (1 seed) points (within 0.5 point of InfoNCE or better, 1 seed)" in text
+    assert "b128-fmicl-kl, kNN -1.00 (1 seed) points (more than 0.5 point below InfoNCE, 1 seed)" in text
     assert "Best f-MICL vs infonce: fmicl-kl-cosine, kNN +2.00 [+1.50, +2.50] points (≥ InfoNCE)" in text
     assert "worst f-MICL (fmicl-js-cosine) 68.00 vs random init 60.00" in text
     assert "Best f-MICL vs moco-infonce: moco-fmicl-kl, kNN -10.00 [-11.00, -9.00] points (below InfoNCE)" in text
