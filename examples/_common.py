@@ -116,7 +116,8 @@ def exit_code(script: str, argv: list[str], run: Callable[[], object]) -> int:
         return 2
     try:
         run()
-    except FlagError as error:
+    except FlagError as error:  # a ValueError too, but caught first: bad flags
+        # are reported before Keras is imported, and the branch below imports it
         print(f"{script}: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:
