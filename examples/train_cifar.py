@@ -88,7 +88,7 @@ flags.DEFINE_float(
 flags.DEFINE_enum("mode", "simclr", ("simclr", "moco", "mocov3"), "Training method: simclr, moco (MoCo v2) or mocov3 (keras_fmicl.methods.SimCLR, MoCoV2, MoCoV3).")
 flags.DEFINE_float("momentum", 0.99, "Base EMA momentum of the key encoder (moco, mocov3); rises to 1 (cosine).")
 flags.DEFINE_float("online_weight", 0.0, "moco, mocov3: weight in [0, 1] of the contrast of the online embeddings among themselves, mixed with the key contrast (keras_fmicl.methods.MomentumMethod).")
-flags.DEFINE_integer("queue_size", None, "MoCo queue size (default: 16 batches of keys, capped at 8192).")
+flags.DEFINE_integer("queue_size", None, "MoCo queue size, at least the keys of one batch (default: 16 batches of keys, capped at 8192 or one batch).")
 flags.DEFINE_enum("encoder", None, ("resnet18", "small_cnn"), "Encoder (default: small_cnn for 28x28/8x8 data, resnet18 otherwise).")
 flags.DEFINE_integer("width", None, "Encoder width (ResNet: 64 is the standard ResNet-18).")
 flags.DEFINE_integer("projection_dim", None, "Output dimension of the projection head.")
@@ -204,17 +204,28 @@ def check_flags():
     """Checks the values absl cannot: one sentence per problem."""
     positive = ["sigma", "temperature", "alpha", "learning_rate", "batch_size",
                 "width", "projection_dim", "max_train_samples", "max_test_samples", "linear_epochs",
-                "knn_k"]
+                "knn_k", "queue_size"]
     for name in positive:
         value = getattr(FLAGS, name)
         if value is not None and not value > 0:
             raise FlagError(f"--{name} must be positive, got {value}.")
-    for name in ("epochs", "warmup_epochs", "weight_decay", "knn_every", "queue_size"):
+    for name in ("epochs", "warmup_epochs", "weight_decay", "knn_every"):
         value = getattr(FLAGS, name)
         if value is not None and value < 0:
             raise FlagError(f"--{name} must be >= 0, got {value}.")
     if not 0 <= FLAGS.momentum < 1:
         raise FlagError(f"--momentum must be in [0, 1), got {FLAGS.momentum}.")
+    if not 0 <= FLAGS.online_weight <= 1:
+        raise FlagError(f"--online_weight must be in [0, 1], got {FLAGS.online_weight}.")
+    for name, modes in (("momentum", ("moco", "mocov3")), ("online_weight", ("moco", "mocov3")),
+                        ("queue_size", ("moco",))):
+        if FLAGS[name].present and FLAGS.mode not in modes:
+            raise FlagError(f"--{name} applies to --mode {' or '.join(modes)}, not {FLAGS.mode}.")
+    if FLAGS.queue_size is not None and FLAGS.queue_size < 2 * _setting("batch_size"):
+        raise FlagError(
+            f"--queue_size must hold the keys of a batch (2 views x batch size "
+            f"{_setting('batch_size')} = {2 * _setting('batch_size')}), got {FLAGS.queue_size}."
+        )
     if FLAGS.divergence == "tsallis" and (FLAGS.tsallis_order <= 0 or FLAGS.tsallis_order == 1):
         raise FlagError(f"--tsallis_order must be positive and not 1, got {FLAGS.tsallis_order}.")
     for fraction in FLAGS.few_label:
@@ -321,10 +332,11 @@ def build_method(keras_fmicl, steps_per_epoch, projection_dim):
     total_steps = _setting("epochs") * steps_per_epoch
     momentum = keras_fmicl.CosineMomentum(FLAGS.momentum, max(total_steps, 1))
     if mode == "moco":
-        queue = FLAGS.queue_size or min(16 * 2 * _setting("batch_size"), 8192)
+        keys_per_batch = 2 * _setting("batch_size")
+        queue = FLAGS.queue_size or max(min(16 * keys_per_batch, 8192), keys_per_batch)
         return keras_fmicl.methods.MoCoV2(
             momentum=momentum,
-            queue_size=max(queue, 2 * _setting("batch_size")),
+            queue_size=queue,
             online_weight=FLAGS.online_weight,
         )
     return keras_fmicl.methods.MoCoV3(
@@ -618,6 +630,12 @@ def run():
     return run_in_output_dir(output_dir, lambda folder: run_in(backend, folder))
 
 
+def _few_label_epochs(labels, fraction: float, batch_size: int) -> int:
+    """Epochs of a few-label probe: at least 100, and ~300 steps however few the labels."""
+    steps_per_epoch = -(-max(1, int(fraction * len(labels))) // batch_size)
+    return max(100, -(-300 // steps_per_epoch))
+
+
 def run_in(backend, output_dir):
     keras, np, keras_fmicl = import_frameworks(backend)  # the backend is set first
     keras.utils.set_random_seed(FLAGS.seed)
@@ -714,8 +732,7 @@ def run_in(backend, output_dir):
             train_features, train_y, test_features, test_y, float(fraction),
             draws=FLAGS.few_label_draws, num_classes=num_classes, seed=FLAGS.seed,
             learning_rate=1e-2, batch_size=256,
-            # at least ~300 steps however few the labels
-            epochs=max(100, -(-300 // -(-int(float(fraction) * len(train_y)) // 256))),
+            epochs=_few_label_epochs(train_y, float(fraction), batch_size=256),
         )
         for fraction in FLAGS.few_label
     }

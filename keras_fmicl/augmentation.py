@@ -43,6 +43,7 @@ from typing import Any
 
 import keras
 
+from keras_fmicl.validation import check_bool
 from keras_fmicl.validation import check_integer
 from keras_fmicl.validation import check_positive_integer
 from keras_fmicl.validation import is_integer
@@ -124,12 +125,6 @@ def _check_probability(name: str, value: Any) -> float:
             f"Received: {name}={value!r}"
         )
     return float(value)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    return value
 
 
 def _check_seed(value: Any) -> int | None:
@@ -280,7 +275,7 @@ class RandomResizedCrop(_DataLayer):
                 f"Received: interpolation={interpolation!r}"
             )
         self.interpolation = interpolation
-        self.antialias = _check_bool("antialias", antialias)
+        self.antialias = check_bool("antialias", antialias)
         self.seed = _check_seed(seed)
         self.generator = keras.random.SeedGenerator(self.seed)
         self._convert_input_args = False  # images may be ints; cast in call.
@@ -515,7 +510,7 @@ class SimCLRAugmentation(_DataLayer):
         self.image_size = _check_image_size(image_size)
         self.crop_scale = _check_scale("crop_scale", crop_scale)
         self.crop_ratio = _check_ratio("crop_ratio", crop_ratio)
-        self.flip = _check_bool("flip", flip)
+        self.flip = check_bool("flip", flip)
         if (
             not is_real(color_jitter_strength)
             or not 0 <= color_jitter_strength <= _MAX_COLOR_JITTER_STRENGTH

@@ -48,6 +48,7 @@ from keras_fmicl import backend_ops
 from keras_fmicl import distributed
 from keras_fmicl.similarities import l2_normalize
 from keras_fmicl.similarities import row_dot
+from keras_fmicl.validation import check_bool
 from keras_fmicl.validation import concrete_values
 from keras_fmicl.validation import describe
 
@@ -196,6 +197,11 @@ def check_embeddings(x: Any, argument: str) -> Any:
             f"`{argument}` must hold V >= 2 views of each sample (axis 1): a "
             f"single view has no positive. Received: {argument}.shape={shape}"
         )
+    if shape[0] == 0:
+        raise ValueError(
+            f"`{argument}` must hold at least one sample (axis 0). "
+            f"Received: {argument}.shape={shape}"
+        )
     if shape[2] == 0:
         raise ValueError(
             f"`{argument}` must hold embeddings of dimension d >= 1 (axis 2). "
@@ -340,6 +346,11 @@ def validate(
                 f"`queue` must have shape (K, d) with d = {dim}. Received: "
                 f"queue.shape={q_shape}"
             )
+        if q_shape[0] == 0:
+            raise ValueError(
+                "`queue` must hold at least one negative (axis 0); pass "
+                f"queue=None for none. Received: queue.shape={q_shape}"
+            )
     if queue_mask is not None:
         if queue is None:
             raise ValueError(
@@ -436,6 +447,8 @@ def build(
     batch = contrast.build(y_pred, scale=2.0)   # tensors hold 2 cos
     ```
     """
+    in_batch_negatives = check_bool("in_batch_negatives", in_batch_negatives)
+    global_negatives = check_bool("global_negatives", global_negatives)
     inputs = validate(
         queries, keys, queue, queue_mask, labels, in_batch_negatives, query_argument, label_argument
     )

@@ -43,6 +43,7 @@ from keras_fmicl import distributed
 from keras_fmicl import methods as methods_module
 from keras_fmicl.diagnostics import PositivesDriftMonitor
 from keras_fmicl.methods import VIEWS_KEY
+from keras_fmicl.validation import check_bool
 from keras_fmicl.validation import check_integer
 
 _PACKAGE = "keras_fmicl"
@@ -478,6 +479,21 @@ class ContrastiveModel(keras.Model):
         if validation_split:
             num_samples = int(math.floor(num_samples * (1.0 - validation_split)))
         batch_size = batch_size or 32  # Keras' default for arrays
+        # a batch of one sample is skipped (no negatives): with one sample
+        # per batch the whole fit would train nothing
+        if num_samples < 2:
+            raise ValueError(
+                "Contrastive training needs at least 2 training samples (a single "
+                "sample has no negatives). Received: x with "
+                f"{num_samples} training sample{'' if num_samples == 1 else 's'}"
+                + (f" after validation_split={validation_split}" if validation_split else "")
+            )
+        if batch_size < 2:
+            raise ValueError(
+                "`batch_size` must be at least 2: a batch of one sample has no "
+                "negatives and would be skipped, so nothing would train. "
+                f"Received: batch_size={batch_size}"
+            )
         self.method.check_batch_size(self, min(batch_size, num_samples))
         # the batches hold at most `batch_size` samples: checked above
         self._batch_size_checked = True
@@ -530,11 +546,7 @@ class ContrastiveModel(keras.Model):
         model.fit(images, epochs=50, callbacks=[keras_fmicl.PositivesDriftMonitor(patience=5)])
         ```
         """
-        if not isinstance(drift_warning, bool):
-            raise ValueError(
-                f"`drift_warning` must be True or False. Received: drift_warning={drift_warning!r}"
-            )
-        if drift_warning:
+        if check_bool("drift_warning", drift_warning):
             callbacks = self._with_drift_monitor(callbacks)
         self._batch_size_checked = False
         self._check_fit_data(x, y, batch_size, validation_split, shuffle, callbacks, steps_per_epoch)

@@ -59,6 +59,7 @@ import keras
 import numpy as np
 
 from keras_fmicl import backend_ops
+from keras_fmicl.validation import check_bool
 from keras_fmicl.validation import check_integer
 from keras_fmicl.validation import check_positive_integer
 from keras_fmicl.validation import is_real
@@ -705,16 +706,20 @@ def _check_labels(labels: Any, num_images: int) -> np.ndarray | None:
 
 
 def _check_batching(
-    num_images: int, batch_size: Any, drop_remainder: bool
-) -> int:
+    count: int, batch_size: Any, shuffle: Any, drop_remainder: Any, prefetch: Any, noun: str = "images"
+) -> tuple[int, bool, bool, bool]:
+    """`(batch_size, shuffle, drop_remainder, prefetch)` of a dataset of `count` `noun`, checked."""
     batch_size = _check_positive_int("batch_size", batch_size)
-    if drop_remainder and batch_size > num_images:
+    shuffle = check_bool("shuffle", shuffle)
+    drop_remainder = check_bool("drop_remainder", drop_remainder)
+    prefetch = check_bool("prefetch", prefetch)
+    if drop_remainder and batch_size > count:
         raise ValueError(
-            f"`batch_size` is larger than the {num_images} images and "
+            f"`batch_size` is larger than the {count} {noun} and "
             "drop_remainder=True, so the dataset would be empty; lower it or "
             f"pass drop_remainder=False. Received: batch_size={batch_size}"
         )
-    return batch_size
+    return batch_size, shuffle, drop_remainder, prefetch
 
 
 def _augment_fn(augmenter: Any) -> Callable[[Any], Any]:
@@ -743,6 +748,37 @@ def _augment_fn(augmenter: Any) -> Callable[[Any], Any]:
     ):
         return lambda x: augmenter(x, training=True)
     return lambda x: augmenter(x)
+
+
+def _check_value_range(augmenter: Any, images: np.ndarray, rescale: float) -> None:
+    """`ValueError` if a layer of `augmenter` expects pixels on another scale.
+
+    Only for `uint8` images, whose pixels lie in [0, 255] and reach the
+    augmenter in [0, 255 rescale]; the layers checked are those with a
+    `value_range` attribute (`SimCLRAugmentation`, Keras' colour layers).
+    """
+    if images.dtype != np.uint8 or not isinstance(augmenter, keras.layers.Layer):
+        return
+    expected = (0.0, 255.0 * rescale)
+    layers = [augmenter]
+    while layers:
+        layer = layers.pop()
+        value_range = getattr(layer, "value_range", None)
+        if not (
+            isinstance(value_range, (tuple, list))
+            and len(value_range) == 2
+            and all(is_real(v) for v in value_range)
+        ):
+            # a layer with a value range handles its own sublayers
+            layers.extend(layer._flatten_layers(include_self=False, recursive=False))
+        elif not np.allclose(np.asarray(value_range, np.float64), expected, rtol=1e-6, atol=0.0):
+            owner = "augmenter" if layer is augmenter else f"augmenter layer {layer.name!r}"
+            raise ValueError(
+                f"The {owner} expects pixels in value_range={tuple(value_range)}, but the "
+                f"uint8 images times rescale={rescale:g} lie in [0, {expected[1]:g}]: set its "
+                f"value_range to (0, {expected[1]:g}) or `rescale` to match. Received: "
+                f"value_range={tuple(value_range)}, rescale={rescale:g}"
+            )
 
 
 def _index_batches(
@@ -815,7 +851,8 @@ def multiview_dataset(
             batch has exactly B images and static shapes.
         rescale: factor applied to the `float32` images before augmentation;
             the default 1/255 maps `uint8` pixels to [0, 1], 1.0 keeps
-            [0, 255]. Set the augmenter's `value_range` to match.
+            [0, 255]. With `uint8` images a layer of the augmenter whose
+            `value_range` differs from `(0, 255 * rescale)` is a `ValueError`.
         num_parallel_calls: parallel calls of the augmentation map; `None`
             for `tf.data.AUTOTUNE` without a seed and 1 with one (parallel
             calls may interleave the augmenter's random-state updates).
@@ -836,10 +873,13 @@ def multiview_dataset(
     images = _check_images(images)
     labels = _check_labels(labels, len(images))
     num_views = _check_positive_int("num_views", num_views)
-    batch_size = _check_batching(len(images), batch_size, drop_remainder)
+    batch_size, shuffle, drop_remainder, prefetch = _check_batching(
+        len(images), batch_size, shuffle, drop_remainder, prefetch
+    )
     seed = _check_seed(seed)
     rescale = _check_rescale(rescale)
     augment = None if augmenter is None else _augment_fn(augmenter)
+    _check_value_range(augmenter, images, rescale)
     tf = _import_tensorflow()
     if num_parallel_calls is None:
         num_parallel_calls = tf.data.AUTOTUNE if seed is None else 1
@@ -913,7 +953,9 @@ def image_dataset(
     """
     images = _check_images(images)
     labels = _check_labels(labels, len(images))
-    batch_size = _check_batching(len(images), batch_size, drop_remainder)
+    batch_size, shuffle, drop_remainder, prefetch = _check_batching(
+        len(images), batch_size, shuffle, drop_remainder, prefetch
+    )
     seed = _check_seed(seed)
     rescale = _check_rescale(rescale)
     tf = _import_tensorflow()
@@ -1245,14 +1287,10 @@ def _tokenized_batches(
     each column tokenized by `preprocessor` and the results joined by
     `combine` (`sentence_dataset`, `text.sentence_tuple_dataset`)."""
     preprocess = _check_preprocessor(preprocessor, sequence_length)
-    batch_size = check_integer("batch_size", batch_size, 1)
+    batch_size, shuffle, drop_remainder, prefetch = _check_batching(
+        len(columns[0]), batch_size, shuffle, drop_remainder, prefetch, noun
+    )
     count = len(columns[0])
-    if drop_remainder and batch_size > count:
-        raise ValueError(
-            f"`batch_size` is larger than the {count} {noun} and "
-            "drop_remainder=True, so the dataset would be empty; lower it or "
-            f"pass drop_remainder=False. Received: batch_size={batch_size}"
-        )
     seed = None if seed is None else check_integer("seed", seed, 0)
     tf = _import_tensorflow()
     tables = [tf.constant(column, dtype=tf.string) for column in columns]

@@ -83,6 +83,11 @@ def _as_features(x: Any, argument: str) -> Any:
             f"`{argument}` must have shape (num_samples, num_features). "
             f"Received: {argument}.shape={tuple(x.shape)}"
         )
+    if x.shape[1] == 0:
+        raise ValueError(
+            f"`{argument}` must hold at least one feature (axis 1). "
+            f"Received: {argument}.shape={tuple(x.shape)}"
+        )
     dtype = compute_dtype(x)
     if keras.backend.standardize_dtype(x.dtype) != dtype:
         x = ops.cast(x, dtype)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import keras
 
 from keras_fmicl import distributed
+from keras_fmicl.validation import check_bool
 from keras_fmicl.validation import check_integer
 
 _PACKAGE = "keras_fmicl"
@@ -72,9 +73,9 @@ class ProjectionHead(keras.layers.Layer):
         self.hidden_dim = check_integer("hidden_dim", hidden_dim, 1)
         self.output_dim = check_integer("output_dim", output_dim, 1)
         self.num_layers = check_integer("num_layers", num_layers, 1)
-        self.batch_norm = bool(batch_norm)
-        self.output_batch_norm = bool(output_batch_norm)
-        self.synchronized = bool(synchronized)
+        self.batch_norm = check_bool("batch_norm", batch_norm)
+        self.output_batch_norm = check_bool("output_batch_norm", output_batch_norm)
+        self.synchronized = check_bool("synchronized", synchronized)
         self.hidden_layers = []
         for index in range(self.num_layers - 1):
             self.hidden_layers.append(

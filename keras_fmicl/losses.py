@@ -53,6 +53,7 @@ from keras_fmicl import contrast
 from keras_fmicl import divergences
 from keras_fmicl import fast_paths
 from keras_fmicl import similarities
+from keras_fmicl.validation import check_bool
 from keras_fmicl.validation import check_choice
 from keras_fmicl.validation import check_positive_number
 from keras_fmicl.validation import check_sample_weight
@@ -70,7 +71,7 @@ DEFAULT_ALPHA = 40.0
 # on a Fashion-MNIST validation split (benchmarks/README.md, "The earlier
 # benchmark").
 DEFAULT_INFONCE_TEMPERATURE = 0.1
-# The two forms of supervised InfoNCE (`docs/fmicl-math.md`, section 4).
+# The two forms of supervised InfoNCE (`docs/fmicl-math.md`, section 5.3).
 SUPERVISED_FORMS = ("decoupled", "supcon")
 
 
@@ -284,7 +285,7 @@ class ContrastiveLoss(keras.losses.Loss):
         dtype: Any = None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.global_negatives = bool(global_negatives)
+        self.global_negatives = check_bool("global_negatives", global_negatives)
         self.sigma = None if sigma is None else check_positive_number("sigma", sigma)
         self.temperature = (
             None if temperature is None else check_positive_number("temperature", temperature)

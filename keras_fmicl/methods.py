@@ -647,7 +647,7 @@ class MomentumMethod(Method):
     the SimCLR contrast of the online embeddings among themselves, whose
     negative term spreads the online embeddings (the keys, a stop-gradient
     EMA of them, cannot be spread by the key contrast; docs/fmicl-math.md
-    section 4.4).
+    section 4.5).
 
     Args:
         momentum: the EMA momentum, a number in `[0, 1)` or a schedule of

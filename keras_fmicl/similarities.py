@@ -14,7 +14,7 @@ normalised embeddings, never from an `(M, K, d)` tensor. The normalisation
 (`l2_normalize`) is scale-invariant for every finite non-zero vector, from
 the smallest subnormal to the largest finite float; a zero vector is
 normalised to zero (cosine 0 with everything, as if orthogonal) instead of
-producing NaN. See `docs/fmicl-math.md`, section 4 ("Zero and tiny vectors").
+producing NaN. See `docs/fmicl-math.md`, section 7.1 ("Zero rows").
 
 Reference:
     Lu, Zhang, Sun, Guo, Yu. "f-MICL: Understanding and Generalizing
@@ -58,7 +58,7 @@ def l2_normalize(x: Any, axis: int = -1) -> Any:
 
     Computed as `u / ||u||` with `u = x / stop_gradient(max |x_i|)`, the
     row divided by its largest absolute entry (see `docs/fmicl-math.md`,
-    section 4, "Zero and tiny vectors"). The result does not depend
+    section 7.1, "Zero rows"). The result does not depend
     on that prescale, so it is exact, and `||u||^2` lies in `[1, d]` for
     every finite non-zero row: no underflow of the squared norm for tiny
     rows (`1e-30`), no overflow for huge ones (`1e30`). `x * c` for any

@@ -60,6 +60,7 @@ from keras_fmicl.data import MissingDependencyError
 from keras_fmicl.data import _check_sentences
 from keras_fmicl.validation import check_choice
 from keras_fmicl.validation import check_integer
+from keras_fmicl.validation import is_real
 
 _PACKAGE = "keras_fmicl"
 
@@ -272,6 +273,7 @@ class SentenceEncoder(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "pooling": self.pooling,
         }
@@ -282,6 +284,8 @@ class SentenceEncoder(keras.Model):
         if isinstance(config.get("backbone"), dict):
             import_keras_hub()  # registers the keras-hub classes
             config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
 
 
@@ -419,7 +423,7 @@ def tiny_backbone(
     if intermediate_dim is None:
         intermediate_dim = 4 * hidden_dim
     intermediate_dim = check_integer("intermediate_dim", intermediate_dim, 1)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if not is_real(dropout) or not 0 <= dropout < 1:
         raise ValueError(f"`dropout` must be a number in [0, 1). Received: dropout={dropout!r}")
     keras_hub = import_keras_hub()
     vocabulary = word_piece_vocabulary(sentences, vocabulary_size, lowercase=True)

@@ -28,6 +28,16 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """`value` if it is `True` or `False` (numpy's too), else `ValueError`.
+
+    A flag is not read through `bool()`: `bool("no")` is `True`.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return bool(value)
+
+
 def check_positive_number(name: str, value: Any) -> float:
     """`value` as a float if it is a finite number `> 0`, else `ValueError`."""
     if not is_real(value) or not 0 < value < float("inf"):

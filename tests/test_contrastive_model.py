@@ -646,6 +646,21 @@ def test_a_final_batch_of_one_sample_is_skipped_with_one_warning(digits):
     assert np.isfinite(evaluated["loss"])
 
 
+@pytest.mark.parametrize("mode", ["simclr", "moco", "mocov3"])
+def test_fit_that_would_train_nothing_is_refused(digits, mode):
+    images, _ = digits
+    views = views_of(images[:8])
+    model = compile_model(make_model(mode, num_classes=None, augmenter=False, tiny=True))
+    # every batch would hold one sample, and a batch of one sample is skipped
+    with pytest.raises(ValueError, match=r"`batch_size` must be at least 2.*Received: batch_size=1$"):
+        model.fit(views, batch_size=1, epochs=0, verbose=0)
+    with pytest.raises(ValueError, match=r"at least 2 training samples.*Received: x with 1 training sample$"):
+        model.fit(views[:1], batch_size=8, epochs=0, verbose=0)
+    with pytest.raises(ValueError, match=r"Received: x with 1 training sample after validation_split=0.5$"):
+        model.fit(views[:3], batch_size=8, epochs=0, verbose=0, validation_split=0.5)
+    model.fit(views[:2], batch_size=8, epochs=0, verbose=0)  # two samples: one batch of two
+
+
 def test_the_model_draws_different_views_per_sample_and_per_view(digits):
     images, _ = digits
     keras.utils.set_random_seed(0)

@@ -634,6 +634,31 @@ def test_sequential_augmenter_outside_tensorflow_backend():
             data.multiview_dataset(images, augmenter=augmenter, batch_size=4)
 
 
+def test_augmenter_value_range_must_match_the_rescaled_images():
+    import keras_fmicl
+
+    images = np.random.default_rng(0).integers(0, 256, (8, 6, 6, 1)).astype(np.uint8)
+    default = keras_fmicl.SimCLRAugmentation(6, seed=0)  # value_range (0, 255)
+    pipeline = keras.layers.Pipeline([keras.layers.RandomFlip(seed=1), default])
+    for augmenter, owner in ((default, "augmenter"), (pipeline, f"augmenter layer '{default.name}'")):
+        with pytest.raises(
+            ValueError, match=rf"The {owner} expects .*value_range=\(0.0, 255.0\), rescale=0.00392157$"
+        ):
+            data.multiview_dataset(images, augmenter=augmenter, batch_size=4)
+    with pytest.raises(ValueError, match=r"value_range=\(0, 1\), rescale=1$"):
+        data.multiview_dataset(images, augmenter=keras.layers.RandomBrightness(0.2, value_range=(0, 1)),
+                               batch_size=4, rescale=1.0)
+    matching = [
+        (default, {"rescale": 1.0}),  # [0, 255]; its own inner layers are not checked
+        (keras_fmicl.SimCLRAugmentation(6, value_range=(0, 1), seed=0), {}),
+        (default, {"images": images.astype(np.float32) / 255.0}),  # float images: scale unknown
+    ]
+    for augmenter, kwargs in matching:
+        arguments = {"images": images, "augmenter": augmenter, "batch_size": 4, **kwargs}
+        views = collect(data.multiview_dataset(**arguments))[0]["views"]
+        assert views.shape == (4, 2, 6, 6, 1)
+
+
 def test_fit_consumes_the_pipeline_under_the_backend():
     images = np.random.default_rng(0).integers(0, 256, (32, 6, 6, 1)).astype(np.uint8)
     labels = np.arange(32) % 3
@@ -680,6 +705,9 @@ BAD_ARGUMENTS = [
     ({"rescale": 0}, r"`rescale`.*rescale=0"),
     ({"augmenter": "flip"}, r"`augmenter`.*augmenter='flip'"),
     ({"num_parallel_calls": 0}, r"`num_parallel_calls`.*num_parallel_calls=0"),
+    ({"shuffle": "no"}, r"`shuffle` must be True or False.*shuffle='no'"),
+    ({"drop_remainder": 1}, r"`drop_remainder` must be True or False.*drop_remainder=1"),
+    ({"prefetch": None}, r"`prefetch` must be True or False.*prefetch=None"),
 ]
 
 

@@ -202,6 +202,7 @@ def test_knn_accuracy_on_clusters_and_tensor_inputs():
         ({"test_features": np.ones((3, 5))}, "test_features"),
         ({"test_features": np.ones((0, 3)), "test_labels": np.zeros(0)}, "test_features"),
         ({"train_features": np.ones((4, 2, 2))}, "train_features"),
+        ({"train_features": np.ones((4, 0)), "test_features": np.ones((3, 0))}, "test_features"),
     ],
 )
 def test_knn_bad_arguments(kwargs, argument):
@@ -474,6 +475,8 @@ def test_uniformity_gradient_matches_finite_differences(float64):
         (lambda: evaluation.uniformity(np.ones((3, 2)), t=-1.0), "t"),
         (lambda: evaluation.uniformity(np.ones((3, 2)), batch_size=0), "batch_size"),
         (lambda: evaluation.uniformity(np.ones((3,))), "x"),
+        (lambda: evaluation.uniformity(np.ones((3, 0))), "x"),
+        (lambda: evaluation.alignment(np.ones((3, 0)), np.ones((3, 0))), "x"),
     ],
 )
 def test_alignment_uniformity_bad_arguments(call, argument):

@@ -53,6 +53,9 @@ def test_config_and_save_round_trip(cls, tmp_path):
         ({"hidden_dim": 8, "output_dim": -1}, "output_dim=-1"),
         ({"hidden_dim": 8, "output_dim": 8, "num_layers": 0}, "num_layers=0"),
         ({"hidden_dim": 8.5, "output_dim": 8}, "hidden_dim=8.5"),
+        ({"hidden_dim": 8, "output_dim": 8, "batch_norm": "no"}, "`batch_norm` must be True or False"),
+        ({"hidden_dim": 8, "output_dim": 8, "output_batch_norm": 1}, "`output_batch_norm` must be True"),
+        ({"hidden_dim": 8, "output_dim": 8, "synchronized": None}, "`synchronized` must be True or False"),
     ],
 )
 def test_bad_arguments(kwargs, match):

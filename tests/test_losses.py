@@ -722,6 +722,7 @@ def test_dynamic_batch_size_in_a_traced_function():
         ({"similarity": "cosine", "temperature": -0.1}, "temperature=-0.1"),
         ({"alpha": 0.0}, "alpha=0.0"),
         ({"alpha": -2}, "alpha=-2"),
+        ({"global_negatives": "no"}, "`global_negatives` must be True or False.*global_negatives='no'"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
@@ -743,6 +744,8 @@ def test_bad_tsallis_order_raises(order):
         (None, (6, 2, 3, 4), r"rank 3.*y_pred.shape=\(6, 2, 3, 4\)"),
         (None, (6, 1, 4), r"V >= 2 views.*y_pred.shape=\(6, 1, 4\)"),
         (None, (1, 2, 4), r"at least 2 samples.*y_pred.shape=\(1, 2, 4\)"),
+        (None, (0, 2, 4), r"at least one sample.*y_pred.shape=\(0, 2, 4\)"),
+        (None, (6, 2, 0), r"d >= 1.*y_pred.shape=\(6, 2, 0\)"),
         (np.zeros(5), (6, 2, 4), r"y_true.shape=\(5,\)"),
         (np.zeros((6, 3)), (6, 2, 4), r"y_true.shape=\(6, 3\)"),
     ],
@@ -762,6 +765,14 @@ def test_bad_keys_and_queue_raise_value_error():
         loss.contrast(queries, queue=np.ones((7, 3), "float32"))
     with pytest.raises(ValueError, match="queue=None"):
         loss.contrast(queries, in_batch_negatives=False)
+    with pytest.raises(ValueError, match="`in_batch_negatives` must be True or False"):
+        loss.contrast(queries, queue=np.ones((7, 4), "float32"), in_batch_negatives="False")
+    with pytest.raises(ValueError, match="`global_negatives` must be True or False"):
+        keras_fmicl.fmicl(None, queries, global_negatives="yes")
+    for contrastive_loss in (loss, keras_fmicl.InfoNCELoss()):
+        with pytest.raises(ValueError, match=r"at least one negative.*queue.shape=\(0, 4\)"):
+            contrastive_loss.contrast(queries, keys=queries, queue=np.ones((0, 4), "float32"),
+                                      in_batch_negatives=False)
 
 
 def test_labels_of_shape_n_by_one_are_accepted():

@@ -103,6 +103,11 @@ def test_tiny_backbone_bad_arguments(kwargs, argument):
         text.tiny_backbone(CORPUS, **kwargs)
 
 
+def test_tiny_backbone_takes_numpy_numbers():
+    backbone, _ = text.tiny_backbone(CORPUS, dropout=np.float32(0.25), num_layers=np.int64(1))
+    assert backbone.dropout == pytest.approx(0.25) and backbone.num_layers == 1
+
+
 def test_tiny_backbone_gives_integer_token_ids_and_features(tiny):
     backbone, preprocessor = tiny
     inputs = preprocessor(CORPUS)
@@ -261,6 +266,12 @@ def test_keras_file_round_trip(tiny, tmp_path, pooling):
     np.testing.assert_array_equal(loaded.predict(inputs, verbose=0), encoder.predict(inputs, verbose=0))
     clone = text.SentenceEncoder.from_config(encoder.get_config())
     assert clone.pooling == pooling and clone.backbone is not backbone
+    # the dtype policy survives the config (the backbone keeps its own)
+    mixed = text.SentenceEncoder(backbone, pooling=pooling, dtype="mixed_bfloat16")
+    config = mixed.get_config()
+    clone = text.SentenceEncoder.from_config(config)
+    assert clone.dtype_policy.name == "mixed_bfloat16"
+    assert text.SentenceEncoder.from_config(encoder.get_config()).dtype_policy.name == "float32"
 
 
 def test_bad_arguments_and_inputs(tiny):

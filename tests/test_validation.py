@@ -26,6 +26,15 @@ def test_check_integer():
             validation.check_integer("k", value, 1)
 
 
+def test_check_bool():
+    for value in (True, False, np.bool_(True), np.bool_(False)):
+        checked = validation.check_bool("flag", value)
+        assert checked is bool(value)
+    for value in ("no", "False", 0, 1, None, np.array([True])):
+        with pytest.raises(ValueError, match=r"`flag` must be True or False. Received: flag="):
+            validation.check_bool("flag", value)
+
+
 def test_check_choice():
     assert validation.check_choice("form", "b", ("a", "b")) == "b"
     for value in ("c", "B", None, 1):

@@ -109,6 +109,12 @@ def test_mocov3_mode_with_tsallis_and_cosine_runs(tmp_path):
         (["--loss=infonce", "--alpha=2"], "--alpha weighs the negative term"),
         (["--few_label=0.01,2"], "--few_label takes fractions in (0, 1], got '2'."),
         (["--divergence=tsallis", "--tsallis_order=1"], "--tsallis_order must be positive and not 1"),
+        (["--mode=moco", "--online_weight=1.5"], "--online_weight must be in [0, 1], got 1.5."),
+        (["--online_weight=0.5"], "--online_weight applies to --mode moco or mocov3, not simclr."),
+        (["--mode=mocov3", "--queue_size=4096"], "--queue_size applies to --mode moco, not mocov3."),
+        (["--mode=moco", "--queue_size=0"], "--queue_size must be positive, got 0."),
+        (["--mode=moco", "--batch_size=64", "--queue_size=100"],
+         "--queue_size must hold the keys of a batch (2 views x batch size 64 = 128), got 100."),
     ],
 )
 def test_bad_flags_get_one_clear_sentence(args, message):
@@ -180,11 +186,12 @@ def test_the_package_exports_what_the_example_uses():
 def test_random_init_floor_few_label_probes_and_saved_features(tmp_path):
     """--epochs 0 evaluates the untrained encoder; --evaluate_on validation
     holds the end of the training split out (never the test split);
-    --few_label reports a probe per fraction (mean over draws); --save_features
-    writes the features the scores were computed from."""
+    --few_label reports a probe per fraction (mean over draws; a fraction
+    below one label per class still gets one); --save_features writes the
+    features the scores were computed from."""
     result = run_example(
         "--dataset=digits", "--epochs=0", "--evaluate_on=validation", "--validation_samples=100",
-        "--knn_every=0", "--linear_epochs=2", "--verbose=0", "--few_label=0.4,0.5",
+        "--knn_every=0", "--linear_epochs=2", "--verbose=0", "--few_label=0.0005,0.5",
         "--few_label_draws=2", "--save_features", *NO_EMBEDDING, f"--output_dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -196,14 +203,15 @@ def test_random_init_floor_few_label_probes_and_saved_features(tmp_path):
     assert results["train_samples"] == train_samples
     assert results["history"]["loss"] == []
     assert 0.0 < results["knn_top1"] <= 1.0
-    assert "linear top-1, 40 % labels" in result.stdout and "linear top-1, 50 % labels" in result.stdout
+    assert "linear top-1, 0.05 % labels" in result.stdout and "linear top-1, 50 % labels" in result.stdout
     few_label = results["few_label"]
-    assert sorted(few_label) == ["0.4", "0.5"]
+    assert sorted(few_label) == ["0.0005", "0.5"]
     for fraction, entry in few_label.items():
         assert len(entry["accuracies"]) == 2
         assert entry["mean"] == pytest.approx(np.mean(entry["accuracies"]))
-        # class-balanced: about fraction x train_samples labels in each draw
-        assert all(abs(n - float(fraction) * train_samples) <= 10 for n in entry["labels_per_draw"])
+        # class-balanced: about fraction x train_samples labels in each draw, at least one per class
+        expected = max(10, float(fraction) * train_samples)
+        assert all(abs(n - expected) <= 10 for n in entry["labels_per_draw"])
     saved = np.load(tmp_path / "features.npz")
     assert saved["train_features"].shape[0] == train_samples and saved["test_features"].shape[0] == 100
     assert saved["train_labels"].shape == (train_samples,)
