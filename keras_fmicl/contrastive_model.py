@@ -80,6 +80,13 @@ def _array_leaves(data: Any) -> list | None:
     return leaves
 
 
+def _callback_items(callbacks: Any) -> list:
+    """The callbacks of `fit`'s `callbacks` argument: a list, `None` or a `CallbackList`."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        return callbacks.callbacks
+    return list(callbacks or [])
+
+
 def _check_layer(name: str, value: Any, required: bool = False) -> Any:
     if value is None and not required:
         return None
@@ -463,7 +470,7 @@ class ContrastiveModel(keras.Model):
         leaves = _array_leaves(x)
         if leaves is None:
             return
-        if shuffle and any(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks or []):
+        if shuffle and any(isinstance(c, keras.callbacks.BackupAndRestore) for c in _callback_items(callbacks)):
             self._warn_once(
                 "backup_and_shuffle",
                 "`BackupAndRestore` does not make a resumed fit identical with "
@@ -574,17 +581,17 @@ class ContrastiveModel(keras.Model):
         finally:
             self._batch_size_checked = False
 
-    @staticmethod
-    def _with_drift_monitor(callbacks: Any) -> Any:
+    def _with_drift_monitor(self, callbacks: Any) -> Any:
         """`callbacks` plus a `PositivesDriftMonitor`, unless it holds one."""
-        if isinstance(callbacks, keras.callbacks.CallbackList):
-            if not any(isinstance(c, PositivesDriftMonitor) for c in callbacks.callbacks):
-                callbacks.append(PositivesDriftMonitor())
+        if any(isinstance(c, PositivesDriftMonitor) for c in _callback_items(callbacks)):
             return callbacks
-        callbacks = list(callbacks or [])
-        if not any(isinstance(c, PositivesDriftMonitor) for c in callbacks):
-            callbacks.append(PositivesDriftMonitor())
-        return callbacks
+        monitor = PositivesDriftMonitor()
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            # fit uses a CallbackList as given: the monitor joins it
+            monitor.set_model(self)
+            callbacks.callbacks.append(monitor)
+            return callbacks
+        return list(callbacks or []) + [monitor]
 
     def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
         """`keras.Model.evaluate`, checking concrete probe labels first.

@@ -8,7 +8,7 @@ distance of positive pairs, logged by `ContrastiveModel`) rises epoch after
 epoch while `mi_estimate` falls. With f-MICL this happens when `alpha` is
 too large for the negatives at hand, most of all with momentum (key)
 negatives, which cannot move away from the queries (see
-`docs/fmicl-math.md`, "Momentum modes").
+`docs/fmicl-math.md`, section 4.5, "Momentum keys and the negative term").
 
 `PositivesDriftMonitor` watches the epoch logs of `fit` and warns once
 when that pattern lasts `patience` epochs. `ContrastiveModel.fit` adds one

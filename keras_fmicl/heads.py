@@ -184,7 +184,15 @@ class PredictionHead(ProjectionHead):
         synchronized: bool = True,
         **kwargs,
     ):
-        kwargs.pop("output_batch_norm", None)
+        # MoCo v3's predictor ends in a plain dense layer; False is accepted
+        # (a ProjectionHead config), True is not silently dropped
+        output_batch_norm = kwargs.pop("output_batch_norm", False)
+        if output_batch_norm is not False:
+            raise ValueError(
+                "`PredictionHead` has no output batch norm (MoCo v3's predictor "
+                "ends in a plain dense layer; the projector's may have one). "
+                f"Received: output_batch_norm={output_batch_norm!r}"
+            )
         super().__init__(
             hidden_dim=hidden_dim,
             output_dim=output_dim,

@@ -32,7 +32,9 @@ raise a `ValueError`. A NaN or an infinity anywhere in the embeddings
 function, make every per-sample loss NaN on purpose (so that
 `keras.callbacks.TerminateOnNaN` fires), never a silently finite number.
 The embeddings are normalised scale-invariantly: any finite non-zero scale
-(`1e-30` to `1e30`) gives the same loss (`similarities.l2_normalize`).
+(`1e-30` to `1e30` in float32) gives the same loss (`similarities.l2_normalize`;
+float16 gradients overflow below a norm of about `1e-3`, `docs/fmicl-math.md`
+section 7.4).
 
 Reference:
     Lu, Zhang, Sun, Guo, Yu. "f-MICL: Understanding and Generalizing

@@ -725,6 +725,28 @@ class MomentumMethod(Method):
     def _online_layers(model: Any) -> list:
         return [layer for layer in (model.encoder, model.projector) if layer is not None]
 
+    @staticmethod
+    def _state_of(layer: keras.layers.Layer) -> tuple[list, list]:
+        """An online layer's `(weights, other state)`, in an order frozen layers do not change.
+
+        Weights are the variables created trainable, frozen or not now; the
+        other state is the rest (batch norm statistics, random seeds). Each
+        list keeps `layer.variables` order. `layer.trainable_variables`
+        would not do: freezing a layer after build moves its variables to
+        the non-trainable list, and a loaded model (built with the saved
+        flags) would then restore the key copies into the wrong slots.
+        """
+        created_trainable = {
+            id(v)
+            for sublayer in layer._flatten_layers(include_self=True, recursive=True)
+            for v in sublayer._trainable_variables
+        }
+        variables = layer.variables
+        return (
+            [v for v in variables if id(v) in created_trainable],
+            [v for v in variables if id(v) not in created_trainable],
+        )
+
     def build(self, model: Any, embedding_shape: tuple) -> None:
         """Non-trainable copies of the online encoder's and projector's state."""
         self.key_variables = []
@@ -732,10 +754,8 @@ class MomentumMethod(Method):
         # matched if a layer is frozen or unfrozen after build.
         self._key_index = {}
         for layer in self._online_layers(model):
-            for kind, variables in (
-                ("trainable", layer.trainable_variables),
-                ("non_trainable", layer.non_trainable_variables),
-            ):
+            weights, other = self._state_of(layer)
+            for kind, variables in (("trainable", weights), ("non_trainable", other)):
                 for index, variable in enumerate(variables):
                     # The copy starts as the online variable through its
                     # initializer: an `assign` here would be dropped when
@@ -767,10 +787,13 @@ class MomentumMethod(Method):
         )
 
     def key_pairs(self, model: Any) -> list[tuple[keras.Variable, keras.Variable]]:
-        """`(key copy, online variable)` of every trainable online variable.
+        """`(key copy, online variable)` of every online weight, frozen or not.
 
-        The EMA runs over these pairs (the non-trainable copies, e.g. batch
-        norm statistics, follow the key network's own batches).
+        The EMA runs over these pairs, as MoCo's runs over all parameters:
+        the copy of a layer frozen during training converges to its frozen
+        weights instead of keeping the value it had. The other copies
+        (batch norm statistics, random seeds) follow the key network's own
+        batches.
 
         Example:
 
@@ -779,11 +802,12 @@ class MomentumMethod(Method):
             print(key.path, online.path)
         ```
         """
-        pairs = []
-        for layer in self._online_layers(model):
-            keys, _ = self._key_state(layer)
-            pairs.extend(zip(keys, layer.trainable_variables))
-        return pairs
+        copies, index = self.key_variables, self._key_index
+        return [
+            (copies[index[id(v)]], v)
+            for layer in self._online_layers(model)
+            for v in self._state_of(layer)[0]
+        ]
 
     def current_momentum(self, model: Any) -> Any:
         """The EMA momentum of this step (a schedule is read at `training_steps`).

@@ -29,13 +29,14 @@ class CosineMomentum(keras.optimizers.schedules.LearningRateSchedule):
     Args:
         initial_momentum: momentum at step 0, in `[0, 1)`. E.g. 0.99.
         decay_steps: number of steps over which it rises (usually the total
-            number of training steps, `epochs * steps_per_epoch`).
+            number of training steps, `epochs * steps_per_epoch`; `fit` on
+            arrays runs `ceil(len(x) / batch_size)` steps per epoch).
         final_momentum: momentum from `decay_steps` on. Defaults to 1.0.
 
     Example:
 
     ```python
-    steps = epochs * (len(x_train) // batch_size)
+    steps = epochs * math.ceil(len(x_train) / batch_size)  # the last batch too
     model = keras_fmicl.ContrastiveModel(
         encoder, projector=head,
         method=keras_fmicl.methods.MoCoV2(

@@ -422,15 +422,52 @@ def test_key_forward_leaves_the_online_batch_norm_statistics_alone(digits):
         np.testing.assert_allclose(to_numpy(variable.value), to_numpy(value), rtol=1e-5, atol=1e-6)
 
 
-def test_freezing_a_layer_after_build_keeps_the_key_network_matched(digits):
+def _key_copies(model):
+    """`(online variable name, its key copy's value)` of every online variable, in order."""
+    method = model.method
+    return [
+        (v.name, to_numpy(method.key_variables[method._key_index[id(v)]].value).copy())
+        for layer in _online_layers(model)
+        for v in layer.variables
+    ]
+
+
+def test_freezing_a_layer_after_build_keeps_the_key_network_matched(digits, tmp_path):
     images, _ = digits
     views = views_of(images[:64])  # pre-drawn: the augmenter plays no part
-    model = compile_model(make_model("moco", num_classes=None, tiny=True, augmenter=False))
+    keras.utils.set_random_seed(0)
+    encoder = keras.Sequential([
+        keras.Input(IMAGE), keras.layers.Flatten(), keras.layers.Dense(16),
+        keras.layers.BatchNormalization(), keras.layers.Dense(16),
+    ])
+    model = compile_model(keras_fmicl.ContrastiveModel(
+        encoder, method=keras_fmicl.methods.MoCoV2(momentum=0.9, queue_size=128),
+        projector=keras_fmicl.ProjectionHead(32, 16),
+    ))
     model.fit(views, batch_size=32, epochs=1, verbose=0)
-    model.encoder.layers[-1].trainable = False  # the encoder's dense layer
+    # the encoder's first dense layer: its kernel now comes after the batch
+    # norm's weights in `trainable_variables` order (the encoder's config
+    # keeps the flag, so a loaded model is built with the layer frozen)
+    frozen = encoder.layers[1]
+    frozen.trainable = False
     compile_model(model)
-    history = model.fit(views, batch_size=32, epochs=1, verbose=0)
+    key = model.method.key_variables[model.method._key_index[id(frozen.kernel)]]
+    before = to_numpy(key.value) - to_numpy(frozen.kernel.value)
+    history = model.fit(views, batch_size=32, epochs=1, verbose=0)  # 2 steps, momentum 0.9
     assert np.isfinite(history.history["loss"][0])
+    # the EMA still runs over the frozen weights (as MoCo's over all parameters)
+    after = to_numpy(key.value) - to_numpy(frozen.kernel.value)
+    assert np.abs(before).max() > 1e-4
+    np.testing.assert_allclose(after, 0.81 * before, rtol=1e-4, atol=1e-7)
+    # a loaded model (built with the layer frozen) restores every copy in its place
+    path = str(tmp_path / "frozen.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert not loaded.encoder.layers[1].trainable
+    expected, restored = _key_copies(model), _key_copies(loaded)
+    assert [name for name, _ in restored] == [name for name, _ in expected]
+    for (name, value), (_, restored_value) in zip(expected, restored):
+        np.testing.assert_array_equal(restored_value, value, err_msg=name)
 
 
 def test_compile_rejects_metrics_and_predict_rejects_views(digits):
@@ -752,5 +789,10 @@ def test_fit_adds_one_positives_drift_monitor(digits):
     own = keras_fmicl.PositivesDriftMonitor(patience=2)
     assert len(drift_warnings(callbacks=[_RisingAlignment(), own])) == 1
     assert own.warned
+    # a CallbackList is used as given: the monitor joins it
+    callback_list = keras.callbacks.CallbackList([_RisingAlignment()], model=model)
+    assert len(drift_warnings(callbacks=callback_list)) == 1
+    assert len(drift_warnings(callbacks=keras.callbacks.CallbackList([_RisingAlignment()], model=model),
+                              drift_warning=False)) == 0
     with pytest.raises(ValueError, match="drift_warning='no'"):
         model.fit(views, batch_size=16, epochs=1, verbose=0, drift_warning="no")

@@ -61,3 +61,9 @@ def test_config_and_save_round_trip(cls, tmp_path):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         keras_fmicl.ProjectionHead(**kwargs)
+
+
+def test_prediction_head_has_no_output_batch_norm():
+    assert not keras_fmicl.PredictionHead(8, 4, output_batch_norm=False).output_batch_norm
+    with pytest.raises(ValueError, match=r"`PredictionHead` has no output batch norm.*output_batch_norm=True"):
+        keras_fmicl.PredictionHead(8, 4, output_batch_norm=True)
