@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import keras_fmicl
+from tests.examples.example_module import load_example
 from tests.examples.scripts import NATIVE_NOISE
 from tests.examples.scripts import ROOT
 from tests.examples.scripts import error_lines
@@ -186,12 +187,11 @@ def test_the_package_exports_what_the_example_uses():
 def test_random_init_floor_few_label_probes_and_saved_features(tmp_path):
     """--epochs 0 evaluates the untrained encoder; --evaluate_on validation
     holds the end of the training split out (never the test split);
-    --few_label reports a probe per fraction (mean over draws; a fraction
-    below one label per class still gets one); --save_features writes the
-    features the scores were computed from."""
+    --few_label reports a probe per fraction (mean over draws); --save_features
+    writes the features the scores were computed from."""
     result = run_example(
         "--dataset=digits", "--epochs=0", "--evaluate_on=validation", "--validation_samples=100",
-        "--knn_every=0", "--linear_epochs=2", "--verbose=0", "--few_label=0.0005,0.5",
+        "--knn_every=0", "--linear_epochs=2", "--verbose=0", "--few_label=0.4,0.5",
         "--few_label_draws=2", "--save_features", *NO_EMBEDDING, f"--output_dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -203,18 +203,29 @@ def test_random_init_floor_few_label_probes_and_saved_features(tmp_path):
     assert results["train_samples"] == train_samples
     assert results["history"]["loss"] == []
     assert 0.0 < results["knn_top1"] <= 1.0
-    assert "linear top-1, 0.05 % labels" in result.stdout and "linear top-1, 50 % labels" in result.stdout
+    assert "linear top-1, 40 % labels" in result.stdout and "linear top-1, 50 % labels" in result.stdout
     few_label = results["few_label"]
-    assert sorted(few_label) == ["0.0005", "0.5"]
+    assert sorted(few_label) == ["0.4", "0.5"]
     for fraction, entry in few_label.items():
         assert len(entry["accuracies"]) == 2
         assert entry["mean"] == pytest.approx(np.mean(entry["accuracies"]))
-        # class-balanced: about fraction x train_samples labels in each draw, at least one per class
-        expected = max(10, float(fraction) * train_samples)
-        assert all(abs(n - expected) <= 10 for n in entry["labels_per_draw"])
+        # class-balanced: about fraction x train_samples labels in each draw
+        assert all(abs(n - float(fraction) * train_samples) <= 10 for n in entry["labels_per_draw"])
     saved = np.load(tmp_path / "features.npz")
     assert saved["train_features"].shape[0] == train_samples and saved["test_features"].shape[0] == 100
     assert saved["train_labels"].shape == (train_samples,)
+
+
+def test_few_label_probe_epochs_cover_fractions_below_one_label():
+    """~300 probe steps however few the labels, at least 100 epochs; a
+    fraction below one label (class_balanced_subset still takes one per
+    class) used to divide by zero after the whole pretraining."""
+    example = load_example()
+    labels = np.arange(1337) % 10
+    assert example._few_label_epochs(labels, 0.0005, batch_size=256) == 300  # 0.67 labels: 1 step
+    assert example._few_label_epochs(labels, 0.01, batch_size=256) == 300  # 13 labels: 1 step
+    assert example._few_label_epochs(labels, 0.5, batch_size=256) == 100  # 668 labels: 3 steps
+    assert example._few_label_epochs(np.arange(60000) % 10, 0.1, batch_size=256) == 100  # 24 steps
 
 
 def test_distribute_flag_runs_moco_on_the_backends_engine(tmp_path):
