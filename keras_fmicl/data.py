@@ -1287,10 +1287,10 @@ def _tokenized_batches(
     each column tokenized by `preprocessor` and the results joined by
     `combine` (`sentence_dataset`, `text.sentence_tuple_dataset`)."""
     preprocess = _check_preprocessor(preprocessor, sequence_length)
-    batch_size, shuffle, drop_remainder, prefetch = _check_batching(
-        len(columns[0]), batch_size, shuffle, drop_remainder, prefetch, noun
-    )
     count = len(columns[0])
+    batch_size, shuffle, drop_remainder, prefetch = _check_batching(
+        count, batch_size, shuffle, drop_remainder, prefetch, noun
+    )
     seed = None if seed is None else check_integer("seed", seed, 0)
     tf = _import_tensorflow()
     tables = [tf.constant(column, dtype=tf.string) for column in columns]
