@@ -6,6 +6,15 @@ from typing import Any
 from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The tests' shapes are tiny: under JAX they wait on XLA compiling each op and
+# step far more than on running it, and XLA's CPU optimisation passes are most
+# of that compile time (about half of the JAX suite's time on 2 cores). They
+# change how fast compiled code runs, not what it computes. Subprocesses the
+# tests start inherit the setting; a user's own XLA_FLAGS wins.
+if os.environ.get("KERAS_BACKEND") == "jax":
+    os.environ.setdefault(
+        "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    )
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

@@ -15,6 +15,7 @@ import keras_fmicl
 from tests.examples.example_module import load_example
 from tests.examples.scripts import NATIVE_NOISE
 from tests.examples.scripts import ROOT
+from tests.examples.scripts import backend_independent
 from tests.examples.scripts import error_lines
 from tests.examples.scripts import run_script
 from tests.examples.scripts import script_path
@@ -132,6 +133,7 @@ def test_unknown_flag_value_is_rejected_by_absl():
     assert "--mode" in result.stderr and "simclr" in result.stderr
 
 
+@backend_independent
 def test_missing_dataset_gives_one_sentence(tmp_path, monkeypatch):
     # An empty data_dir: no IDX files, and keras' download is unreachable in
     # CI; either way the user reads how to get the data.
@@ -157,6 +159,7 @@ def test_missing_dataset_gives_one_sentence(tmp_path, monkeypatch):
     assert existed or not os.path.exists(default_output)
 
 
+@backend_independent
 def test_offline_cifar10_fails_fast_and_leaves_no_folder(tmp_path):
     """Issue 13 item 11: offline, tensorflow-datasets retried for ~205 s; the
     run must end with one sentence (the probe waits 5 s at most) and remove
@@ -228,7 +231,7 @@ def test_few_label_probe_epochs_cover_fractions_below_one_label():
     assert example._few_label_epochs(np.arange(60000) % 10, 0.1, batch_size=256) == 100  # 24 steps
 
 
-def test_distribute_flag_runs_moco_on_the_backends_engine(tmp_path):
+def test_distribute_flag_runs_moco_on_the_backends_engine(tmp_path, monkeypatch):
     """--distribute: MirroredStrategy (TF), DataParallel over 2 host devices
     (JAX), torchrun with 2 processes (torch); the chief writes the results.
 
@@ -252,11 +255,9 @@ def test_distribute_flag_runs_moco_on_the_backends_engine(tmp_path):
         expected = "torch.distributed, 2 processes"
     else:
         if backend == "jax":
-            os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-        try:
-            result = run_example(*args)
-        finally:
-            os.environ.pop("XLA_FLAGS", None)
+            flags = os.environ.get("XLA_FLAGS", "")
+            monkeypatch.setenv("XLA_FLAGS", f"{flags} --xla_force_host_platform_device_count=2".strip())
+        result = run_example(*args)
         expected = "DataParallel, 2 devices" if backend == "jax" else "MirroredStrategy"
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     with open(tmp_path / "results.json") as f:
