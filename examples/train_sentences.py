@@ -332,23 +332,26 @@ def held_out_metrics(keras, np, keras_fmicl, encoder, sentences, preprocessor):
     """Alignment of two dropout views and uniformity of the inference
     features of held-out sentences (Wang & Isola 2020)."""
 
-    class DropoutOn(keras.Model):
-        """The encoder with its dropout on, whatever `predict` asks."""
+    class HeldOutViews(keras.Model):
+        """Two dropout views and the inference features, in one `predict`
+        (one compiled function)."""
 
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
         def call(self, inputs, training=None):
-            return self.inner(inputs, training=True)
+            return (
+                self.inner(inputs, training=True),
+                self.inner(inputs, training=True),
+                self.inner(inputs, training=False),
+            )
 
-    # one batch (at most HELD_OUT_SENTENCES): one compiled shape per function
+    # one batch (at most HELD_OUT_SENTENCES): one compiled shape
     dataset = keras_fmicl.data.sentence_dataset(
         sentences, preprocessor, batch_size=len(sentences), shuffle=False, drop_remainder=False
     )
-    dropout_on = DropoutOn(encoder)
-    first, second = (dropout_on.predict(dataset, verbose=0) for _ in range(2))
-    features = encoder.predict(dataset, verbose=0)
+    first, second, features = HeldOutViews(encoder).predict(dataset, verbose=0)
     return {
         "sentences": len(sentences),
         "alignment": float(keras_fmicl.alignment(first, second)),

@@ -2,8 +2,9 @@
 
 Contrastive learning is only as good as its negatives: under data
 parallelism every anchor must be contrasted with the whole global batch, not
-its replica's shard (contract section 6). This module is the only
-backend-specific code of the package:
+its replica's shard (contract section 6). This module holds the package's
+backend-specific data-parallel code (its other backend-specific choices are
+in `keras_fmicl.backend_ops`):
 
 | backend    | engine                                    | what this module does                               |
 |------------|-------------------------------------------|-----------------------------------------------------|

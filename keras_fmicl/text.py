@@ -9,7 +9,8 @@ contrastive loss (through a projection head) and the STS evaluation see:
 * `pooling="cls"`: the last hidden state of the first token (`[CLS]` /
   `<s>`), before any pooler layer: SimCSE's `cls_before_pooler`, with which
   unsupervised SimCSE is evaluated (its training-only MLP over `[CLS]` is a
-  projection head, here `keras_fmicl.ProjectionHead`, dropped at
+  projector, in the README and `examples/train_sentences.py` a
+  `keras.layers.Dense(..., activation="tanh")` as in SimCSE, dropped at
   evaluation).
 * `pooling="mean"`: the average of the last hidden states over the real
   tokens, the padding masked out (SimCSE's `avg`).
