@@ -504,7 +504,7 @@ def parse_args(argv=None):
     parser.add_argument("--sweep_alphas", default="1,4,10,20,40,80,160")
     parser.add_argument("--sweep_online_weights", default="",
                         help="momentum suite: --online_weight variants (e.g. 0.5).")
-    parser.add_argument("--sweep_temperatures", default="0.1,0.2,0.5")
+    parser.add_argument("--sweep_temperatures", default="0.1,0.2,0.5,1")
     parser.add_argument("--sigma", type=float, default=PAPER_SIGMA, help="sigma of the sigma-fixed suites.")
     parser.add_argument("--alpha", type=float, default=PAPER_ALPHA, help="alpha of the alpha-fixed suites.")
     parser.add_argument("--validation_samples", type=int, default=10000)
