@@ -67,8 +67,8 @@ _PACKAGE = "keras_fmicl"
 # Confirmed by the validation sweep of benchmarks/results/quality_alpha
 # (Fashion-MNIST, SimCLR mode, KL and JS, 2 seeds: no alpha in 1-160 beats
 # 40 by more than its 95 % CI; 20-80 is a plateau, alpha 1 falls below the
-# random-init encoder). It was 4.0
-# before issue 14 (the earlier sweep at sigma 1, which stopped at alpha 8).
+# random-init encoder). It was 4.0 before issue 14 (the earlier sweep at
+# sigma 1, which stopped at alpha 8).
 DEFAULT_ALPHA = 40.0
 # InfoNCE's temperature: the best of 0.1, 0.2 and 0.5 in the earlier sweep
 # on a Fashion-MNIST validation split (benchmarks/README.md, "The earlier
