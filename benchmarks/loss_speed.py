@@ -94,7 +94,7 @@ VIEWS = 2
 # The library's defaults (keras_fmicl.similarities.DEFAULT_SIGMA and
 # DEFAULT_TEMPERATURE; the driver does not import Keras).
 SIGMA = 2**-0.5
-TEMPERATURE = 0.5
+TEMPERATURE = 1.0
 MAX_REPEATS = 50
 # Calls per timed block: about this many seconds (cheap calls are repeated).
 MIN_BLOCK_SECONDS = 0.025

@@ -121,6 +121,47 @@ def test_readme_states_the_defaults():
     assert "`sigma = 2 ** -0.5`, `alpha = 40` (the package defaults)" in table
 
 
+# ------------------------------------------------------------------ temperatures
+
+# The cosine temperatures chosen by the temperature suite (validation split;
+# benchmarks/README.md): 1.0 for f-MICL, 0.1 for InfoNCE.
+SWEPT_FMICL_TEMPERATURE = 1.0
+SWEPT_INFONCE_TEMPERATURE = 0.1
+
+
+def test_cosine_temperatures_are_the_swept_ones():
+    assert similarities.DEFAULT_TEMPERATURE == SWEPT_FMICL_TEMPERATURE
+    assert losses.DEFAULT_INFONCE_TEMPERATURE == SWEPT_INFONCE_TEMPERATURE
+    assert keras_fmicl.Cosine().temperature == SWEPT_FMICL_TEMPERATURE
+    loss = keras_fmicl.FMICLLoss("js", similarity="cosine")
+    assert loss.similarity == keras_fmicl.Cosine(SWEPT_FMICL_TEMPERATURE)
+    assert loss.get_config()["temperature"] == SWEPT_FMICL_TEMPERATURE
+    assert keras_fmicl.InfoNCELoss().similarity == keras_fmicl.Cosine(SWEPT_INFONCE_TEMPERATURE)
+
+
+def test_functional_form_uses_the_default_temperature():
+    y_pred = np.random.default_rng(1).normal(size=(4, 2, 8)).astype("float32")
+    explicit = keras_fmicl.fmicl(None, y_pred, "kl", similarity="cosine", temperature=SWEPT_FMICL_TEMPERATURE)
+    np.testing.assert_allclose(
+        to_numpy(keras_fmicl.fmicl(None, y_pred, "kl", similarity="cosine")), to_numpy(explicit), rtol=1e-6
+    )
+    former = keras_fmicl.fmicl(None, y_pred, "kl", similarity="cosine", temperature=0.5)
+    assert not np.allclose(to_numpy(former), to_numpy(explicit), rtol=1e-3)
+
+
+def test_docs_state_the_cosine_temperatures():
+    cosine_doc = re.search(r"temperature: .*?Defaults to ([\d.]+)", keras_fmicl.Cosine.__doc__, re.S)
+    assert float(cosine_doc.group(1)) == SWEPT_FMICL_TEMPERATURE
+    loss_doc = re.search(r"temperature: .*?defaults to ([\d.]+)", keras_fmicl.FMICLLoss.__doc__, re.S)
+    assert float(loss_doc.group(1)) == SWEPT_FMICL_TEMPERATURE
+    row = next(line for line in read(MATH).splitlines() if line.startswith('| `"cosine"`'))
+    match = re.search(r"\(([\d.]+) for f-MICL, ([\d.]+) for `InfoNCELoss`", row)
+    assert (float(match.group(1)), float(match.group(2))) == (SWEPT_FMICL_TEMPERATURE, SWEPT_INFONCE_TEMPERATURE)
+    text = " ".join(read(README).split())
+    match = re.search(r"`temperature=([\d.]+)` \(cosine\) and `InfoNCELoss\(temperature=([\d.]+)\)`", text)
+    assert (float(match.group(1)), float(match.group(2))) == (SWEPT_FMICL_TEMPERATURE, SWEPT_INFONCE_TEMPERATURE)
+
+
 # ------------------------------------------------------------------ presets
 
 

@@ -788,7 +788,7 @@ def test_defaults_are_the_swept_values_and_apply_everywhere():
     y_pred = embeddings(n=6, v=2, seed=40)
     loss = keras_fmicl.FMICLLoss(reduction=None)
     assert (loss.similarity, loss.alpha) == (keras_fmicl.Gaussian(2**-0.5), 40.0)
-    assert keras_fmicl.FMICLLoss(similarity="cosine").similarity == keras_fmicl.Cosine(0.5)
+    assert keras_fmicl.FMICLLoss(similarity="cosine").similarity == keras_fmicl.Cosine(1.0)
     assert keras_fmicl.InfoNCELoss().similarity == keras_fmicl.Cosine(0.1)
     expected = reference.fmicl_loss(y_pred, None, "kl", "gaussian", 2**-0.5, alpha=40.0)
     np.testing.assert_allclose(to_numpy(loss(None, y_pred)), expected, rtol=1e-4, atol=1e-5)
