@@ -328,7 +328,7 @@ def plot_curves(history, title, path):
     return path
 
 
-def held_out_metrics(keras, np, keras_fmicl, encoder, sentences, preprocessor):
+def held_out_metrics(keras, keras_fmicl, encoder, sentences, preprocessor):
     """Alignment of two dropout views and uniformity of the inference
     features of held-out sentences (Wang & Isola 2020)."""
 
@@ -437,7 +437,7 @@ def run_in(backend, output_dir):
             f"held-out metrics on {len(held_out)} sentences of the corpus instead."
         )
         if len(held_out) >= 2:
-            held = held_out_metrics(keras, np, keras_fmicl, model.encoder, held_out, preprocessor)
+            held = held_out_metrics(keras, keras_fmicl, model.encoder, held_out, preprocessor)
     evaluation_seconds = time.time() - start
 
     encoder_path = os.path.join(output_dir, "encoder.keras")

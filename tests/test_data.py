@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from keras_fmicl import data
+from tests.utils import backend_independent
 
 tf = pytest.importorskip("tensorflow")
 
@@ -336,6 +337,7 @@ def test_missing_package_inside_tfds_is_named_with_its_pip_command(monkeypatch):
         data.load("cifar10", "test", data_dir="/nowhere")
 
 
+@backend_independent  # tensorflow-datasets' download, whatever the Keras backend
 def test_offline_tfds_download_fails_fast_with_one_sentence(tmp_path):
     """Issue 13 item 11: offline, tfds retried for ~205 s before failing. A
     subprocess whose proxy is a closed port (127.0.0.1:9) must fail with the
@@ -723,6 +725,7 @@ def test_batch_larger_than_the_data_is_fine_when_keeping_the_remainder():
     assert [len(b["views"]) for b in batches] == [3]
 
 
+@backend_independent  # numpy only
 def test_synthetic_cifar_is_deterministic_and_learnable():
     from keras_fmicl import data
 

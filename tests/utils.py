@@ -1,7 +1,21 @@
-"""Backend-specific helpers for tests: gradients and conversion to numpy."""
+"""Backend-specific helpers for tests: gradients, conversion to numpy, and
+the marker of tests that run under one backend only."""
 
 import keras
 import numpy as np
+import pytest
+
+# CI runs the whole suite once per backend. A test whose subject does not
+# depend on the backend runs once, under TensorFlow: numpy-only data, a
+# download or preset that must fail offline (each such run pays for starting
+# the frameworks only to stop before using them), or an example's flags and
+# outputs whose backend-specific parts (the method's training step, the
+# evaluation) are tested under every backend by the unit tests the test's
+# docstring names.
+backend_independent = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="backend-independent: runs once, under KERAS_BACKEND=tensorflow",
+)
 
 
 def to_numpy(x):

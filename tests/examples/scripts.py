@@ -6,23 +6,12 @@ import subprocess
 import sys
 
 import keras
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # TensorFlow/XLA's C++ start-up lines (no env var silences them all), which the
 # examples hide.
 NATIVE_NOISE = re.compile(r"cuInit|oneDNN|InitializeLog|^[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]", re.M)
-
-
-# A run whose subject does not depend on the backend (a dataset or preset that
-# cannot be loaded, files checked before any training) runs once, under
-# TensorFlow: CI runs the suite once per backend, and each such run pays for
-# starting the frameworks only to stop before using them.
-backend_independent = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="backend-independent run of an example: once, under KERAS_BACKEND=tensorflow",
-)
 
 
 def script_path(name: str) -> str:

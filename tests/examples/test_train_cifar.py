@@ -15,10 +15,10 @@ import keras_fmicl
 from tests.examples.example_module import load_example
 from tests.examples.scripts import NATIVE_NOISE
 from tests.examples.scripts import ROOT
-from tests.examples.scripts import backend_independent
 from tests.examples.scripts import error_lines
 from tests.examples.scripts import run_script
 from tests.examples.scripts import script_path
+from tests.utils import backend_independent
 
 SCRIPT = script_path("train_cifar.py")
 TINY = [
@@ -93,7 +93,13 @@ def check_mode(results, mode):
     assert np.isfinite(results["history"]["loss"][0])
 
 
+@backend_independent
 def test_mocov3_mode_with_tsallis_and_cosine_runs(tmp_path):
+    """The example's --mode mocov3, --divergence tsallis and --similarity
+    cosine flags reach the method and the loss. Once, under TensorFlow: every
+    backend trains MoCo v3 in tests/test_contrastive_model.py (each mode) and
+    the Tsallis and cosine losses in tests/test_losses.py, and runs the
+    example end to end in the tiny, random-init and --distribute runs."""
     args = ["--mode=mocov3", "--divergence=tsallis", "--tsallis_order=2", "--similarity=cosine"]
     result = run_example(*TINY, "--epochs=1", "--knn_every=0", *NO_EMBEDDING, *args, f"--output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -194,7 +200,7 @@ def test_random_init_floor_few_label_probes_and_saved_features(tmp_path):
     writes the features the scores were computed from."""
     result = run_example(
         "--dataset=digits", "--epochs=0", "--evaluate_on=validation", "--validation_samples=100",
-        "--knn_every=0", "--linear_epochs=2", "--verbose=0", "--few_label=0.4,0.5",
+        "--knn_every=0", "--linear_epochs=2", "--verbose=0", "--few_label=0.5",
         "--few_label_draws=2", "--save_features", *NO_EMBEDDING, f"--output_dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -206,9 +212,9 @@ def test_random_init_floor_few_label_probes_and_saved_features(tmp_path):
     assert results["train_samples"] == train_samples
     assert results["history"]["loss"] == []
     assert 0.0 < results["knn_top1"] <= 1.0
-    assert "linear top-1, 40 % labels" in result.stdout and "linear top-1, 50 % labels" in result.stdout
+    assert "linear top-1, 50 % labels" in result.stdout
     few_label = results["few_label"]
-    assert sorted(few_label) == ["0.4", "0.5"]
+    assert sorted(few_label) == ["0.5"]  # several fractions: tests/test_evaluation.py
     for fraction, entry in few_label.items():
         assert len(entry["accuracies"]) == 2
         assert entry["mean"] == pytest.approx(np.mean(entry["accuracies"]))

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from tests.examples.scripts import NATIVE_NOISE
-from tests.examples.scripts import backend_independent
 from tests.examples.scripts import error_lines
 from tests.examples.scripts import run_script
 from tests.examples.scripts import script_path
 from tests.test_data_sentences import write_sick
 from tests.test_data_sentences import write_sts_task
 from tests.test_data_sentences import write_stsb
+from tests.utils import backend_independent
 
 SCRIPT = script_path("train_sentences.py")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -71,7 +71,13 @@ def test_tiny_smoke_run_as_printed_writes_every_output(tmp_path):
     assert features.shape == (2, 32) and np.all(np.isfinite(features))
 
 
+@backend_independent
 def test_supervised_run_with_an_sts_table(tmp_path):
+    """--method supervised on a CSV corpus, scored on STS files: the
+    example's flags, corpus reader and Markdown table. Once, under
+    TensorFlow: every backend trains SupervisedSimCSE in tests/test_methods.py
+    and scores STS tasks in tests/test_evaluation_sts.py, and runs the
+    example end to end in the smoke run."""
     pytest.importorskip("keras_hub")
     sts_dir = tmp_path / "SentEval" / "data"
     write_sts_task(str(sts_dir), "STS13")
