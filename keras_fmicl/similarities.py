@@ -54,10 +54,9 @@ DEFAULT_SIGMA = 2**-0.5
 # to 0.5): KL +1.06 [+0.93, +1.18] on 10 % labels and +1.48 [+0.65, +2.30]
 # on 1 %, +1.16 on the linear probe, +0.02 kNN; JS +0.50 kNN, +0.45 linear.
 # At 0.1 its kNN falls below the random-init encoder (at 0.2, KL's 1 %
-# label probe does); 2.0
-# (beyond the grid, 2 seeds) is level with 1.0 (kNN KL -0.12, JS -0.27;
-# linear +0.12 / -0.21): 1.0 starts the plateau. It was 0.5 before issue 14
-# (the earlier sweep of 0.1, 0.2 and 0.5 at alpha <= 2).
+# label probe does); 2.0 (beyond the grid, 2 seeds) is level with 1.0 (kNN
+# KL -0.12, JS -0.27; linear +0.12 / -0.21): 1.0 starts the plateau. It was
+# 0.5 before issue 14 (the earlier sweep of 0.1, 0.2 and 0.5 at alpha <= 2).
 DEFAULT_TEMPERATURE = 1.0
 
 
