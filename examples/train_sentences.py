@@ -1,10 +1,12 @@
 """Train sentence embeddings with f-MICL (or InfoNCE) in the SimCSE setting.
 
 The paper's text experiment (Lu et al., TMLR 2023): BERT-base trained on
-10^6 English Wikipedia sentences exactly as unsupervised SimCSE (the two
-views of a sentence are two forward passes with different dropout masks;
-batch 64, learning rate 3e-5, 1 epoch), evaluated by the average Spearman
-correlation over the seven STS tasks:
+10^6 English Wikipedia sentences as unsupervised SimCSE (the two views of
+a sentence are two forward passes with different dropout masks, the first
+pass the anchor and the second passes of the batch its candidates, as
+SimCSE's `cl_forward`; batch 64, learning rate 3e-5, 1 epoch), evaluated by
+the average Spearman correlation over the seven STS tasks (with
+`--loss infonce` the objective is SimCSE's own):
 
     # the paper's setting, on a GPU (downloads BERT-base from keras-hub once)
     python examples/train_sentences.py --backbone bert_base_en_uncased \\
@@ -38,7 +40,9 @@ Outputs in `--output_dir` (default `runs/sentences_<backbone>_<loss>_<method>_<b
     curves.png      loss, alignment, uniformity and mi_estimate per step
                     (the running means of the epoch that `fit` prints)
     encoder.keras   the trained `keras_fmicl.SentenceEncoder` (without
-                    SimCSE's training-only MLP), `keras.models.load_model`
+                    SimCSE's MLP), `keras.models.load_model`
+    mlp.keras       with --method supervised (or --keep_mlp): the MLP the
+                    evaluation runs the encoder's features through
     vocabulary.txt  with --backbone tiny: the WordPiece vocabulary, one
                     token a line (keras_hub.models.BertTokenizer(vocabulary=...))
 """
@@ -99,7 +103,7 @@ flags.DEFINE_enum(
     "simcse: views from dropout (keras_fmicl.methods.SimCSE); supervised: entailments as positives, "
     "contradictions as hard negatives (keras_fmicl.methods.SupervisedSimCSE).",
 )
-flags.DEFINE_enum("loss", "fmicl", ("fmicl", "infonce"), "f-MICL, or the InfoNCE (SimCSE) baseline.")
+flags.DEFINE_enum("loss", "fmicl", ("fmicl", "infonce"), "f-MICL, or InfoNCE (with --method's default pairs, SimCSE's loss exactly).")
 flags.DEFINE_enum("divergence", "kl", DIVERGENCES, "f-divergence of f-MICL.")
 flags.DEFINE_float("tsallis_order", 1.5, "Order of the Tsallis divergence.")
 flags.DEFINE_enum("similarity", None, ("gaussian", "cosine"), "Similarity (default: gaussian for f-MICL, cosine for InfoNCE).")
@@ -107,6 +111,12 @@ flags.DEFINE_float("sigma", None, f"Bandwidth of the f-Gaussian similarity (defa
 flags.DEFINE_float("alpha", None, f"Weight of the negative term of f-MICL (default: the paper's text setting, {PAPER_TEXT_ALPHA:g}).")
 flags.DEFINE_float("temperature", None, f"Temperature of the cosine similarity (default: SimCSE's {SIMCSE_TEMPERATURE}).")
 flags.DEFINE_enum("pooling", "cls", ("cls", "mean"), "Sentence features: [CLS] before the pooler (SimCSE's), or the masked mean.")
+flags.DEFINE_bool(
+    "keep_mlp", None,
+    "Evaluate through the training MLP too (SimCSE's 'cls' pooler) rather than without it "
+    "('cls_before_pooler'). Default: SimCSE's convention, kept for --method supervised, dropped for simcse.",
+)
+flags.DEFINE_bool("symmetric", False, "Let every view anchor (SimCLR's pairs) instead of SimCSE's first pass only.")
 flags.DEFINE_integer("sequence_length", 32, "Tokens per sentence, [CLS] and [SEP] included (SimCSE: 32).")
 flags.DEFINE_integer("batch_size", 64, "Sentences (or sentence tuples) per batch.")
 flags.DEFINE_float("learning_rate", 3e-5, "Initial learning rate of Adam, decaying linearly to 0.")
@@ -328,30 +338,36 @@ def plot_curves(history, title, path):
     return path
 
 
-def held_out_metrics(keras, keras_fmicl, encoder, sentences, preprocessor):
+def held_out_metrics(keras, keras_fmicl, encoder, sentences, preprocessor, head=None):
     """Alignment of two dropout views and uniformity of the inference
-    features of held-out sentences (Wang & Isola 2020)."""
+    features of held-out sentences (Wang & Isola 2020); with `head`, of the
+    features through it."""
 
     class HeldOutViews(keras.Model):
         """Two dropout views and the inference features, in one `predict`
         (one compiled function)."""
 
-        def __init__(self, inner):
+        def __init__(self, inner, head):
             super().__init__()
             self.inner = inner
+            self.head = head
+
+        def features(self, inputs, training):
+            x = self.inner(inputs, training=training)
+            return x if self.head is None else self.head(x, training=False)
 
         def call(self, inputs, training=None):
             return (
-                self.inner(inputs, training=True),
-                self.inner(inputs, training=True),
-                self.inner(inputs, training=False),
+                self.features(inputs, training=True),
+                self.features(inputs, training=True),
+                self.features(inputs, training=False),
             )
 
     # one batch (at most HELD_OUT_SENTENCES): one compiled shape
     dataset = keras_fmicl.data.sentence_dataset(
         sentences, preprocessor, batch_size=len(sentences), shuffle=False, drop_remainder=False
     )
-    first, second, features = HeldOutViews(encoder).predict(dataset, verbose=0)
+    first, second, features = HeldOutViews(encoder, head).predict(dataset, verbose=0)
     return {
         "sentences": len(sentences),
         "alignment": float(keras_fmicl.alignment(first, second)),
@@ -386,18 +402,20 @@ def run_in(backend, output_dir):
         dataset = keras_fmicl.text.sentence_tuple_dataset(
             train, preprocessor, batch_size=FLAGS.batch_size, seed=FLAGS.seed
         )
-        method = keras_fmicl.methods.SupervisedSimCSE()
+        method = keras_fmicl.methods.SupervisedSimCSE(symmetric=FLAGS.symmetric)
     else:
         dataset = keras_fmicl.data.sentence_dataset(
             train, preprocessor, batch_size=FLAGS.batch_size, seed=FLAGS.seed
         )
-        method = keras_fmicl.methods.SimCSE()
+        method = keras_fmicl.methods.SimCSE(symmetric=FLAGS.symmetric)
     # The features are taken before BERT's pooler (SimCSE's cls_before_pooler);
     # SentenceEncoder freezes that pooler, which gets no gradient.
     encoder = keras_fmicl.SentenceEncoder(backbone, pooling=FLAGS.pooling)
     hidden = encoder.output_dim
-    # SimCSE's training-only MLP over [CLS]: Dense(F) + tanh, dropped at evaluation
+    # SimCSE's MLP over [CLS]: Dense(F) + tanh; at evaluation dropped
+    # (unsupervised, cls_before_pooler) or kept (supervised, cls): --keep_mlp
     projector = keras.layers.Dense(hidden, activation="tanh", name="simcse_mlp")
+    keep_mlp = supervised if FLAGS.keep_mlp is None else FLAGS.keep_mlp
     model = keras_fmicl.ContrastiveModel(encoder, method=method, projector=projector)
     steps_per_epoch = count // FLAGS.batch_size
     total_steps = FLAGS.epochs * steps_per_epoch
@@ -429,7 +447,9 @@ def run_in(backend, output_dir):
     start = time.time()
     sts, held = None, None
     if tasks is not None:
-        sts = keras_fmicl.evaluation.evaluate_sts(model.encoder, tasks, preprocessor)
+        sts = keras_fmicl.evaluation.evaluate_sts(
+            model.encoder, tasks, preprocessor, head=model.projector if keep_mlp else None
+        )
     else:
         print(
             "STS: skipped, no --sts_dir (get SentEval's data with SimCSE's "
@@ -437,12 +457,18 @@ def run_in(backend, output_dir):
             f"held-out metrics on {len(held_out)} sentences of the corpus instead."
         )
         if len(held_out) >= 2:
-            held = held_out_metrics(keras, keras_fmicl, model.encoder, held_out, preprocessor)
+            held = held_out_metrics(
+                keras, keras_fmicl, model.encoder, held_out, preprocessor,
+                head=model.projector if keep_mlp else None,
+            )  # fmt: skip
     evaluation_seconds = time.time() - start
 
     encoder_path = os.path.join(output_dir, "encoder.keras")
     model.encoder.save(encoder_path)
     outputs = {"encoder": encoder_path}
+    if keep_mlp:  # the evaluated features are the MLP's: save it beside the encoder
+        outputs["mlp"] = os.path.join(output_dir, "mlp.keras")
+        keras.Sequential([keras.Input((hidden,)), model.projector]).save(outputs["mlp"])
     if vocabulary is not None:
         outputs["vocabulary"] = os.path.join(output_dir, "vocabulary.txt")
         with open(outputs["vocabulary"], "w", encoding="utf-8") as f:
@@ -462,6 +488,7 @@ def run_in(backend, output_dir):
         "method": keras.saving.serialize_keras_object(model.method),
         "loss": loss.get_config(),
         "loss_description": describe_loss(loss),
+        "evaluated_features": "encoder + MLP (SimCSE's cls)" if keep_mlp else "encoder (SimCSE's cls_before_pooler)",
         "corpus": corpus_text,
         "train_samples": count,
         "steps": len(history.steps),
@@ -511,7 +538,7 @@ def run_in(backend, output_dir):
 
 _OWN_FLAGS = (
     "backend", "backbone", "corpus", "sts_dir", "sts_tasks", "method", "loss", "divergence", "tsallis_order",
-    "similarity", "sigma", "alpha", "temperature", "pooling", "sequence_length", "batch_size",
+    "similarity", "sigma", "alpha", "temperature", "pooling", "keep_mlp", "symmetric", "sequence_length", "batch_size",
     "learning_rate", "epochs", "max_steps", "max_sentences", "seed", "output_dir", "verbose", "debug",
 )
 

@@ -49,6 +49,7 @@ from keras_fmicl import distributed
 from keras_fmicl.similarities import l2_normalize
 from keras_fmicl.similarities import row_dot
 from keras_fmicl.validation import check_bool
+from keras_fmicl.validation import check_choice
 from keras_fmicl.validation import concrete_values
 from keras_fmicl.validation import describe
 
@@ -75,11 +76,13 @@ class ContrastiveBatch:
     Attributes:
         scale, offset: Python floats, the map of every cosine tensor.
         num_samples: N (a Python int when static, else a scalar tensor).
-        num_views: V (always static).
+        num_views: V, the views of the anchors (always static).
         dtype: the compute dtype.
-        own_sample: `(N, V, V)`: query `(i, v)` against key `(i, w)`, for
-            every `w` (the anchor's own view included).
-        positive_mask: `(V, V)` bool, `w != v`: the positives of `own_sample`.
+        own_sample: `(N, V, V_k)`: query `(i, v)` against key `(i, w)`, for
+            every `w` (the anchor's own view included); `V_k = V` but with
+            `key_views="all"`.
+        positive_mask: `(V, V_k)` bool, `w != v` (every `w` with
+            `key_views="all"`): the positives of `own_sample`.
         positive_count: positives per anchor, `(N, V)` or a scalar.
         negative_count: negatives per anchor, `(N, V)` or a scalar.
         nan_guard: scalar, 0 or NaN: NaN when an input holds a NaN or an
@@ -168,23 +171,29 @@ class _Inputs(NamedTuple):
     labels_valid: Any
     dtype: str
     n_static: int | None
-    num_views: int
+    num_views: int  # V of the queries (the anchors)
     dim: int | None
+    key_views: str = "other"  # "other": keys of the queries' views; "all": other views
+    num_key_views: int | None = None  # V of the keys (that of the queries without keys)
 
 
-def check_embeddings(x: Any, argument: str) -> Any:
-    """Validates an `(N, V, d)` tensor of embeddings and returns it as a tensor."""
+def check_embeddings(x: Any, argument: str, min_views: int = 2) -> Any:
+    """Validates an `(N, V, d)` tensor of embeddings and returns it as a tensor.
+
+    `min_views`: the fewest views `V` accepted (2, or 1 for queries or keys
+    whose positives are in the other tensor, `key_views="all"`).
+    """
     if x is None:
         raise ValueError(
             f"`{argument}` must be an (N, V, d) tensor of embeddings: N samples "
-            f"seen in V >= 2 views. Received: {argument}=None"
+            f"seen in V >= {min_views} views. Received: {argument}=None"
         )
     x = ops.convert_to_tensor(x)
     shape = _static_shape(x)
     if len(shape) != 3:
         raise ValueError(
             f"`{argument}` must have rank 3, shape (N, V, d): N samples seen "
-            f"in V >= 2 views, each a d-dimensional embedding. Received: "
+            f"in V >= {min_views} views, each a d-dimensional embedding. Received: "
             f"{argument}.shape={shape}"
         )
     if shape[1] is None:
@@ -192,7 +201,7 @@ def check_embeddings(x: Any, argument: str) -> Any:
             f"The number of views (axis 1 of `{argument}`) must be known "
             f"statically. Received: {argument}.shape={shape}"
         )
-    if shape[1] < 2:
+    if shape[1] < min_views:
         raise ValueError(
             f"`{argument}` must hold V >= 2 views of each sample (axis 1): a "
             f"single view has no positive. Received: {argument}.shape={shape}"
@@ -314,9 +323,13 @@ def _all_finite(x: Any) -> Any:
 
 
 
+KEY_VIEWS = ("other", "all")
+
+
 def validate(
     queries: Any, keys: Any, queue: Any, queue_mask: Any, labels: Any,
     in_batch_negatives: bool, query_argument: str, label_argument: str,
+    key_views: str = "other",
 ) -> _Inputs:  # fmt: skip
     """Step 1 of `build`: checks shapes and labels, casts to the compute dtype.
 
@@ -324,20 +337,37 @@ def validate(
 
     Raises:
         ValueError: bad shapes, concrete bad labels, a `queue_mask` without
-            a queue, a batch of one without a queue, or no negatives at all.
+            a queue, a batch of one without a queue, no negatives at all, or
+            `key_views="all"` without keys.
     """
-    queries = check_embeddings(queries, query_argument)
+    key_views = check_choice("key_views", key_views, KEY_VIEWS)
+    cross = key_views == "all"
+    if cross and keys is None:
+        raise ValueError(
+            '`key_views="all"` pairs every query with every key of its sample: '
+            "it needs `keys` (N, V_k, d), the embeddings of the other views. "
+            "Received: keys=None"
+        )
+    queries = check_embeddings(queries, query_argument, min_views=1 if cross else 2)
     dtype = compute_dtype(queries)
     queries = ops.cast(queries, dtype)
     n_static, num_views, dim = _static_shape(queries)
+    num_key_views = num_views
     if keys is not None:
-        keys = ops.cast(check_embeddings(keys, "keys"), dtype)
+        keys = ops.cast(check_embeddings(keys, "keys", min_views=1 if cross else 2), dtype)
         k_shape = _static_shape(keys)
-        if any(a is not None and b is not None and a != b for a, b in zip(k_shape, (n_static, num_views, dim))):
+        expected = (n_static, None if cross else num_views, dim)
+        if any(a is not None and b is not None and a != b for a, b in zip(k_shape, expected)):
             raise ValueError(
-                "`keys` must have the shape of the queries (N, V, d) = "
-                f"{(n_static, num_views, dim)}. Received: keys.shape={k_shape}"
+                (
+                    "`keys` must have the number of samples N and the dimension d of the "
+                    f"queries, (N, V_k, d) = ({n_static}, V_k, {dim})"
+                    if cross
+                    else f"`keys` must have the shape of the queries (N, V, d) = {expected}"
+                )
+                + f". Received: keys.shape={k_shape}"
             )
+        num_key_views = k_shape[1]
     if queue is not None:
         queue = ops.cast(ops.convert_to_tensor(queue), dtype)
         q_shape = _static_shape(queue)
@@ -382,8 +412,9 @@ def validate(
             "required. Received: queue=None"
         )
     return _Inputs(
-        queries, keys, queue, queue_mask, labels, labels_valid, dtype, n_static, num_views, dim
-    )
+        queries, keys, queue, queue_mask, labels, labels_valid, dtype, n_static, num_views, dim,
+        key_views, num_key_views,
+    )  # fmt: skip
 
 
 def _nan_guard(inputs: _Inputs) -> Any:
@@ -410,13 +441,15 @@ def build(
     label_argument: str = "y_true",
     scale: float = 1.0,
     offset: float = 0.0,
+    key_views: str = "other",
 ) -> ContrastiveBatch:
     """Builds the `ContrastiveBatch` of queries against keys (and a queue).
 
     Args:
         queries: `(N, V, d)` anchor embeddings.
         keys: `(N, V, d)` key embeddings (momentum encoder), or `None` to
-            contrast the queries with themselves (SimCLR).
+            contrast the queries with themselves (SimCLR). With
+            `key_views="all"`, `(N, V_k, d)`.
         queue: `(K, d)` extra negatives (MoCo v2 queue), or `None`.
         queue_mask: `(K,)` bool marking the filled queue entries, or `None`
             (requires `queue`).
@@ -432,6 +465,13 @@ def build(
             by `scale` (one `(M, d)` product instead of an `(M, M)` one) and
             the offset enters the matmuls as a column of `offset` appended
             to the queries, of ones to the keys (no `(M, M)` addition).
+        key_views: `"other"`: the keys embed the queries' views, and query
+            `(i, v)` pairs with the keys `(i, w)`, `w != v` (positives) and
+            `(j, w)`, `j != i`, `w != v` (negatives); `"all"`: the keys
+            embed other views than the queries (MoCo v2's and SimCSE's one
+            direction: queries of view 0, keys of view 1), and query
+            `(i, v)` pairs with every key `(i, w)` (positives) and every
+            key `(j, w)`, `j != i` (negatives). `V = 1` is then allowed.
 
     Bad shapes and concrete bad labels raise a `ValueError`. Values that
     make the loss meaningless and that only the computation sees, a NaN or
@@ -450,8 +490,9 @@ def build(
     in_batch_negatives = check_bool("in_batch_negatives", in_batch_negatives)
     global_negatives = check_bool("global_negatives", global_negatives)
     inputs = validate(
-        queries, keys, queue, queue_mask, labels, in_batch_negatives, query_argument, label_argument
-    )
+        queries, keys, queue, queue_mask, labels, in_batch_negatives, query_argument,
+        label_argument, key_views,
+    )  # fmt: skip
     num_views = inputs.num_views
     num_samples = inputs.n_static if inputs.n_static is not None else ops.shape(inputs.queries)[0]
     unit_queries = l2_normalize(inputs.queries)
@@ -464,6 +505,12 @@ def build(
     # A tensor, not a numpy constant: numpy arrays inside the loss break
     # torch.compile graphs (Keras' torch convert_to_tensor reads ndarray.dtype).
     view_index = ops.arange(num_views, dtype="int32")
+    if inputs.key_views == "all":
+        positive_mask = ops.ones((num_views, inputs.num_key_views), dtype="bool")
+        positive_count = float(inputs.num_key_views)
+    else:
+        positive_mask = ops.not_equal(view_index[:, None], view_index[None, :])
+        positive_count = float(num_views - 1)
     fields = dict(
         scale=scale,
         offset=offset,
@@ -471,8 +518,8 @@ def build(
         num_views=num_views,
         dtype=inputs.dtype,
         own_sample=own_sample,
-        positive_mask=ops.not_equal(view_index[:, None], view_index[None, :]),
-        positive_count=float(num_views - 1),
+        positive_mask=positive_mask,
+        positive_count=positive_count,
         negative_count=0.0,
         nan_guard=_nan_guard(inputs),
     )
@@ -556,20 +603,22 @@ def _masks(
     its masks (the negative one built on first use), the counts.
     """
     num_views = inputs.num_views
+    key_views = inputs.num_key_views
     self_contrast = inputs.keys is None
+    # "all": every key of another sample is a negative, whatever its view
+    cross = inputs.key_views == "all"
     replicas = candidates.replicas
-    num_anchors = num_samples * num_views
-    anchor_index = ops.arange(num_anchors, dtype="int32")
-    candidate_index = ops.arange(num_anchors * replicas, dtype="int32")
+    anchor_index = ops.arange(num_samples * num_views, dtype="int32")
+    candidate_index = ops.arange(num_samples * key_views * replicas, dtype="int32")
 
     def other_sample():
         anchor_sample = anchor_index // num_views + candidates.sample_offset
-        candidate_sample = candidate_index // num_views
+        candidate_sample = candidate_index // key_views
         return ops.not_equal(anchor_sample[:, None], candidate_sample[None, :])
 
     def other_view():
         return ops.not_equal(
-            (anchor_index % num_views)[:, None], (candidate_index % num_views)[None, :]
+            (anchor_index % num_views)[:, None], (candidate_index % key_views)[None, :]
         )
 
     fields = dict(
@@ -582,25 +631,25 @@ def _masks(
     dtype = inputs.dtype
     if inputs.labels is None:
         fields["other_sample_negatives"] = self_contrast and in_batch_negatives
-        if self_contrast:
+        if self_contrast or cross:
             negatives = other_sample
         else:
             negatives = lambda: ops.logical_and(other_sample(), other_view())  # noqa: E731
-        per_other_sample = num_views if self_contrast else num_views - 1
+        per_other_sample = key_views if self_contrast or cross else key_views - 1
         negative_count = ops.cast((num_samples * replicas - 1) * per_other_sample, dtype)
     else:
         anchor_labels = ops.repeat(inputs.labels, num_views, axis=0)
-        candidate_labels = ops.repeat(candidates.labels, num_views, axis=0)
+        candidate_labels = ops.repeat(candidates.labels, key_views, axis=0)
         same_label = ops.equal(anchor_labels[:, None], candidate_labels[None, :])
         negative_mask = ops.logical_not(same_label)
         positives = ops.logical_and(same_label, other_sample())
-        if not self_contrast:
+        if not (self_contrast or cross):
             view_mask = other_view()
             negative_mask = ops.logical_and(negative_mask, view_mask)
             positives = ops.logical_and(positives, view_mask)
         negatives = lambda: negative_mask  # noqa: E731
         fields["batch_positive_mask"] = positives
-        fields["positive_count"] = float(num_views - 1) + ops.reshape(
+        fields["positive_count"] = float(key_views if cross else num_views - 1) + ops.reshape(
             ops.sum(ops.cast(positives, dtype), axis=1), (-1, num_views)
         )
         negative_count = ops.reshape(

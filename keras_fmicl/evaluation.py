@@ -1263,6 +1263,24 @@ def _sts_task_pairs(name: Any, pairs: Any) -> tuple[list, list, np.ndarray]:
     return sentences_a, sentences_b, scores
 
 
+class _EncoderWithHead(keras.Model):
+    """`head(encoder(x))` in one model (inference mode), for `evaluate_sts`."""
+
+    def __init__(self, encoder: Any, head: keras.layers.Layer, **kwargs):
+        # a name TensorFlow takes as a root scope (not the class name's "_...")
+        kwargs.setdefault("name", "encoder_with_head")
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.head = head
+
+    def call(self, inputs, training=False):
+        if isinstance(self.encoder, keras.layers.Layer):
+            features = self.encoder(inputs, training=training)
+        else:
+            features = self.encoder(inputs)
+        return self.head(features, training=training)
+
+
 def _embed_sentences(
     encoder: Any, sentences: list, preprocessor: Any, batch_size: int, verbose: int, task: str
 ) -> np.ndarray:
@@ -1312,6 +1330,7 @@ def evaluate_sts(
     preprocessor: Any,
     batch_size: int = 128,
     verbose: int = 0,
+    head: Any = None,
 ) -> dict:
     """STS scores of a sentence encoder: per task, and their average.
 
@@ -1328,8 +1347,8 @@ def evaluate_sts(
         encoder: a `keras.Model` (e.g. `keras_fmicl.text.SentenceEncoder`,
             run through `predict`), layer or callable mapping the
             preprocessor's dict to `(N, F)` features; for a trained
-            `ContrastiveModel` pass its encoder (SimCSE evaluates without
-            the projection head).
+            `ContrastiveModel` pass its encoder, and its projector as
+            `head` where the convention keeps it.
         tasks: dict task name -> `(sentences_a, sentences_b, gold_scores)`,
             e.g. `keras_fmicl.data.load_sts_tasks("SentEval/data")`.
         preprocessor: what turns a batch of strings into the encoder's
@@ -1337,6 +1356,12 @@ def evaluate_sts(
             `keras_fmicl.data.sentence_dataset`).
         batch_size: sentences per forward pass.
         verbose: verbosity of `predict`.
+        head: `None` (default), or a Keras layer applied to the encoder's
+            features in inference mode before the cosines. SimCSE's
+            conventions (`simcse/models.py`, `sentemb_forward`): the
+            unsupervised model is evaluated without its MLP
+            (`cls_before_pooler`: `head=None`), the supervised one with it
+            (`cls`: `head=model.projector`).
 
     Returns:
         dict task name -> score, in the order of `tasks`, then
@@ -1356,6 +1381,13 @@ def evaluate_sts(
             f"sentences to features. Received: encoder={encoder!r:.80}"
         )
     batch_size = _check_positive_int("batch_size", batch_size)
+    if head is not None:
+        if not isinstance(head, keras.layers.Layer):
+            raise ValueError(
+                "`head` must be a Keras layer applied to the encoder's features "
+                f"(e.g. a ContrastiveModel's projector) or None. Received: head={head!r:.80}"
+            )
+        encoder = _EncoderWithHead(encoder, head)
     if not isinstance(tasks, dict) or not tasks:
         raise ValueError(
             "`tasks` must be a non-empty dict of task name -> (sentences_a, "

@@ -153,12 +153,14 @@ def _build(plan: fast_paths.ScorePlan, y_pred: Any, **kwargs) -> contrast.Contra
 def _functional(plan, y_true, y_pred, pairs: tuple, anchor_losses, *args) -> Any:
     """`fmicl` and `info_nce`: `(N,)` per-sample losses of `anchor_losses(batch, plan, *args)`.
 
-    `pairs`: `(keys, queue, queue_mask, in_batch_negatives, global_negatives)`.
+    `pairs`: `(keys, queue, queue_mask, in_batch_negatives, global_negatives,
+    key_views)`.
     """
-    keys, queue, queue_mask, in_batch_negatives, global_negatives = pairs
+    keys, queue, queue_mask, in_batch_negatives, global_negatives, key_views = pairs
     batch = _build(
         plan, y_pred, keys=keys, queue=queue, queue_mask=queue_mask, labels=y_true,
         in_batch_negatives=in_batch_negatives, global_negatives=global_negatives,
+        key_views=key_views,
     )  # fmt: skip
     anchor_loss, _ = anchor_losses(batch, plan, *args)
     return _per_sample(batch, anchor_loss)
@@ -178,6 +180,7 @@ def fmicl(
     queue_mask: Any | None = None,
     in_batch_negatives: bool = True,
     global_negatives: bool = True,
+    key_views: str = "other",
 ) -> Any:
     """Per-sample f-MICL loss (functional form of `FMICLLoss`).
 
@@ -201,6 +204,10 @@ def fmicl(
         global_negatives: under data parallelism (`tf.distribute`,
             torch.distributed), contrast with the keys of the global batch
             gathered from every replica. Defaults to True.
+        key_views: `"other"` (default): the keys embed the views of the
+            queries; `"all"`: the keys `(N, V_k, d)` embed other views, and
+            every key of a sample is a positive of its queries (see
+            `ContrastiveLoss.contrast`).
 
     Returns:
         A `(N,)` tensor: each sample's loss, averaged over its views; NaN
@@ -217,7 +224,7 @@ def fmicl(
     similarity = similarities.get(similarity, sigma=sigma, temperature=temperature, stacklevel=3)
     alpha = check_positive_number("alpha", alpha)
     plan = fast_paths.score_plan(similarity, divergence)
-    pairs = (keys, queue, queue_mask, in_batch_negatives, global_negatives)
+    pairs = (keys, queue, queue_mask, in_batch_negatives, global_negatives, key_views)
     return _functional(plan, y_true, y_pred, pairs, _fmicl_anchor_losses, divergence, alpha)
 
 
@@ -234,6 +241,7 @@ def info_nce(
     in_batch_negatives: bool = True,
     global_negatives: bool = True,
     supervised_form: str = "decoupled",
+    key_views: str = "other",
 ) -> Any:
     """Per-sample InfoNCE / NT-Xent loss (functional form of `InfoNCELoss`).
 
@@ -259,7 +267,7 @@ def info_nce(
         temperature = DEFAULT_INFONCE_TEMPERATURE
     similarity = similarities.get(similarity, sigma=sigma, temperature=temperature, stacklevel=3)
     plan = fast_paths.score_plan(similarity)
-    pairs = (keys, queue, queue_mask, in_batch_negatives, global_negatives)
+    pairs = (keys, queue, queue_mask, in_batch_negatives, global_negatives, key_views)
     return _functional(plan, y_true, y_pred, pairs, _info_nce_anchor_losses, supervised_form)
 
 
@@ -365,6 +373,7 @@ class ContrastiveLoss(keras.losses.Loss):
         return_metrics: bool = False,
         query_argument: str = "queries",
         label_argument: str = "labels",
+        key_views: str = "other",
     ) -> Any:
         """Per-sample loss of queries contrasted with keys and a queue.
 
@@ -372,12 +381,18 @@ class ContrastiveLoss(keras.losses.Loss):
         `keys` (momentum-encoder embeddings of the same samples, shape
         `(N, V, d)`), query `(i, v)` has positives the keys `(i, w)`,
         `w != v`, and negatives the keys `(j, w)`, `j != i`, `w != v`
-        (MoCo v3), plus every entry of `queue` (MoCo v2; set
-        `in_batch_negatives=False` to use the queue alone).
+        (MoCo v3), plus every entry of `queue` (set
+        `in_batch_negatives=False` to use the queue alone). With
+        `key_views="all"` the keys `(N, V_k, d)` embed other views than the
+        queries `(N, V_q, d)` (`V_q, V_k >= 1`): query `(i, v)` has
+        positives every key `(i, w)` and negatives every key `(j, w)`,
+        `j != i` (MoCo v2 and SimCSE: queries of the first view, keys of
+        the second).
 
         Args:
             queries: `(N, V, d)` anchor embeddings.
-            keys: `(N, V, d)` keys, or `None`.
+            keys: `(N, V, d)` keys (`(N, V_k, d)` with `key_views="all"`),
+                or `None`.
             queue: `(K, d)` extra negatives, or `None`.
             queue_mask: `(K,)` bool of the filled queue entries, or `None`.
             labels: `(N,)` non-negative integer labels (supervised), or
@@ -388,6 +403,7 @@ class ContrastiveLoss(keras.losses.Loss):
                 `alignment`, `uniformity` and `mi_estimate`.
             query_argument, label_argument: the names of the queries and
                 labels in error messages.
+            key_views: `"other"` (default) or `"all"`, as above.
 
         Returns:
             `(N,)` per-sample losses (unreduced), and the metrics dict when
@@ -414,6 +430,7 @@ class ContrastiveLoss(keras.losses.Loss):
             global_negatives=self.global_negatives,
             query_argument=query_argument,
             label_argument=label_argument,
+            key_views=key_views,
         )
         anchor_loss, mi_estimate = self.anchor_losses(batch)
         per_sample = _per_sample(batch, anchor_loss)

@@ -99,6 +99,8 @@ from keras import ops
 from keras_fmicl import distributed
 from keras_fmicl.heads import ProjectionHead
 from keras_fmicl.losses import ContrastiveLoss, FMICLLoss
+from keras_fmicl.validation import check_bool
+from keras_fmicl.validation import check_choice
 from keras_fmicl.validation import check_integer
 
 _PACKAGE = "keras_fmicl"
@@ -193,6 +195,36 @@ def repeat_views(inputs: Any, num_views: int) -> Any:
     return keras.tree.map_structure(lambda x: ops.repeat(x, num_views, axis=0), inputs)
 
 
+def select_views(views: Any, num_views: int, start: int, stop: int) -> Any:
+    """Views `start .. stop - 1` of flat sample-major views: `(N V, ...) -> (N (stop - start), ...)`.
+
+    Works on any structure (a dict of token ids, ...); the rows stay
+    sample-major. All the views are returned as they are.
+
+    Example:
+
+    ```python
+    select_views(x, 2, 0, 1)   # view 0 of each sample: x[0::2]
+    ```
+    """
+    if (start, stop) == (0, num_views):
+        return views
+
+    def select(x):
+        dynamic = ops.shape(x)
+        tail = tuple(d if d is not None else dynamic[k + 1] for k, d in enumerate(x.shape[1:]))
+        grouped = ops.reshape(x, (-1, num_views) + tail)[:, start:stop]
+        return ops.reshape(grouped, (-1,) + tail)
+
+    return keras.tree.map_structure(select, views)
+
+
+def group_rows(x: Any, count: int) -> Any:
+    """`(N C, d)` rows, sample-major, to `(N, C, d)` (keeping d static)."""
+    dim = x.shape[-1]
+    return ops.reshape(x, (-1, count, -1 if dim is None else dim))
+
+
 def flatten_views(model: Any, views: Any) -> Any:
     """`(N, V, ...)` views (any structure) to flat `(N V, ...)` rows.
 
@@ -258,6 +290,15 @@ class _WithoutAutocast(keras.layers.Layer):
 
     def call(self, x):
         return self._fn(x)
+
+
+class _RandomUnitRows(keras.initializers.Initializer):
+    """Rows drawn from a standard normal, then normalised: random unit vectors
+    (the initial queue of facebookresearch/moco)."""
+
+    def __call__(self, shape, dtype=None):
+        rows = keras.initializers.RandomNormal(stddev=1.0)(shape, dtype=dtype)
+        return rows / ops.sqrt(ops.sum(ops.square(rows), axis=-1, keepdims=True))
 
 
 class _CopyOf(keras.initializers.Initializer):
@@ -466,11 +507,23 @@ class SimCSE(SimCLR):
     Each input (a dict of token ids such as a keras-hub preprocessor gives,
     or any other structure) passes `num_views` times through the online
     encoder and projector in training mode; dropout makes the views differ.
-    Query `(i, v)` has positives the other views of sentence `i` and
-    negatives every view of the other sentences of the batch, as SimCLR.
-    There is no augmenter. At inference the views are identical. For
-    labelled sentence pairs (NLI entailments as positives, contradictions
-    as hard negatives) see `SupervisedSimCSE`.
+    There is no augmenter. At inference the views are identical.
+
+    The pairs are those of SimCSE's `cl_forward`: the first pass `z1_i` of
+    sentence `i` is the only anchor; its candidates are the second passes
+    `z2_j` of every sentence of the batch, `z2_i` the positive and `z2_j`,
+    `j != i`, the negatives (with InfoNCE, the cross-entropy of the
+    `(N, N)` matrix `cos(z1_i, z2_j) / T` with labels `arange(N)`). With
+    `V > 2` views the first is the anchor and the `V - 1` others its
+    positives (their passes of the other sentences its negatives).
+    `symmetric=True` lets every view anchor and adds the other sentences'
+    first passes as negatives (SimCLR's pairs, this package's form before
+    0.9). For labelled sentence pairs (NLI entailments as positives,
+    contradictions as hard negatives) see `SupervisedSimCSE`.
+
+    Args:
+        symmetric: False (default): SimCSE's pairs, above; True: SimCLR's.
+        **kwargs: `keras.layers.Layer` arguments.
 
     Example:
 
@@ -490,6 +543,10 @@ class SimCSE(SimCLR):
 
     mode: ClassVar[str] = "simcse"
 
+    def __init__(self, symmetric: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.symmetric = check_bool("symmetric", symmetric)
+
     def _refuse_augmenter(self, model: Any) -> None:
         if model.augmenter is not None:
             raise ValueError(
@@ -504,6 +561,32 @@ class SimCSE(SimCLR):
 
     def draw_views(self, model: Any, inputs: Any, training: bool) -> Any:
         return repeat_views(inputs, model.num_views)
+
+    def loss(self, model: Any, outputs: dict) -> tuple[Any, dict]:
+        """SimCSE's pairs (first view against the others), or SimCLR's (`symmetric`)."""
+        loss = _contrastive_loss(model)
+        negatives = outputs.get(HARD_NEGATIVES)
+        if negatives is not None and loss.global_negatives:
+            negatives = distributed.all_gather(negatives)
+        queries = outputs["queries"]
+        if self.symmetric:
+            return loss.contrast(queries, queue=negatives, return_metrics=True)
+        return loss.contrast(
+            queries[:, :1], keys=queries[:, 1:], queue=negatives, key_views="all",
+            return_metrics=True,
+        )  # fmt: skip
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["symmetric"] = self.symmetric
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SimCSE":
+        # a config saved before 0.9 (no "symmetric") keeps the form it trained with
+        config = dict(config)
+        config.setdefault("symmetric", True)
+        return cls(**config)
 
 
 HARD_NEGATIVES = "hard_negatives"
@@ -532,20 +615,18 @@ class SupervisedSimCSE(SimCSE):
     Every column passes once through the online encoder and projector, in
     training mode (dropout on, as SimCSE). No augmenter.
 
-    Query `(i, v)`, `v < num_views`, has positives the other views `(i, w)`
-    of its own sample, and negatives (1) every view of the other samples of
-    the batch, as SimCLR, and (2) the hard negative of *every* sample, its
-    own included: the `(N, d)` hard-negative embeddings enter the loss as
-    extra negatives of every query, through the `queue` argument of
+    The pairs are those of SimCSE's `cl_forward`: the premise `z1_i` is
+    the only anchor; its candidates are the entailments `z2_j` of every
+    sample (`z2_i` the positive) and the contradictions `z3_j` of every
+    sample, its own included (with InfoNCE, the cross-entropy of the
+    `(N, 2N)` matrix `[cos(z1, z2), cos(z1, z3)] / T`, labels `arange(N)`).
+    The `(N, d)` hard-negative embeddings enter the loss as extra negatives
+    of every anchor, through the `queue` argument of
     `ContrastiveLoss.contrast` (with gradient; under data parallelism the
-    global batch's). A hard negative is never an anchor nor a positive. With
-    `C = num_views` this is `SimCSE`'s loss with the views given by the data.
-
-    The loss is symmetric in the premise and the entailment (both are
-    anchors, and the other samples' premises are negatives too), where
-    SimCSE's cross-entropy anchors the premises only and contrasts them with
-    the entailments and contradictions: the same positives and hard
-    negatives, in the form of the other methods of this package
+    global batch's). A hard negative is never an anchor nor a positive.
+    With `C = num_views` this is `SimCSE`'s loss with the views given by
+    the data. `symmetric=True` lets the premise and the entailment both
+    anchor, with the other samples' premises as negatives too
     (`docs/fmicl-math.md`, section 4.6).
 
     Example:
@@ -620,13 +701,6 @@ class SupervisedSimCSE(SimCSE):
         if columns > num_views:
             outputs[HARD_NEGATIVES] = embeddings[:, num_views]
         return outputs
-
-    def loss(self, model: Any, outputs: dict) -> tuple[Any, dict]:
-        loss = _contrastive_loss(model)
-        negatives = outputs.get(HARD_NEGATIVES)
-        if negatives is not None and loss.global_negatives:
-            negatives = distributed.all_gather(negatives)
-        return loss.contrast(outputs["queries"], queue=negatives, return_metrics=True)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -845,18 +919,39 @@ class MomentumMethod(Method):
                     variable.assign(value)
         return ops.stop_gradient(x)
 
+    def query_and_key_views(self, model: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+        """`((start, stop), (start, stop))`: the views the online network
+        embeds (the queries) and those the key network embeds.
+
+        Every view both ways by default (MoCo v3, symmetric MoCo v2).
+        """
+        return (0, model.num_views), (0, model.num_views)
+
+    def keys_per_sample(self, model: Any) -> int:
+        """How many keys the key network embeds per sample."""
+        start, stop = self.query_and_key_views(model)[1]
+        return stop - start
+
     def embed(self, model: Any, views: Any, training: bool) -> dict:
-        features, embeddings = model.online_forward(views, training=training)
+        query_range, key_range = self.query_and_key_views(model)
+        num_views = model.num_views
+        features, embeddings = model.online_forward(
+            select_views(views, num_views, *query_range), training=training
+        )
         queries = self.predict_queries(embeddings, training=training)
         if training:
             self._run_ema_update(
                 ops.convert_to_tensor(self.current_momentum(model), dtype="float32")
             )
-        keys = self.key_forward(model, views, training=bool(training))
+        keys = self.key_forward(
+            model, select_views(views, num_views, *key_range), training=bool(training)
+        )
+        num_queries = query_range[1] - query_range[0]
+        num_keys = key_range[1] - key_range[0]
         return {
-            "features": model.group_views(features),
-            "queries": model.group_views(queries),
-            "keys": model.group_views(keys),
+            "features": group_rows(features, num_queries),
+            "queries": group_rows(queries, num_queries),
+            "keys": group_rows(keys, num_keys),
         }
 
     def predict_queries(self, embeddings: Any, training: bool) -> Any:
@@ -888,13 +983,23 @@ class MomentumMethod(Method):
 class MoCoV2(MomentumMethod):
     """MoCo v2: a momentum (key) network and a FIFO queue of negatives.
 
-    Query `(i, v)` (the online embedding) has positives the keys `(i, w)`,
-    `w != v`, of the key network, and negatives the valid entries of a
-    queue of the `queue_size` most recent keys of the previous steps, and
-    nothing else. After each training step the keys of the batch (every
-    view, sample-major; the global batch under data parallelism) overwrite
-    the oldest entries. Until the queue holds keys there are no negatives:
-    the `uniformity` and `mi_estimate` metrics skip those steps.
+    As facebookresearch/moco's `MoCo.forward`: the online network embeds
+    view 0 of each sample (the query `q_i`), the key network view 1 (the
+    key `k_i`); the positive of `q_i` is `k_i`, its negatives the
+    `queue_size` keys of the queue and nothing else (with InfoNCE, the
+    cross-entropy of `[q.k_i, q.queue] / T` with label 0). After each
+    training step the `N` keys of the batch (the global batch under data
+    parallelism) overwrite the oldest entries of the queue, which starts
+    as `queue_size` random unit vectors (`initial_queue="random"`, as the
+    reference) or empty (`"empty"`: masked until written; the `uniformity`
+    and `mi_estimate` metrics skip the steps without negatives). With
+    `V > 2` views, view 0 is the query and views `1 .. V-1` its keys
+    (every one a positive, all enqueued, sample-major).
+
+    `symmetric=True` is the symmetrised form: every view is a query (the
+    online network embeds them all), query `(i, v)` has positives the keys
+    `(i, w)`, `w != v`, and the keys of every view are enqueued (for the
+    same `queue_size`, the queue covers half as many past batches).
 
     With f-MICL, end the projector in a batch norm
     (`ProjectionHead(..., output_batch_norm=True)`): uncentred keys let the
@@ -912,8 +1017,12 @@ class MoCoV2(MomentumMethod):
             schedule (see `MomentumMethod`). Defaults to 0.99.
         queue_size: number of keys in the queue, `K >= 1`. Defaults to
             65536 (MoCo's); small data sets need a few batches' worth.
-        **kwargs: `online_weight` (see `MomentumMethod`) and
-            `keras.layers.Layer` arguments.
+        symmetric: False (default): MoCo v2's one direction, above; True:
+            every view anchors and is enqueued.
+        initial_queue: `"random"` (default: random unit vectors, MoCo's)
+            or `"empty"`.
+        **kwargs: `online_weight` (see `MomentumMethod`; needs
+            `symmetric=True`) and `keras.layers.Layer` arguments.
 
     Example:
 
@@ -932,16 +1041,38 @@ class MoCoV2(MomentumMethod):
 
     mode: ClassVar[str] = "moco"
 
-    def __init__(self, momentum: Any = 0.99, queue_size: int = 65536, **kwargs):
+    def __init__(
+        self,
+        momentum: Any = 0.99,
+        queue_size: int = 65536,
+        symmetric: bool = False,
+        initial_queue: str = "random",
+        **kwargs,
+    ):
         super().__init__(momentum=momentum, **kwargs)
         self.queue_size = check_integer("queue_size", queue_size, 1)
+        self.symmetric = check_bool("symmetric", symmetric)
+        self.initial_queue = check_choice("initial_queue", initial_queue, ("random", "empty"))
+        if not self.symmetric and self.online_weight > 0.0:
+            raise ValueError(
+                "`online_weight` > 0 contrasts the queries of every view among "
+                "themselves: it needs `symmetric=True` (MoCo v2's one direction "
+                f"embeds one view online). Received: online_weight={self.online_weight}, "
+                "symmetric=False"
+            )
+
+    def query_and_key_views(self, model: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+        if self.symmetric:
+            return super().query_and_key_views(model)
+        return (0, 1), (1, model.num_views)
 
     def build(self, model: Any, embedding_shape: tuple) -> None:
         super().build(model, embedding_shape)
+        random = self.initial_queue == "random"
         self.queue = self.add_weight(
             shape=(self.queue_size, embedding_shape[-1]),
             dtype="float32",
-            initializer="zeros",
+            initializer=_RandomUnitRows() if random else "zeros",
             trainable=False,
             name="queue",
         )
@@ -949,7 +1080,11 @@ class MoCoV2(MomentumMethod):
             shape=(), dtype="int32", initializer="zeros", trainable=False, name="queue_pointer"
         )
         self.queue_count = self.add_weight(
-            shape=(), dtype="int32", initializer="zeros", trainable=False, name="queue_count"
+            shape=(),
+            dtype="int32",
+            initializer=keras.initializers.Constant(self.queue_size if random else 0),
+            trainable=False,
+            name="queue_count",
         )
 
     def key_contrast(self, model: Any, outputs: dict) -> tuple[Any, dict]:
@@ -960,6 +1095,7 @@ class MoCoV2(MomentumMethod):
             queue_mask=ops.arange(self.queue_size, dtype="int32") < self.queue_count.value,
             in_batch_negatives=False,
             return_metrics=True,
+            key_views="other" if self.symmetric else "all",
         )
         # Until the queue holds keys there are no negatives: no uniformity
         # to measure, and the bound has no negative term.
@@ -998,8 +1134,8 @@ class MoCoV2(MomentumMethod):
                     "or a PyDataset or generator under TensorFlow), "
                     f"so `queue_size` ({self.queue_size}) cannot be checked "
                     "against the keys of a batch before training: a batch of "
-                    "more than queue_size // num_views = "
-                    f"{self.queue_size // model.num_views} samples makes the loss "
+                    "more than queue_size // keys per sample = "
+                    f"{self.queue_size // self.keys_per_sample(model)} samples makes the loss "
                     "NaN. Batch with drop_remainder=True to have it checked "
                     "before training.",
                 )
@@ -1018,18 +1154,28 @@ class MoCoV2(MomentumMethod):
         if count > self.queue_size:
             raise ValueError(
                 f"`queue_size` ({self.queue_size}) must be at least the number of "
-                f"keys of a batch (batch size x num_views = {count}). Received: "
+                f"keys of a batch (batch size x keys per sample = {count}). Received: "
                 f"queue_size={self.queue_size}"
             )
 
     def check_batch_size(self, model: Any, batch_size: int) -> None:
         super().check_batch_size(model, batch_size)
-        self._check_keys(batch_size * model.num_views)
+        self._check_keys(batch_size * self.keys_per_sample(model))
 
     def get_config(self) -> dict:
         config = super().get_config()
         config["queue_size"] = self.queue_size
+        config["symmetric"] = self.symmetric
+        config["initial_queue"] = self.initial_queue
         return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MoCoV2":
+        # a config saved before 0.9 (neither key) keeps the form it trained with
+        config = dict(config)
+        config.setdefault("symmetric", True)
+        config.setdefault("initial_queue", "empty")
+        return super().from_config(config)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

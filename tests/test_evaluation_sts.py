@@ -169,6 +169,25 @@ def test_evaluate_sts_per_task_and_average(tiny_encoder):
     assert results["average"] == pytest.approx((results["first"] + results["second"]) / 2)
 
 
+def test_evaluate_sts_with_a_head_scores_the_head_outputs(tiny_encoder):
+    """SimCSE's supervised convention (`cls`): the MLP is kept at test time."""
+    encoder, preprocessor = tiny_encoder
+    keras.utils.set_random_seed(1)
+    head = keras.layers.Dense(6, activation="tanh")
+    head.build((None, 16))
+    kernel, bias = (np.asarray(keras.ops.convert_to_numpy(w), np.float64) for w in head.weights)
+    results = evaluation.evaluate_sts(encoder, tasks(), preprocessor, batch_size=8, head=head)
+    plain = evaluation.evaluate_sts(encoder, tasks(), preprocessor, batch_size=8)
+    assert results != plain
+    for name, (a, b, gold) in tasks().items():
+        features = encoder.predict(preprocessor(a + b), batch_size=8, verbose=0)
+        projected = np.tanh(features.astype(np.float64) @ kernel + bias)  # the head, by hand
+        expected = evaluation.sts_correlation(projected[:4], projected[4:], gold)
+        np.testing.assert_allclose(results[name], expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="`head`"):
+        evaluation.evaluate_sts(encoder, tasks(), preprocessor, head="mlp")
+
+
 def test_evaluate_sts_with_a_plain_callable_over_several_batches(tiny_encoder):
     _, preprocessor = tiny_encoder
     rng = np.random.default_rng(0)

@@ -303,10 +303,10 @@ def _supervised_simcse_reference(queries, hard_negatives, loss_kind, parameter, 
     return losses.mean(axis=1)
 
 
-def _supervised_model(loss, run_eagerly=False):
+def _supervised_model(loss, run_eagerly=False, symmetric=False):
     keras.utils.set_random_seed(0)
     model = keras_fmicl.ContrastiveModel(
-        _TokenEncoder(rate=0.3), method=methods.SupervisedSimCSE(),
+        _TokenEncoder(rate=0.3), method=methods.SupervisedSimCSE(symmetric=symmetric),
         projector=keras_fmicl.ProjectionHead(16, 8),
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, run_eagerly=run_eagerly)
@@ -323,8 +323,10 @@ def _supervised_model(loss, run_eagerly=False):
     ids=["kl_triples", "infonce_triples", "js_pairs"],
 )
 def test_supervised_simcse_loss_matches_float64_reference(loss_kind, make_loss, columns):
+    """The symmetric form (`symmetric=True`); SimCSE's own pairs, the default,
+    are checked in tests/test_reference_methods.py."""
     loss = make_loss()
-    model = _supervised_model(loss)
+    model = _supervised_model(loss, symmetric=True)
     batch = _triples(6, columns=columns)
     outputs = model(batch, training=False)  # no dropout: the step's embeddings
     queries = to_numpy(outputs["queries"])

@@ -36,7 +36,7 @@ def test_moco_v2_mixture_trains_and_round_trips():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 2, 6)).astype("float32")
     encoder = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8)])
-    method = methods.MoCoV2(momentum=0.9, queue_size=64, online_weight=0.5)
+    method = methods.MoCoV2(momentum=0.9, queue_size=64, online_weight=0.5, symmetric=True)
     model = keras_fmicl.ContrastiveModel(encoder, method=method)
     model.compile(optimizer="sgd", loss=keras_fmicl.FMICLLoss("kl"))
     history = model.fit(x, batch_size=8, epochs=2, verbose=0)
@@ -58,7 +58,7 @@ def _fit_moco(loss, output_batch_norm, online_weight=0.0):
     x = rng.normal(size=(8, 2, 6)).astype("float32")
     encoder = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8)])
     head = keras_fmicl.ProjectionHead(8, 4, output_batch_norm=output_batch_norm)
-    method = methods.MoCoV2(momentum=0.9, queue_size=32, online_weight=online_weight)
+    method = methods.MoCoV2(momentum=0.9, queue_size=32, online_weight=online_weight, symmetric=True)
     model = keras_fmicl.ContrastiveModel(encoder, method=method, projector=head)
     model.compile(optimizer="sgd", loss=loss)
     with warnings.catch_warnings(record=True) as caught:

@@ -50,6 +50,7 @@ def test_tiny_smoke_run_as_printed_writes_every_output(tmp_path):
     assert 1.0 / (2.0 * results["loss"]["sigma"] ** 2) == pytest.approx(20.0)
     assert results["loss"]["alpha"] == 409600.0
     assert results["method"]["class_name"] == "SimCSE"
+    assert results["evaluated_features"].startswith("encoder (") and "mlp" not in results["outputs"]
     assert results["sts"] is None and results["corpus"].startswith("built-in synthetic corpus")
     held = results["held_out"]
     assert held["sentences"] > 0 and np.isfinite(held["alignment"]) and np.isfinite(held["uniformity"])
@@ -97,6 +98,11 @@ def test_supervised_run_with_an_sts_table(tmp_path):
     with open(tmp_path / "run" / "results.json") as f:
         results = json.load(f)
     assert results["method"]["class_name"] == "SupervisedSimCSE"
+    assert results["method"]["config"]["symmetric"] is False  # SimCSE's cl_forward pairs
+    # SimCSE's supervised convention: the MLP is kept at evaluation, and saved
+    assert results["evaluated_features"].startswith("encoder + MLP")
+    mlp = keras.saving.load_model(results["outputs"]["mlp"])
+    assert mlp.output_shape[-1] == results["backbone"]["hidden_dim"]
     assert results["loss"]["temperature"] == 0.05  # SimCSE's
     assert results["train_samples"] == 24 and results["steps"] == 2
     sts = results["sts"]
