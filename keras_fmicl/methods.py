@@ -219,6 +219,29 @@ def select_views(views: Any, num_views: int, start: int, stop: int) -> Any:
     return keras.tree.map_structure(select, views)
 
 
+STANDARDIZE_EPSILON = 1e-5
+
+
+def standardize_over_batch(x: Any) -> Any:
+    """`(N, V, d)` embeddings with each coordinate at mean 0, variance 1 over the `N V` rows.
+
+    `(x - mean) / sqrt(var + 1e-5)`, the statistics over the batch's rows
+    (every view together), computed in float32 at least: a batch norm
+    without scale and offset.
+
+    Example:
+
+    ```python
+    z = standardize_over_batch(keras.random.normal((8, 2, 16)) + 3.0)  # mean 0
+    ```
+    """
+    dtype = x.dtype
+    x = ops.cast(x, "float32") if keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16") else x
+    mean = ops.mean(x, axis=(0, 1), keepdims=True)
+    variance = ops.mean(ops.square(x - mean), axis=(0, 1), keepdims=True)
+    return ops.cast((x - mean) * ops.rsqrt(variance + STANDARDIZE_EPSILON), dtype)
+
+
 def group_rows(x: Any, count: int) -> Any:
     """`(N C, d)` rows, sample-major, to `(N, C, d)` (keeping d static)."""
     dim = x.shape[-1]
@@ -723,6 +746,17 @@ class MomentumMethod(Method):
     EMA of them, cannot be spread by the key contrast; docs/fmicl-math.md
     section 4.5).
 
+    With f-MICL the queries and the keys are standardised over the batch
+    before the loss (`standardize="auto"`): each of the `d` coordinates of
+    the `(N, V, d)` queries, and of the keys, separately, gets mean 0 and
+    variance 1 over the batch's rows, `z <- (z - mean) / sqrt(var + 1e-5)`
+    (a batch norm without scale and offset, as at the end of MoCo v3's
+    projector). f-MICL's negative term is not invariant to a direction
+    shared by all keys, the way InfoNCE's softmax is: against stop-gradient
+    keys the queries would lower it by moving away from the keys all
+    together (docs/fmicl-math.md section 4.5). The queue stores the
+    standardised keys. InfoNCE keeps the reference method's embeddings.
+
     Args:
         momentum: the EMA momentum, a number in `[0, 1)` or a schedule of
             the training step such as `keras_fmicl.CosineMomentum(0.99,
@@ -732,13 +766,20 @@ class MomentumMethod(Method):
         online_weight: weight `w` in `[0, 1]` of the contrast of the
             online embeddings among themselves. Defaults to 0 (the key
             contrast alone, as in MoCo).
+        standardize: `"auto"` (default: with an `FMICLLoss`), `True`
+            (always) or `False` (never).
         **kwargs: `keras.layers.Layer` arguments.
     """
 
     mode: ClassVar[str] = "momentum"
 
-    def __init__(self, momentum: Any = 0.99, online_weight: float = 0.0, **kwargs):
+    def __init__(
+        self, momentum: Any = 0.99, online_weight: float = 0.0, standardize: Any = "auto", **kwargs
+    ):
         super().__init__(**kwargs)
+        if standardize != "auto":
+            standardize = check_bool("standardize", standardize)
+        self.standardize = standardize
         self.momentum = _check_momentum(momentum)
         if (
             isinstance(online_weight, bool)
@@ -767,11 +808,19 @@ class MomentumMethod(Method):
         """Per-sample loss and metrics of the queries against the keys."""
         return super().loss(model, outputs)
 
+    def standardizes(self, model: Any) -> bool:
+        """Whether the queries and keys are standardised over the batch (see the class)."""
+        if self.standardize == "auto":
+            return isinstance(getattr(model, "loss", None), FMICLLoss)
+        return self.standardize
+
     def _warn_if_keys_uncentred(self, model: Any) -> None:
-        """Warns once: f-MICL, no online contrast, a `ProjectionHead` without output batch norm."""
+        """Warns once: f-MICL, `standardize=False`, no online contrast, a
+        `ProjectionHead` without output batch norm."""
         projector = getattr(model, "projector", None)
         if (
             isinstance(getattr(model, "loss", None), FMICLLoss)
+            and not self.standardizes(model)
             and isinstance(projector, ProjectionHead)
             and not projector.output_batch_norm
             and self.online_weight == 0.0
@@ -779,11 +828,11 @@ class MomentumMethod(Method):
         ):
             model._warn_once(
                 "uncentred_keys",
-                f"f-MICL with momentum keys ({type(self).__name__}) and a projector without "
-                "an output batch norm: the queries can lower the negative term by moving "
-                "away from the keys all together, and the positives drift apart "
-                "(docs/fmicl-math.md, section 4.5). Use keras_fmicl.ProjectionHead(..., "
-                "output_batch_norm=True), MoCo v3's design, or online_weight > 0.",
+                f"f-MICL with momentum keys ({type(self).__name__}), standardize=False and a "
+                "projector without an output batch norm: the queries can lower the negative "
+                "term by moving away from the keys all together, and the positives drift "
+                "apart (docs/fmicl-math.md, section 4.5). Keep standardize='auto', or use "
+                "keras_fmicl.ProjectionHead(..., output_batch_norm=True).",
             )
 
     def check_batch_size(self, model: Any, batch_size: int) -> None:
@@ -948,11 +997,10 @@ class MomentumMethod(Method):
         )
         num_queries = query_range[1] - query_range[0]
         num_keys = key_range[1] - key_range[0]
-        return {
-            "features": group_rows(features, num_queries),
-            "queries": group_rows(queries, num_queries),
-            "keys": group_rows(keys, num_keys),
-        }
+        queries, keys = group_rows(queries, num_queries), group_rows(keys, num_keys)
+        if self.standardizes(model):
+            queries, keys = standardize_over_batch(queries), standardize_over_batch(keys)
+        return {"features": group_rows(features, num_queries), "queries": queries, "keys": keys}
 
     def predict_queries(self, embeddings: Any, training: bool) -> Any:
         """The queries from the online embeddings (identity; MoCo v3: predictor)."""
@@ -968,11 +1016,14 @@ class MomentumMethod(Method):
             keras.saving.serialize_keras_object(momentum) if callable(momentum) else momentum
         )
         config["online_weight"] = self.online_weight
+        config["standardize"] = self.standardize
         return config
 
     @classmethod
     def from_config(cls, config: dict) -> "MomentumMethod":
         config = copy.deepcopy(config)  # deserialisation consumes nested configs
+        # a config saved before 0.9 (no "standardize") keeps the form it trained with
+        config.setdefault("standardize", False)
         for key in ("momentum", "predictor"):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
@@ -1001,12 +1052,11 @@ class MoCoV2(MomentumMethod):
     `(i, w)`, `w != v`, and the keys of every view are enqueued (for the
     same `queue_size`, the queue covers half as many past batches).
 
-    With f-MICL, end the projector in a batch norm
-    (`ProjectionHead(..., output_batch_norm=True)`): uncentred keys let the
-    queries flee from them (docs/fmicl-math.md section 4.5; a warning says
-    so).
+    With f-MICL the queries and keys are standardised over the batch
+    (`standardize`, see `MomentumMethod`; docs/fmicl-math.md section 4.5).
 
-    `queue_size` must hold the keys of a batch (`batch_size * num_views`):
+    `queue_size` must hold the keys of a batch (`batch_size` times the key
+    views, `num_views - 1`, or `num_views` with `symmetric=True`):
     checked before training for in-memory data and for batches of static
     size; a batch of a size unknown when the step is traced (a `tf.data`
     pipeline batched with `drop_remainder=False`, under TensorFlow) that is

@@ -53,12 +53,14 @@ def test_bad_online_weight_raises(weight):
         methods.MoCoV3(online_weight=weight)
 
 
-def _fit_moco(loss, output_batch_norm, online_weight=0.0):
+def _fit_moco(loss, output_batch_norm, online_weight=0.0, standardize=False):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(8, 2, 6)).astype("float32")
     encoder = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8)])
     head = keras_fmicl.ProjectionHead(8, 4, output_batch_norm=output_batch_norm)
-    method = methods.MoCoV2(momentum=0.9, queue_size=32, online_weight=online_weight, symmetric=True)
+    method = methods.MoCoV2(
+        momentum=0.9, queue_size=32, online_weight=online_weight, symmetric=True, standardize=standardize
+    )
     model = keras_fmicl.ContrastiveModel(encoder, method=method, projector=head)
     model.compile(optimizer="sgd", loss=loss)
     with warnings.catch_warnings(record=True) as caught:
@@ -70,15 +72,16 @@ def _fit_moco(loss, output_batch_norm, online_weight=0.0):
 def test_fmicl_with_uncentred_keys_warns_once_and_names_the_remedy():
     messages = _fit_moco(keras_fmicl.FMICLLoss("kl"), output_batch_norm=False)
     assert len(messages) == 1
-    assert "output_batch_norm=True" in messages[0] and "section 4.5" in messages[0]
+    assert "standardize='auto'" in messages[0] and "section 4.5" in messages[0]
 
 
 @pytest.mark.parametrize(
-    "loss, output_batch_norm, online_weight",
-    [("fmicl", True, 0.0), ("fmicl", False, 0.5), ("infonce", False, 0.0)],
+    "loss, output_batch_norm, online_weight, standardize",
+    [("fmicl", False, 0.0, "auto"), ("fmicl", True, 0.0, False), ("fmicl", False, 0.5, False),
+     ("infonce", False, 0.0, False)],
 )
 def test_no_uncentred_keys_warning_when_keys_are_centred_or_the_loss_is_infonce(
-    loss, output_batch_norm, online_weight
+    loss, output_batch_norm, online_weight, standardize
 ):
     loss = keras_fmicl.FMICLLoss("kl") if loss == "fmicl" else keras_fmicl.InfoNCELoss()
-    assert _fit_moco(loss, output_batch_norm, online_weight) == []
+    assert _fit_moco(loss, output_batch_norm, online_weight, standardize) == []

@@ -363,3 +363,58 @@ def test_moco_v3_is_the_reference_loss_over_4t(float64):
     per_sample, _ = model.method.loss(model, outputs)
     ours = float(np.mean(to_numpy(per_sample)))
     assert ours * 4 * temperature == pytest.approx(reference_loss, rel=1e-10)
+
+
+# ------------------------------------ f-MICL with momentum keys: standardised
+
+
+def _standardize(z):
+    """(N, V, d) -> each coordinate at mean 0, variance 1 over the N V rows (float64)."""
+    z = np.asarray(z, np.float64)
+    flat = z.reshape(-1, z.shape[-1])
+    return (z - flat.mean(axis=0)) / np.sqrt(flat.var(axis=0) + 1e-5)
+
+
+def test_fmicl_with_moco_v2_standardises_queries_and_keys_over_the_batch():
+    """MoCo v2's pairs, f-MICL's score, on standardised embeddings
+    (docs/fmicl-math.md section 4.5); the queue stores the standardised keys."""
+    sigma, alpha, batch, queue_size = 0.7, 5.0, 8, 16
+    keras.utils.set_random_seed(3)
+    encoder = keras.Sequential([keras.Input((DIM_IN,)), keras.layers.Dense(DIM, use_bias=False)])
+    model = keras_fmicl.ContrastiveModel(
+        encoder, method=methods.MoCoV2(momentum=0.0, queue_size=queue_size), projector=None
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=keras_fmicl.FMICLLoss("kl", sigma=sigma, alpha=alpha))
+    views = _views(batch, seed=6) + 3.0  # far from centred
+    model.build(views.shape)
+    queue = to_numpy(model.method.queue.value).astype("float64")
+    w = to_numpy(encoder.layers[0].kernel.value).astype("float64")
+    q = _standardize(views[:, :1].astype("float64") @ w)[:, 0]
+    k = _standardize(views[:, 1:].astype("float64") @ w)[:, 0]
+    f, fp = reference.generator("kl")
+    losses = []
+    for i in range(batch):
+        u_pos = np.exp(reference.log_ratio(q[i], k[i], "gaussian", sigma))
+        u_neg = np.exp([reference.log_ratio(q[i], row, "gaussian", sigma) for row in queue])
+        losses.append(-fp(u_pos) + alpha * np.mean(u_neg * fp(u_neg) - f(u_neg)))
+    logs = model.train_on_batch(views, return_dict=True)
+    assert logs["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+    np.testing.assert_allclose(to_numpy(model.method.queue.value)[:batch], k, rtol=1e-4, atol=1e-5)
+    assert model.method.standardizes(model)
+
+
+def test_standardize_option_and_configs():
+    model = _linear_moco(methods.MoCoV2(queue_size=16, standardize=False))
+    model.compile(optimizer="sgd", loss=keras_fmicl.FMICLLoss())
+    views = _views(4, seed=8) + 2.0
+    model.build(views.shape)
+    raw = to_numpy(model(views, training=True)["queries"])
+    w = to_numpy(model.encoder.layers[0].kernel.value)
+    np.testing.assert_allclose(raw, views[:, :1] @ w, rtol=1e-5, atol=1e-6)  # not standardised
+    assert not model.method.standardizes(model)
+    for method in (methods.MoCoV2(), methods.MoCoV3()):
+        assert method.get_config()["standardize"] == "auto"
+        config = {k: v for k, v in method.get_config().items() if k != "standardize"}
+        assert type(method).from_config(config).standardize is False  # saved before 0.9
+    with pytest.raises(ValueError, match="standardize"):
+        methods.MoCoV3(standardize="yes")
