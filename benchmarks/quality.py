@@ -148,15 +148,17 @@ def momentum_configs(alphas=(), online_weights=()) -> dict:
     """InfoNCE and f-MICL (KL, JS) in the MoCo v2 and MoCo v3 modes.
 
     `alphas`: f-MICL variants at the paper's sigma; `online_weights`: the
-    same with `--online_weight` (suffix `-w<weight>`), InfoNCE included.
+    same with `--online_weight` (suffix `-w<weight>`), InfoNCE included;
+    in MoCo v2 mode these take its symmetric form (`--moco_symmetric`), the
+    only one with a query per view.
     """
     configs = {}
     for mode in ("moco", "mocov3"):
         configs[f"{mode}-infonce"] = {"mode": mode, "loss": "infonce"}
         for weight in online_weights:
-            configs[f"{mode}-infonce-w{_number(weight)}"] = {
-                "mode": mode, "loss": "infonce", "online_weight": weight,
-            }
+            configs[f"{mode}-infonce-w{_number(weight)}"] = _with_online_weight(
+                {"mode": mode, "loss": "infonce"}, weight
+            )
         for divergence in ("kl", "js"):
             configs[f"{mode}-fmicl-{divergence}"] = dict(_fmicl(divergence), mode=mode)
             for alpha in alphas:  # the sweep's variants: at the paper's sigma
@@ -164,8 +166,16 @@ def momentum_configs(alphas=(), online_weights=()) -> dict:
                 flags = dict(_fmicl(divergence, sigma=PAPER_SIGMA, alpha=alpha), mode=mode)
                 configs[name] = flags
                 for weight in online_weights:
-                    configs[f"{name}-w{_number(weight)}"] = dict(flags, online_weight=weight)
+                    configs[f"{name}-w{_number(weight)}"] = _with_online_weight(flags, weight)
     return configs
+
+
+def _with_online_weight(flags: dict, weight: float) -> dict:
+    """`flags` with `--online_weight` (and MoCo v2's symmetric form, which it needs)."""
+    flags = dict(flags, online_weight=weight)
+    if flags["mode"] == "moco":
+        flags["moco_symmetric"] = True
+    return flags
 
 
 def sweep_configs(suite: str, args) -> dict:

@@ -89,6 +89,11 @@ flags.DEFINE_enum("mode", "simclr", ("simclr", "moco", "mocov3"), "Training meth
 flags.DEFINE_float("momentum", 0.99, "Base EMA momentum of the key encoder (moco, mocov3); rises to 1 (cosine).")
 flags.DEFINE_float("online_weight", 0.0, "moco, mocov3: weight in [0, 1] of the contrast of the online embeddings among themselves, mixed with the key contrast (keras_fmicl.methods.MomentumMethod).")
 flags.DEFINE_integer("queue_size", None, "MoCo queue size, at least the keys of one batch (default: 16 batches of keys, capped at 8192 or one batch).")
+flags.DEFINE_bool(
+    "moco_symmetric", False,
+    "--mode moco: the symmetric form (every view queries, the keys of both views enqueued) instead of "
+    "MoCo v2's one direction (keras_fmicl.methods.MoCoV2(symmetric=True)); needed by --online_weight.",
+)
 flags.DEFINE_enum("encoder", None, ("resnet18", "small_cnn"), "Encoder (default: small_cnn for 28x28/8x8 data, resnet18 otherwise).")
 flags.DEFINE_integer("width", None, "Encoder width (ResNet: 64 is the standard ResNet-18).")
 flags.DEFINE_integer("projection_dim", None, "Output dimension of the projection head.")
@@ -218,13 +223,20 @@ def check_flags():
     if not 0 <= FLAGS.online_weight <= 1:
         raise FlagError(f"--online_weight must be in [0, 1], got {FLAGS.online_weight}.")
     for name, modes in (("momentum", ("moco", "mocov3")), ("online_weight", ("moco", "mocov3")),
-                        ("queue_size", ("moco",))):
+                        ("queue_size", ("moco",)), ("moco_symmetric", ("moco",))):
         if FLAGS[name].present and FLAGS.mode not in modes:
             raise FlagError(f"--{name} applies to --mode {' or '.join(modes)}, not {FLAGS.mode}.")
-    if FLAGS.queue_size is not None and FLAGS.queue_size < 2 * _setting("batch_size"):
+    if FLAGS.mode == "moco" and FLAGS.online_weight > 0 and not FLAGS.moco_symmetric:
         raise FlagError(
-            f"--queue_size must hold the keys of a batch (2 views x batch size "
-            f"{_setting('batch_size')} = {2 * _setting('batch_size')}), got {FLAGS.queue_size}."
+            "--online_weight contrasts the queries of both views among themselves: with --mode moco "
+            "it needs --moco_symmetric (MoCo v2's one direction embeds one view online)."
+        )
+    views = 2 if FLAGS.moco_symmetric else 1
+    if FLAGS.queue_size is not None and FLAGS.queue_size < views * _setting("batch_size"):
+        raise FlagError(
+            f"--queue_size must hold the keys of a batch ({views} view{'s' if views > 1 else ''} x "
+            f"batch size {_setting('batch_size')} = {views * _setting('batch_size')}), "
+            f"got {FLAGS.queue_size}."
         )
     if FLAGS.divergence == "tsallis" and (FLAGS.tsallis_order <= 0 or FLAGS.tsallis_order == 1):
         raise FlagError(f"--tsallis_order must be positive and not 1, got {FLAGS.tsallis_order}.")
@@ -332,12 +344,13 @@ def build_method(keras_fmicl, steps_per_epoch, projection_dim):
     total_steps = _setting("epochs") * steps_per_epoch
     momentum = keras_fmicl.CosineMomentum(FLAGS.momentum, max(total_steps, 1))
     if mode == "moco":
-        keys_per_batch = 2 * _setting("batch_size")
+        keys_per_batch = (2 if FLAGS.moco_symmetric else 1) * _setting("batch_size")
         queue = FLAGS.queue_size or max(min(16 * keys_per_batch, 8192), keys_per_batch)
         return keras_fmicl.methods.MoCoV2(
             momentum=momentum,
             queue_size=queue,
             online_weight=FLAGS.online_weight,
+            symmetric=FLAGS.moco_symmetric,
         )
     return keras_fmicl.methods.MoCoV3(
         momentum=momentum,
@@ -843,7 +856,7 @@ def final_loss_text(logs):
 
 _OWN_FLAGS = (
     "backend", "dataset", "loss", "divergence", "tsallis_order", "similarity", "sigma",
-    "temperature", "alpha", "mode", "momentum", "queue_size", "encoder", "width",
+    "temperature", "alpha", "mode", "momentum", "queue_size", "moco_symmetric", "encoder", "width",
     "projection_dim", "epochs", "batch_size", "learning_rate", "warmup_epochs",
     "weight_decay", "max_train_samples", "max_test_samples", "knn_every", "linear_epochs", "knn_k",
     "few_label", "few_label_draws", "save_features",

@@ -222,12 +222,14 @@ def select_views(views: Any, num_views: int, start: int, stop: int) -> Any:
 STANDARDIZE_EPSILON = 1e-5
 
 
-def standardize_over_batch(x: Any) -> Any:
+def standardize_over_batch(x: Any, global_batch: bool = True) -> Any:
     """`(N, V, d)` embeddings with each coordinate at mean 0, variance 1 over the `N V` rows.
 
     `(x - mean) / sqrt(var + 1e-5)`, the statistics over the batch's rows
     (every view together), computed in float32 at least: a batch norm
-    without scale and offset.
+    without scale and offset. With `global_batch`, under data parallelism
+    the moments are those of the global batch (summed over the replicas,
+    differentiably), so that the result is that of one device.
 
     Example:
 
@@ -237,8 +239,13 @@ def standardize_over_batch(x: Any) -> Any:
     """
     dtype = x.dtype
     x = ops.cast(x, "float32") if keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16") else x
-    mean = ops.mean(x, axis=(0, 1), keepdims=True)
-    variance = ops.mean(ops.square(x - mean), axis=(0, 1), keepdims=True)
+    sums = ops.stack([ops.sum(x, axis=(0, 1)), ops.sum(ops.square(x), axis=(0, 1))], axis=0)
+    count = ops.cast(ops.shape(x)[0] * ops.shape(x)[1], x.dtype)
+    if global_batch:
+        sums = distributed.cross_replica_sum(sums)
+        count = count * distributed.num_replicas()
+    mean = sums[0] / count
+    variance = ops.relu(sums[1] / count - ops.square(mean))
     return ops.cast((x - mean) * ops.rsqrt(variance + STANDARDIZE_EPSILON), dtype)
 
 
@@ -999,7 +1006,9 @@ class MomentumMethod(Method):
         num_keys = key_range[1] - key_range[0]
         queries, keys = group_rows(queries, num_queries), group_rows(keys, num_keys)
         if self.standardizes(model):
-            queries, keys = standardize_over_batch(queries), standardize_over_batch(keys)
+            global_batch = _contrastive_loss(model).global_negatives
+            queries = standardize_over_batch(queries, global_batch)
+            keys = standardize_over_batch(keys, global_batch)
         return {"features": group_rows(features, num_queries), "queries": queries, "keys": keys}
 
     def predict_queries(self, embeddings: Any, training: bool) -> Any:

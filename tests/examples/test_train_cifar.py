@@ -121,8 +121,12 @@ def test_mocov3_mode_with_tsallis_and_cosine_runs(tmp_path):
         (["--online_weight=0.5"], "--online_weight applies to --mode moco or mocov3, not simclr."),
         (["--mode=mocov3", "--queue_size=4096"], "--queue_size applies to --mode moco, not mocov3."),
         (["--mode=moco", "--queue_size=0"], "--queue_size must be positive, got 0."),
-        (["--mode=moco", "--batch_size=64", "--queue_size=100"],
+        (["--mode=moco", "--batch_size=64", "--queue_size=60"],
+         "--queue_size must hold the keys of a batch (1 view x batch size 64 = 64), got 60."),
+        (["--mode=moco", "--moco_symmetric", "--batch_size=64", "--queue_size=100"],
          "--queue_size must hold the keys of a batch (2 views x batch size 64 = 128), got 100."),
+        (["--mode=moco", "--online_weight=0.5"], "it needs --moco_symmetric"),
+        (["--mode=mocov3", "--moco_symmetric"], "--moco_symmetric applies to --mode moco, not mocov3."),
     ],
 )
 def test_bad_flags_get_one_clear_sentence(args, message):
