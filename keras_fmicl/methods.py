@@ -239,14 +239,19 @@ def standardize_over_batch(x: Any, global_batch: bool = True) -> Any:
     """
     dtype = x.dtype
     x = ops.cast(x, "float32") if keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16") else x
-    sums = ops.stack([ops.sum(x, axis=(0, 1)), ops.sum(ops.square(x), axis=(0, 1))], axis=0)
     count = ops.cast(ops.shape(x)[0] * ops.shape(x)[1], x.dtype)
+
+    def batch_sum(values):  # over the rows, and the replicas with `global_batch`
+        total = ops.sum(values, axis=(0, 1))
+        return distributed.cross_replica_sum(total) if global_batch else total
+
     if global_batch:
-        sums = distributed.cross_replica_sum(sums)
         count = count * distributed.num_replicas()
-    mean = sums[0] / count
-    variance = ops.relu(sums[1] / count - ops.square(mean))
-    return ops.cast((x - mean) * ops.rsqrt(variance + STANDARDIZE_EPSILON), dtype)
+    # two passes (mean, then the mean square of the centred values): no
+    # cancellation when the mean is large against the spread
+    centred = x - batch_sum(x) / count
+    variance = batch_sum(ops.square(centred)) / count
+    return ops.cast(centred * ops.rsqrt(variance + STANDARDIZE_EPSILON), dtype)
 
 
 def group_rows(x: Any, count: int) -> Any:
@@ -358,10 +363,17 @@ class Method(keras.layers.Layer):
     """
 
     mode: ClassVar[str] = "method"
+    # Arguments added in 0.9, and the value that a config saved before them
+    # stands for: the form the method trained with.
+    LEGACY_DEFAULTS: ClassVar[dict] = {}
 
     def __init__(self, **kwargs):
         kwargs.setdefault("name", self.mode)
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Method":
+        return cls(**{**cls.LEGACY_DEFAULTS, **config})
 
     # -------------------------------------------------------------- views
 
@@ -572,6 +584,7 @@ class SimCSE(SimCLR):
     """
 
     mode: ClassVar[str] = "simcse"
+    LEGACY_DEFAULTS: ClassVar[dict] = {"symmetric": True}
 
     def __init__(self, symmetric: bool = False, **kwargs):
         super().__init__(**kwargs)
@@ -610,13 +623,6 @@ class SimCSE(SimCLR):
         config = super().get_config()
         config["symmetric"] = self.symmetric
         return config
-
-    @classmethod
-    def from_config(cls, config: dict) -> "SimCSE":
-        # a config saved before 0.9 (no "symmetric") keeps the form it trained with
-        config = dict(config)
-        config.setdefault("symmetric", True)
-        return cls(**config)
 
 
 HARD_NEGATIVES = "hard_negatives"
@@ -779,6 +785,7 @@ class MomentumMethod(Method):
     """
 
     mode: ClassVar[str] = "momentum"
+    LEGACY_DEFAULTS: ClassVar[dict] = {"standardize": False}
 
     def __init__(
         self, momentum: Any = 0.99, online_weight: float = 0.0, standardize: Any = "auto", **kwargs
@@ -1030,9 +1037,8 @@ class MomentumMethod(Method):
 
     @classmethod
     def from_config(cls, config: dict) -> "MomentumMethod":
-        config = copy.deepcopy(config)  # deserialisation consumes nested configs
-        # a config saved before 0.9 (no "standardize") keeps the form it trained with
-        config.setdefault("standardize", False)
+        # deserialisation consumes nested configs
+        config = {**cls.LEGACY_DEFAULTS, **copy.deepcopy(config)}
         for key in ("momentum", "predictor"):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
@@ -1099,6 +1105,9 @@ class MoCoV2(MomentumMethod):
     """
 
     mode: ClassVar[str] = "moco"
+    LEGACY_DEFAULTS: ClassVar[dict] = {
+        **MomentumMethod.LEGACY_DEFAULTS, "symmetric": True, "initial_queue": "empty",
+    }
 
     def __init__(
         self,
@@ -1227,14 +1236,6 @@ class MoCoV2(MomentumMethod):
         config["symmetric"] = self.symmetric
         config["initial_queue"] = self.initial_queue
         return config
-
-    @classmethod
-    def from_config(cls, config: dict) -> "MoCoV2":
-        # a config saved before 0.9 (neither key) keeps the form it trained with
-        config = dict(config)
-        config.setdefault("symmetric", True)
-        config.setdefault("initial_queue", "empty")
-        return super().from_config(config)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

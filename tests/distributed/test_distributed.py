@@ -71,8 +71,12 @@ def assert_equivalent(path):
         while f"{mode}/single_{index}" in results.files:
             single, parallel = results[f"{mode}/single_{index}"], results[f"{mode}/parallel_{index}"]
             if single.dtype.kind == "f":
+                # atol 2e-5 of the variable's scale: f-MICL's MoCo queue holds
+                # keys standardised over the batch (values up to ~3, whose
+                # float32 round-off under sharding is ~3 times a unit's)
+                scale = max(1.0, float(np.abs(single).max()))
                 np.testing.assert_allclose(
-                    parallel, single, rtol=1e-5, atol=2e-5, err_msg=f"{mode} variable {index}"
+                    parallel, single, rtol=1e-5, atol=2e-5 * scale, err_msg=f"{mode} variable {index}"
                 )
             else:  # queue pointer and count, step counter: exactly equal
                 np.testing.assert_array_equal(parallel, single, err_msg=f"{mode} variable {index}")
