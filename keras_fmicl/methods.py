@@ -1013,7 +1013,8 @@ class MomentumMethod(Method):
         num_keys = key_range[1] - key_range[0]
         queries, keys = group_rows(queries, num_queries), group_rows(keys, num_keys)
         if self.standardizes(model):
-            global_batch = _contrastive_loss(model).global_negatives
+            # before compile (standardize=True): the global batch, the loss's default
+            global_batch = getattr(getattr(model, "loss", None), "global_negatives", True)
             queries = standardize_over_batch(queries, global_batch)
             keys = standardize_over_batch(keys, global_batch)
         return {"features": group_rows(features, num_queries), "queries": queries, "keys": keys}

@@ -418,3 +418,15 @@ def test_standardize_option_and_configs():
         assert type(method).from_config(config).standardize is False  # saved before 0.9
     with pytest.raises(ValueError, match="standardize"):
         methods.MoCoV3(standardize="yes")
+
+
+def test_standardize_true_embeds_before_compile():
+    keras.utils.set_random_seed(3)
+    encoder = keras.Sequential([keras.Input((DIM_IN,)), keras.layers.Dense(DIM, use_bias=False)])
+    model = keras_fmicl.ContrastiveModel(
+        encoder, method=methods.MoCoV3(standardize=True), projector=None
+    )
+    views = _views(6, seed=9) + 1.0
+    queries = to_numpy(model(views, training=True)["queries"]).astype("float64")
+    w = to_numpy(encoder.layers[0].kernel.value).astype("float64")
+    np.testing.assert_allclose(queries, _standardize(views.astype("float64") @ w), rtol=1e-4, atol=1e-4)
