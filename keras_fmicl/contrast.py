@@ -502,13 +502,13 @@ def build(
     own_sample = backend_ops.view_dots(queries, unit_keys)
     if offset != 0.0:
         own_sample = own_sample + offset
-    # A tensor, not a numpy constant: numpy arrays inside the loss break
-    # torch.compile graphs (Keras' torch convert_to_tensor reads ndarray.dtype).
-    view_index = ops.arange(num_views, dtype="int32")
     if inputs.key_views == "all":
         positive_mask = ops.ones((num_views, inputs.num_key_views), dtype="bool")
         positive_count = float(inputs.num_key_views)
     else:
+        # A tensor, not a numpy constant: numpy arrays inside the loss break
+        # torch.compile graphs (Keras' torch convert_to_tensor reads ndarray.dtype).
+        view_index = ops.arange(num_views, dtype="int32")
         positive_mask = ops.not_equal(view_index[:, None], view_index[None, :])
         positive_count = float(num_views - 1)
     fields = dict(

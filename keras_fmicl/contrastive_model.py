@@ -294,8 +294,7 @@ class ContrastiveModel(keras.Model):
 
     def group_views(self, x: Any) -> Any:
         """`(N V, d)` rows, sample-major, to `(N, V, d)` (keeping d static)."""
-        dim = x.shape[-1]
-        return ops.reshape(x, (-1, self.num_views, -1 if dim is None else dim))
+        return methods_module.group_rows(x, self.num_views)
 
     def call(self, inputs, training=False):
         """Embeds `num_views` views of each sample.

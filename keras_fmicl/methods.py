@@ -97,6 +97,7 @@ import keras
 from keras import ops
 
 from keras_fmicl import distributed
+from keras_fmicl.contrast import compute_dtype
 from keras_fmicl.heads import ProjectionHead
 from keras_fmicl.losses import ContrastiveLoss, FMICLLoss
 from keras_fmicl.validation import check_bool
@@ -195,6 +196,12 @@ def repeat_views(inputs: Any, num_views: int) -> Any:
     return keras.tree.map_structure(lambda x: ops.repeat(x, num_views, axis=0), inputs)
 
 
+def _tail_shape(x: Any, start: int) -> tuple:
+    """`x.shape[start:]`, each unknown dimension read from the tensor."""
+    dynamic = ops.shape(x)
+    return tuple(d if d is not None else dynamic[k + start] for k, d in enumerate(x.shape[start:]))
+
+
 def select_views(views: Any, num_views: int, start: int, stop: int) -> Any:
     """Views `start .. stop - 1` of flat sample-major views: `(N V, ...) -> (N (stop - start), ...)`.
 
@@ -211,8 +218,7 @@ def select_views(views: Any, num_views: int, start: int, stop: int) -> Any:
         return views
 
     def select(x):
-        dynamic = ops.shape(x)
-        tail = tuple(d if d is not None else dynamic[k + 1] for k, d in enumerate(x.shape[1:]))
+        tail = _tail_shape(x, 1)
         grouped = ops.reshape(x, (-1, num_views) + tail)[:, start:stop]
         return ops.reshape(grouped, (-1,) + tail)
 
@@ -238,7 +244,7 @@ def standardize_over_batch(x: Any, global_batch: bool = True) -> Any:
     ```
     """
     dtype = x.dtype
-    x = ops.cast(x, "float32") if keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16") else x
+    x = ops.cast(x, compute_dtype(x))  # half precision in float32
     count = ops.cast(ops.shape(x)[0] * ops.shape(x)[1], x.dtype)
 
     def batch_sum(values):  # over the rows, and the replicas with `global_batch`
@@ -332,8 +338,7 @@ class _RandomUnitRows(keras.initializers.Initializer):
     (the initial queue of facebookresearch/moco)."""
 
     def __call__(self, shape, dtype=None):
-        rows = keras.initializers.RandomNormal(stddev=1.0)(shape, dtype=dtype)
-        return rows / ops.sqrt(ops.sum(ops.square(rows), axis=-1, keepdims=True))
+        return ops.normalize(keras.initializers.RandomNormal(stddev=1.0)(shape, dtype=dtype), axis=-1)
 
 
 class _CopyOf(keras.initializers.Initializer):
@@ -632,9 +637,7 @@ model's outputs."""
 
 def _merge_columns(x: Any) -> Any:
     """`(N, C, ...)` to `(N C, ...)`, sample-major (row `i C + c`)."""
-    dynamic = ops.shape(x)
-    tail = tuple(d if d is not None else dynamic[k + 2] for k, d in enumerate(x.shape[2:]))
-    return as_float_images(ops.reshape(x, (-1,) + tail))
+    return as_float_images(ops.reshape(x, (-1,) + _tail_shape(x, 2)))
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
