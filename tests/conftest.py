@@ -51,7 +51,7 @@ def float64():
 
 
 # The corpus of the shared tiny BERT: the first five sentences are
-# tests/test_text.py's CORPUS (an accented word, punctuation, mixed case).
+# tests/layers/test_sentence_encoder.py's CORPUS (an accented word, punctuation, mixed case).
 TINY_TEXT_CORPUS = (
     "The cat sat on the mat.",
     "A dog runs in the park!",
@@ -93,11 +93,11 @@ def tiny_text_backbone():
     expected value from the backbone as it is. Skipped without keras-hub.
     """
     pytest.importorskip("keras_hub")
-    from keras_fmicl import text
+    from keras_fmicl.layers import text_backbone
 
     keras.utils.set_random_seed(0)
     sequence_length, hidden_dim = 12, 32
-    backbone, preprocessor = text.tiny_backbone(
+    backbone, preprocessor = text_backbone.tiny_backbone(
         list(TINY_TEXT_CORPUS), vocabulary_size=100, sequence_length=sequence_length,
         num_layers=2, num_heads=2, hidden_dim=hidden_dim, dropout=0.1,
     )

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import keras_fmicl
-from keras_fmicl import distributed
-from tests.utils import to_numpy
+from keras_fmicl.utils import distributed
+from tests.helpers import to_numpy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 300
@@ -181,14 +181,14 @@ def test_single_device_collectives_are_the_identity():
 
 def test_global_batch_normalization_is_batch_normalization_on_one_device(tmp_path):
     x = np.random.default_rng(0).normal(size=(16, 5)).astype("float32") * 3 + 1
-    global_norm = distributed.GlobalBatchNormalization(momentum=0.9)
+    global_norm = keras_fmicl.layers.GlobalBatchNormalization(momentum=0.9)
     plain = keras.layers.BatchNormalization(momentum=0.9)
     np.testing.assert_allclose(
         to_numpy(global_norm(x, training=True)), to_numpy(plain(x, training=True)), rtol=1e-5, atol=1e-5
     )
     config = global_norm.get_config()
     assert "synchronized" not in config
-    restored = distributed.GlobalBatchNormalization.from_config(config)
+    restored = keras_fmicl.layers.GlobalBatchNormalization.from_config(config)
     assert restored.momentum == 0.9
 
 

@@ -18,7 +18,7 @@ from tests.examples.scripts import ROOT
 from tests.examples.scripts import error_lines
 from tests.examples.scripts import run_script
 from tests.examples.scripts import script_path
-from tests.utils import backend_independent
+from tests.helpers import backend_independent
 
 SCRIPT = script_path("train_cifar.py")
 TINY = [

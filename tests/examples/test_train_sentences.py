@@ -15,10 +15,10 @@ from tests.examples.scripts import NATIVE_NOISE
 from tests.examples.scripts import error_lines
 from tests.examples.scripts import run_script
 from tests.examples.scripts import script_path
-from tests.test_data_sentences import write_sick
-from tests.test_data_sentences import write_sts_task
-from tests.test_data_sentences import write_stsb
-from tests.utils import backend_independent
+from tests.data.test_sentences import write_sick
+from tests.data.test_sentences import write_sts_task
+from tests.data.test_sentences import write_stsb
+from tests.helpers import backend_independent
 
 SCRIPT = script_path("train_sentences.py")
 PNG = b"\x89PNG\r\n\x1a\n"

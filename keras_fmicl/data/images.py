@@ -1,0 +1,329 @@
+"""Image data sets: Fashion-MNIST, digits, CIFAR-10/100, STL-10 and synthetic CIFAR, by name."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from typing import Callable
+
+import keras
+import numpy as np
+
+from keras_fmicl.data.files import find_file
+from keras_fmicl.data.files import read_idx
+from keras_fmicl.data.sources import load_tfds
+from keras_fmicl.utils.errors import DatasetNotAvailableError
+from keras_fmicl.utils.errors import shorten
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+"""Where the Debian package `dataset-fashion-mnist` puts its IDX files."""
+
+SPLITS = {
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "stl10": ("train", "test", "unlabelled"),
+    "fashion_mnist": ("train", "test"),
+    "digits": ("train", "test"),
+    "synthetic_cifar": ("train", "test"),
+}
+"""Dataset name -> the splits `load` accepts for it."""
+
+NUM_CLASSES = {
+    "cifar10": 10,
+    "cifar100": 100,
+    "stl10": 10,
+    "fashion_mnist": 10,
+    "digits": 10,
+    "synthetic_cifar": 10,
+}
+"""Dataset name -> number of classes (labels in `0 .. n - 1`)."""
+
+CLASS_NAMES = {
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                "horse", "ship", "truck"),
+    "stl10": ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey",
+              "ship", "truck"),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    "digits": tuple(str(digit) for digit in range(10)),
+}
+"""Dataset name -> the name of each label, where the dataset has short ones."""
+
+DIGITS_TRAIN_FRACTION = 0.8
+
+DIGITS_SPLIT_SEED = 0
+
+
+# ---------------------------------------------------------------------------
+# Argument checks
+# ---------------------------------------------------------------------------
+
+def _check_name(name: Any) -> str:
+    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else None
+    if key not in SPLITS:
+        raise ValueError(
+            f"Unknown `name`: expected one of {', '.join(map(repr, SPLITS))}. "
+            f"Received: name={name!r}"
+        )
+    return key
+
+
+def _check_split(name: str, split: Any) -> str:
+    if split not in SPLITS[name]:
+        raise ValueError(
+            f"Unknown `split` for {name!r}: expected one of "
+            f"{', '.join(map(repr, SPLITS[name]))}. Received: split={split!r}"
+        )
+    return split
+
+
+def _fashion_mnist_from_idx(directory: str, split: str) -> tuple | None:
+    """Reads a split from the IDX files in `directory`; None when absent."""
+    prefix = "train" if split == "train" else "t10k"
+    images_path = find_file(directory, f"{prefix}-images-idx3-ubyte")
+    labels_path = find_file(directory, f"{prefix}-labels-idx1-ubyte")
+    if images_path is None or labels_path is None:
+        return None
+    images = read_idx(images_path, expected_ndim=3)
+    labels = read_idx(labels_path, expected_ndim=1)
+    if images.dtype != np.uint8 or labels.dtype != np.uint8:
+        raise ValueError(
+            f"Fashion-MNIST files in {directory} must hold uint8 values. "
+            f"Received: images {images.dtype}, labels {labels.dtype}"
+        )
+    if len(images) != len(labels):
+        raise ValueError(
+            f"Fashion-MNIST files in {directory} disagree: {len(images)} images "
+            f"in {images_path} but {len(labels)} labels in {labels_path}"
+        )
+    num_classes = NUM_CLASSES["fashion_mnist"]
+    bad = np.flatnonzero(labels >= num_classes)
+    if bad.size:
+        raise ValueError(
+            f"{labels_path} is not a Fashion-MNIST label file: labels must lie in "
+            f"0..{num_classes - 1}, but {bad.size} of {len(labels)} do not (the "
+            f"first, at index {bad[0]}, is {int(labels[bad[0]])}). Received: a "
+            f"corrupted or foreign file"
+        )
+    return images[..., None], labels.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------
+# Loaders
+# ---------------------------------------------------------------------------
+
+def fashion_mnist(split: str = "train", data_dir: str | None = None) -> tuple:
+    """Fashion-MNIST: 28x28 grey images of 10 kinds of clothing.
+
+    Reads the gzipped IDX files of the Debian package `dataset-fashion-mnist`
+    from `data_dir` (default `FASHION_MNIST_DIR`,
+    `/usr/share/datasets/fashion-mnist`) when they are there, and otherwise
+    calls `keras.datasets.fashion_mnist.load_data()`, which downloads them
+    once into `~/.keras/datasets`.
+
+    Args:
+        split: `"train"` (60000 images) or `"test"` (10000).
+        data_dir: a directory holding `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`.
+
+    Returns:
+        `(images, labels)`: `uint8` `(N, 28, 28, 1)` and `int64` `(N,)` in 0..9.
+
+    Raises:
+        DatasetNotAvailableError: neither the files nor the download work.
+        ValueError: unknown `split`, or corrupted IDX files.
+    """
+    split = _check_split("fashion_mnist", split)
+    directory = FASHION_MNIST_DIR if data_dir is None else os.fspath(data_dir)
+    arrays = _fashion_mnist_from_idx(directory, split)
+    if arrays is not None:
+        return arrays
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+    except Exception as err:
+        raise DatasetNotAvailableError(
+            f"Fashion-MNIST is not available: install the Debian package "
+            f"`dataset-fashion-mnist` (IDX files in {FASHION_MNIST_DIR}), pass "
+            f"`data_dir` pointing to its IDX files, or let "
+            f"keras.datasets.fashion_mnist.load_data() download it once with "
+            f"network access ({shorten(err)})."
+        ) from err
+    images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
+    return np.asarray(images, np.uint8)[..., None], np.asarray(labels, np.int64)
+
+
+def digits(split: str = "train", data_dir: str | None = None) -> tuple:
+    """scikit-learn's bundled 8x8 handwritten digits: tiny, offline, fast.
+
+    The 1797 images (values 0..16) are scaled to `uint8` 0..255
+    (`round(v * 255 / 16)`), permuted with a fixed seed, and split into the
+    first 80% (`"train"`, 1437 images) and the last 20% (`"test"`, 360).
+
+    Args:
+        split: `"train"` or `"test"`.
+        data_dir: unused (the data ships with scikit-learn); accepted so
+            every loader has the same signature.
+
+    Returns:
+        `(images, labels)`: `uint8` `(N, 8, 8, 1)` and `int64` `(N,)` in 0..9.
+
+    Raises:
+        DatasetNotAvailableError: scikit-learn is not installed.
+    """
+    del data_dir
+    split = _check_split("digits", split)
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise DatasetNotAvailableError(
+            "The `digits` dataset ships with scikit-learn: install it with "
+            f"`pip install scikit-learn` ({shorten(err)})."
+        ) from err
+    bunch = load_digits()
+    images = np.round(np.asarray(bunch.images) * (255.0 / 16.0)).astype(np.uint8)
+    labels = np.asarray(bunch.target, np.int64)
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(labels))
+    num_train = int(len(labels) * DIGITS_TRAIN_FRACTION)
+    index = order[:num_train] if split == "train" else order[num_train:]
+    return images[index][..., None], labels[index]
+
+
+SYNTHETIC_SIZES = {"train": 50000, "test": 10000}
+
+
+def synthetic_cifar(split: str = "train", data_dir: str | None = None) -> tuple:
+    """CIFAR-shaped synthetic images with learnable classes, made offline.
+
+    For machines without the data (a benchmark box with no network): 50,000
+    train / 10,000 test `uint8` images of shape `(32, 32, 3)` in 10 classes.
+    Class `c` is a sinusoidal grating at orientation `18 c` degrees; each
+    image draws its own spatial frequency, phase, colours, contrast and
+    pixel noise, so colour carries no label and orientation (which crops
+    and flips partly preserve) does. Deterministic per split.
+
+    Args:
+        split: `"train"` or `"test"`.
+        data_dir: unused.
+
+    Returns:
+        `(images, labels)`: `uint8` `(N, 32, 32, 3)` and `int64` `(N,)` in 0..9.
+    """
+    del data_dir
+    split = _check_split("synthetic_cifar", split)
+    count = SYNTHETIC_SIZES[split]
+    rng = np.random.default_rng({"train": 11, "test": 12}[split])
+    labels = rng.integers(0, 10, size=count).astype(np.int64)
+    angle = np.deg2rad(18.0 * labels + rng.uniform(-4.0, 4.0, size=count))
+    frequency = rng.uniform(0.15, 0.45, size=count)
+    phase = rng.uniform(0.0, 2 * np.pi, size=count)
+    y, x = np.mgrid[0:32, 0:32].astype(np.float32)
+    images = np.empty((count, 32, 32, 3), np.uint8)
+    for start in range(0, count, 5000):
+        part = slice(start, min(start + 5000, count))
+        projection = (
+            np.cos(angle[part])[:, None, None] * x + np.sin(angle[part])[:, None, None] * y
+        )
+        wave = np.sin(frequency[part][:, None, None] * projection + phase[part][:, None, None])
+        size = wave.shape[0]
+        low = rng.uniform(0, 120, size=(size, 1, 1, 3))
+        high = rng.uniform(135, 255, size=(size, 1, 1, 3))
+        pixels = low + (high - low) * (0.5 + 0.5 * wave[..., None])
+        pixels += rng.normal(0.0, 12.0, size=pixels.shape)
+        images[part] = np.clip(pixels, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def cifar10(split: str = "train", data_dir: str | None = None) -> tuple:
+    """CIFAR-10 through tensorflow-datasets (downloaded once, ~160 MB).
+
+    Args:
+        split: `"train"` (50000 images) or `"test"` (10000).
+        data_dir: tensorflow-datasets' data directory (its default,
+            `~/tensorflow_datasets`, when None).
+
+    Returns:
+        `(images, labels)`: `uint8` `(N, 32, 32, 3)` and `int64` `(N,)` in 0..9.
+
+    Raises:
+        MissingDependencyError: tensorflow-datasets, or a package it needs,
+            is not installed (also an `ImportError`; the message gives the
+            `pip install` command).
+        DatasetNotAvailableError: the data can be neither found nor
+            downloaded; without network this comes within
+            `DOWNLOAD_PROBE_TIMEOUT` seconds.
+    """
+    return load_tfds("cifar10", _check_split("cifar10", split), data_dir)
+
+
+def cifar100(split: str = "train", data_dir: str | None = None) -> tuple:
+    """CIFAR-100 (fine labels) through tensorflow-datasets.
+
+    Args:
+        split: `"train"` (50000 images) or `"test"` (10000).
+        data_dir: tensorflow-datasets' data directory (its default when None).
+
+    Returns:
+        `(images, labels)`: `uint8` `(N, 32, 32, 3)` and `int64` `(N,)` in 0..99.
+
+    Raises:
+        DatasetNotAvailableError: as for `cifar10`.
+    """
+    return load_tfds("cifar100", _check_split("cifar100", split), data_dir)
+
+
+def stl10(split: str = "train", data_dir: str | None = None) -> tuple:
+    """STL-10 through tensorflow-datasets (downloaded once, ~2.5 GB).
+
+    Args:
+        split: `"train"` (5000 labelled images), `"test"` (8000) or
+            `"unlabelled"` (100000 images, all labelled -1; about 2.8 GB as
+            uint8 in memory).
+        data_dir: tensorflow-datasets' data directory (its default when None).
+
+    Returns:
+        `(images, labels)`: `uint8` `(N, 96, 96, 3)` and `int64` `(N,)` in
+        0..9 (-1 for `"unlabelled"`).
+
+    Raises:
+        DatasetNotAvailableError: as for `cifar10`.
+    """
+    return load_tfds("stl10", _check_split("stl10", split), data_dir)
+
+
+_LOADERS: dict[str, Callable[..., tuple]] = {
+    "cifar10": cifar10,
+    "cifar100": cifar100,
+    "stl10": stl10,
+    "fashion_mnist": fashion_mnist,
+    "digits": digits,
+    "synthetic_cifar": synthetic_cifar,
+}
+
+
+def load(name: str, split: str = "train", data_dir: str | None = None) -> tuple:
+    """Loads a dataset split as numpy arrays.
+
+    Args:
+        name: one of `SPLITS`: `"cifar10"`, `"cifar100"`, `"stl10"`,
+            `"fashion_mnist"`, `"digits"` (case and `-`/`_` do not matter).
+        split: one of `SPLITS[name]`.
+        data_dir: where the data lives: tensorflow-datasets' data directory
+            for cifar10/cifar100/stl10, the IDX directory for fashion_mnist;
+            unused for digits.
+
+    Returns:
+        `(images, labels)`: `uint8` `(N, H, W, C)` and `int64` `(N,)`.
+
+    Raises:
+        ValueError: unknown `name` or `split`.
+        DatasetNotAvailableError: the data cannot be had here; the message
+            says how to get it.
+
+    Example:
+
+    >>> images, labels = load("digits", "test")
+    >>> images.shape, images.dtype, labels.dtype
+    ((360, 8, 8, 1), dtype('uint8'), dtype('int64'))
+    """
+    name = _check_name(name)
+    split = _check_split(name, split)
+    return _LOADERS[name](split=split, data_dir=data_dir)
