@@ -6,6 +6,10 @@ blocks set `EPOCHS = <n>` on a line of their own; the test runs them with
 `EPOCHS = 1`. A block that needs a download (or a GPU) is preceded by an
 HTML comment `<!-- not-run: reason -->` and is skipped with that reason:
 those blocks, and only those, show up as skipped (`pytest -ra` lists them).
+
+`markdown_blocks`, `check_not_run_markers` and `run_python_block` are
+shared with `tests/test_docs.py`, which runs the blocks of the guides in
+`docs/` the same way.
 """
 
 import os
@@ -20,7 +24,7 @@ NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(?P<reason>.+?)\s*-->$")
 EPOCHS = re.compile(r"^EPOCHS = \d+", re.M)
 
 
-def readme_blocks(path=README):
+def markdown_blocks(path=README):
     """[(language, first code line number, code, not-run reason or None)]."""
     with open(path, encoding="utf-8") as f:
         lines = f.read().splitlines()
@@ -43,17 +47,16 @@ def readme_blocks(path=README):
     return blocks
 
 
-PYTHON_BLOCKS = [block for block in readme_blocks() if block[0] == "python"]
+readme_blocks = markdown_blocks  # the name this file used before the guides shared it
 
 
-def test_the_readme_has_python_blocks_and_its_two_commands():
-    assert len(PYTHON_BLOCKS) >= 5
-    with open(README, encoding="utf-8") as f:
-        text = f.read()
-    for marker in ("<!-- main-command -->", "<!-- test-command -->"):
-        after = text.split(marker, 1)[1].lstrip("\n")
-        assert after.startswith("```sh\n"), marker  # the two commands stay sh blocks
-    # a not-run marker must sit right before a block, never stray
+def python_blocks(path):
+    """The ```python blocks of `path`: [(line, code, not-run reason or None)]."""
+    return [block[1:] for block in markdown_blocks(path) if block[0] == "python"]
+
+
+def check_not_run_markers(text):
+    """A not-run marker must be well formed and sit right before a python block."""
     lines = text.splitlines()
     for index, line in enumerate(lines):
         if line.startswith("<!--") and "not-run" in line:
@@ -61,19 +64,39 @@ def test_the_readme_has_python_blocks_and_its_two_commands():
             assert lines[index + 1].startswith("```python"), line
 
 
-@pytest.mark.parametrize(
-    "line, code, reason",
-    [block[1:] for block in PYTHON_BLOCKS],
-    ids=[f"line_{block[1]}" for block in PYTHON_BLOCKS],
-)
-def test_readme_python_block_runs(line, code, reason, tmp_path, monkeypatch):
+def run_python_block(label, line, code, reason, tmp_path, monkeypatch):
+    """Runs one block as printed (with `EPOCHS = 1`), or skips a not-run one."""
     if reason:
-        pytest.skip(f"README.md line {line}: not-run ({reason})")
+        pytest.skip(f"{label} line {line}: not-run ({reason})")
     monkeypatch.chdir(tmp_path)  # blocks may write files (TensorBoard logs, ...)
     code = EPOCHS.sub("EPOCHS = 1", code)
     namespace = {"__name__": "__readme__"}
-    exec(compile(code, f"README.md, block at line {line}", "exec"), namespace)
+    exec(compile(code, f"{label}, block at line {line}", "exec"), namespace)
     keras.backend.clear_session()
+
+
+PYTHON_BLOCKS = python_blocks(README)
+
+
+def test_the_readme_has_python_blocks_and_its_two_commands():
+    # the tour: the loss alone, ContrastiveModel with a method, sentence embeddings
+    assert len(PYTHON_BLOCKS) >= 3
+    assert sum(reason is None for _, _, reason in PYTHON_BLOCKS) >= 2
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    for marker in ("<!-- main-command -->", "<!-- test-command -->"):
+        after = text.split(marker, 1)[1].lstrip("\n")
+        assert after.startswith("```sh\n"), marker  # the two commands stay sh blocks
+    check_not_run_markers(text)
+
+
+@pytest.mark.parametrize(
+    "line, code, reason",
+    PYTHON_BLOCKS,
+    ids=[f"line_{block[0]}" for block in PYTHON_BLOCKS],
+)
+def test_readme_python_block_runs(line, code, reason, tmp_path, monkeypatch):
+    run_python_block("README.md", line, code, reason, tmp_path, monkeypatch)
 
 
 def test_the_block_parser_sees_markers(tmp_path):
@@ -84,8 +107,9 @@ def test_the_block_parser_sees_markers(tmp_path):
         "```sh\nls\n```\n",
         encoding="utf-8",
     )
-    assert readme_blocks(str(path)) == [
+    assert markdown_blocks(str(path)) == [
         ("python", 4, "x = 1", None),
         ("python", 9, "y = 2", "needs a GPU"),
         ("sh", 12, "ls", None),
     ]
+    assert python_blocks(str(path)) == [(4, "x = 1", None), (9, "y = 2", "needs a GPU")]
