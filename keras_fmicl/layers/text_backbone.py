@@ -59,8 +59,10 @@ def word_piece_vocabulary(
 
     Example:
 
-    >>> word_piece_vocabulary(["a cat", "a dog"], vocabulary_size=20)[:8]
-    ['[PAD]', '[CLS]', '[SEP]', '[UNK]', '[MASK]', 'a', '##a', 'c']
+    ```python
+    word_piece_vocabulary(["a cat", "a dog"], vocabulary_size=20)[:8]
+    # ['[PAD]', '[CLS]', '[SEP]', '[UNK]', '[MASK]', 'a', '##a', 'c']
+    ```
     """
     sentences = check_sentences(sentences)
     reserved = list(reserved_tokens)

@@ -16,6 +16,7 @@ from keras_fmicl.methods.views import holds_views
 from keras_fmicl.methods.views import is_shape
 from keras_fmicl.methods.views import map_shapes
 from keras_fmicl.utils.registry import PACKAGE
+from keras_fmicl.utils.registry import Registry
 
 
 # ------------------------------------------------------------------ methods
@@ -186,3 +187,8 @@ def contrastive_loss(model: Any) -> ContrastiveLoss:
             "model.compile(optimizer=..., loss=keras_fmicl.FMICLLoss(...))."
         )
     return loss
+
+
+METHODS = Registry("method", Method, key="mode")
+"""The built-in methods by mode (`"simclr"`, `"moco"`, `"mocov3"`, `"simcse"`,
+`"supervised_simcse"`), each registered by its class's file."""

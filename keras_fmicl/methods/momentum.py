@@ -12,6 +12,7 @@ from keras import ops
 
 from keras_fmicl.layers.heads import ProjectionHead
 from keras_fmicl.losses.fmicl_loss import FMICLLoss
+from keras_fmicl.methods.method import METHODS
 from keras_fmicl.methods.method import Method
 from keras_fmicl.methods.method import contrastive_loss
 from keras_fmicl.methods.views import group_rows
@@ -395,6 +396,7 @@ class MomentumMethod(Method):
         return cls(**config)
 
 
+@METHODS.register("mocov2", "moco_v2")
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class MoCoV2(MomentumMethod):
     """MoCo v2: a momentum (key) network and a FIFO queue of negatives.
@@ -588,6 +590,7 @@ class MoCoV2(MomentumMethod):
         return config
 
 
+@METHODS.register("moco_v3")
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class MoCoV3(MomentumMethod):
     """MoCo v3: a momentum (key) network, a predictor, in-batch keys.

@@ -6,12 +6,8 @@ from typing import Any
 
 import keras
 
+from keras_fmicl.methods.method import METHODS
 from keras_fmicl.methods.method import Method
-from keras_fmicl.methods.momentum import MoCoV2
-from keras_fmicl.methods.momentum import MoCoV3
-from keras_fmicl.methods.simclr import SimCLR
-from keras_fmicl.methods.simcse import SimCSE
-from keras_fmicl.methods.simcse import SupervisedSimCSE
 
 
 def get(identifier: Any) -> Method:
@@ -19,8 +15,9 @@ def get(identifier: Any) -> Method:
 
     Args:
         identifier: a `Method`; `"simclr"`, `"moco"` (MoCo v2 with its
-            defaults), `"mocov3"`, `"simcse"` or `"supervised_simcse"`; or a
-            config dict.
+            defaults; `"mocov2"` too), `"mocov3"`, `"simcse"` or
+            `"supervised_simcse"` (any case, dashes for underscores; one
+            registry, `METHODS`); or a config dict.
 
     Example:
 
@@ -35,10 +32,9 @@ def get(identifier: Any) -> Method:
         if isinstance(method, Method):
             return method
     if isinstance(identifier, str):
-        by_mode = {cls.mode: cls for cls in (SimCLR, SimCSE, SupervisedSimCSE, MoCoV2, MoCoV3)}
-        key = identifier.strip().lower()
-        if key in by_mode:
-            return by_mode[key]()
+        mode = METHODS.canonical(identifier)
+        if mode is not None:
+            return METHODS.classes()[mode]()
     raise ValueError(
         "`method` must be a keras_fmicl.methods.Method such as "
         "keras_fmicl.methods.SimCLR(), MoCoV2(momentum=..., queue_size=...) or "

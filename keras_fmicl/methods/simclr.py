@@ -6,10 +6,12 @@ from typing import ClassVar
 
 import keras
 
+from keras_fmicl.methods.method import METHODS
 from keras_fmicl.methods.method import Method
 from keras_fmicl.utils.registry import PACKAGE
 
 
+@METHODS.register()
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SimCLR(Method):
     """SimCLR: the views of a batch contrasted with each other.

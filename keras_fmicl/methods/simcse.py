@@ -8,6 +8,7 @@ from typing import ClassVar
 import keras
 from keras import ops
 
+from keras_fmicl.methods.method import METHODS
 from keras_fmicl.methods.method import contrastive_loss
 from keras_fmicl.methods.simclr import SimCLR
 from keras_fmicl.methods.views import as_float_images
@@ -19,6 +20,7 @@ from keras_fmicl.utils.checks import check_bool
 from keras_fmicl.utils.registry import PACKAGE
 
 
+@METHODS.register()
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SimCSE(SimCLR):
     """Unsupervised SimCSE: views from dropout on identical inputs.
@@ -112,6 +114,7 @@ def _merge_columns(x: Any) -> Any:
     return as_float_images(ops.reshape(x, (-1,) + tail_shape(x, 2)))
 
 
+@METHODS.register()
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SupervisedSimCSE(SimCSE):
     """Supervised SimCSE: entailment pairs are positives, contradictions hard negatives.

@@ -48,6 +48,9 @@ class Registry:
         argument: the argument these objects are passed as (`"divergence"`),
             named in error messages.
         base: the base class every instance must derive from.
+        key: the class attribute holding a class's canonical name
+            (`"name"`; methods, Keras layers whose `name` is per instance,
+            use `"mode"`).
 
     Example:
 
@@ -63,19 +66,21 @@ class Registry:
     ```
     """
 
-    def __init__(self, argument: str, base: type):
+    def __init__(self, argument: str, base: type, key: str = "name"):
         self.argument = argument
         self.base = base
+        self.key = key
         self._classes: dict[str, type] = {}
         self._aliases: dict[str, str] = {}
 
     def register(self, *aliases: str):
-        """Class decorator registering a class under its `name` and `aliases`."""
+        """Class decorator registering a class under its `key` attribute and `aliases`."""
 
         def decorate(cls: type) -> type:
-            self._classes[cls.name] = cls
+            name = getattr(cls, self.key)
+            self._classes[name] = cls
             for alias in aliases:
-                self._aliases[alias] = cls.name
+                self._aliases[alias] = name
             return cls
 
         return decorate

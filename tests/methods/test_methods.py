@@ -90,6 +90,17 @@ def test_repeat_views_is_sample_major_and_keeps_dtypes():
     assert keras.backend.standardize_dtype(views["mask"].dtype) == "bool"
 
 
+def test_get_reads_the_one_registry_of_methods_by_mode_and_alias():
+    assert type(methods.get("simclr")) is methods.SimCLR
+    assert type(methods.get(" MoCo ")) is methods.MoCoV2
+    assert type(methods.get("MoCo-V2")) is methods.MoCoV2 and type(methods.get("mocov2")) is methods.MoCoV2
+    assert type(methods.get("moco_v3")) is methods.MoCoV3
+    assert type(methods.get("Supervised-SimCSE")) is methods.SupervisedSimCSE
+    method = methods.SimCSE(symmetric=True)
+    assert methods.get(method) is method
+    assert methods.get(keras.saving.serialize_keras_object(method)).symmetric
+
+
 # ------------------------------------------- a method without negatives (BYOL)
 
 
