@@ -13,8 +13,8 @@ The losses, side by side in the same process:
 
 * `fmicl/<divergence>/<similarity>`: `keras_fmicl.FMICLLoss` for every
   divergence and both similarities (`--sigma`, `--temperature`: the
-  library's defaults 2**-0.5 and 0.5 unless given; the results recorded
-  before issue 14 were timed at the former default sigma 1.0);
+  library's defaults 2**-0.5 and 1.0 unless given; benchmarks/README.md
+  says which settings the recorded results were timed at);
 * `info_nce`: `keras_fmicl.InfoNCELoss(temperature)`;
 * `simclr_keras_cv`: `keras_cv.losses.SimCLRLoss(temperature)`, called
   as `loss(z1, z2)` on the two views (it sums both directions, so its value
@@ -32,14 +32,14 @@ blocks of about 25 ms for cheap losses), so that slow drifts of a shared
 machine reach every loss alike; ratios are medians of same-round ratios.
 
 The Keras backend is fixed per process, so the driver launches one worker
-subprocess per backend (`KERAS_BACKEND=<b> python loss_speed.py --worker`)
-and merges their JSON. With `--memory` it also measures the peak memory of
-one forward + backward at N = 8192 (M = 16384) in a fresh subprocess per
-measurement: the increase of the peak resident set size
-(`resource.getrusage().ru_maxrss`) over its value after the imports and
-the creation of the input, next to `M^2 * 4` bytes (one float32 `(M, M)`
-matrix) and `M^2 * d * 4` bytes (an `(M, M, d)` tensor): memory must be
-O(M^2), never O(M^2 d).
+subprocess per backend (`KERAS_BACKEND=<b> python loss_speed.py --worker`,
+through `benchmarks/harness.py`) and merges their JSON. With `--memory` it
+also measures the peak memory of one forward + backward at N = 8192
+(M = 16384) in a fresh subprocess per measurement: the increase of the
+peak resident set size (`resource.getrusage().ru_maxrss`) over its value
+after the imports and the creation of the input, next to `M^2 * 4` bytes
+(one float32 `(M, M)` matrix) and `M^2 * d * 4` bytes (an `(M, M, d)`
+tensor): memory must be O(M^2), never O(M^2 d).
 
 Targets (reported, never asserted): every f-MICL configuration at or below
 the keras-cv SimCLR time (ratio <= 1.0) on every backend, within 2x of the
@@ -62,29 +62,25 @@ import argparse
 import datetime
 import gc
 import importlib
-import importlib.metadata
-import json
 import math
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from typing import Any, Callable
 
 SCRIPT = os.path.abspath(__file__)
 REPO_ROOT = os.path.dirname(os.path.dirname(SCRIPT))
-DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "benchmarks", "results", "loss_speed.json")
+if REPO_ROOT not in sys.path:  # run as a script: python benchmarks/loss_speed.py
+    sys.path.append(REPO_ROOT)
+from benchmarks import harness  # noqa: E402
+from examples.registry_names import BACKENDS  # noqa: E402
+from examples.registry_names import DIVERGENCES  # noqa: E402
+from examples.registry_names import SIMILARITIES  # noqa: E402
 
-BACKENDS = ("tensorflow", "jax", "torch")
-# `keras_fmicl.divergences.names()` and `keras_fmicl.similarities.names()`
-# (the driver does not import Keras; a test checks that they agree).
-DIVERGENCES = ("kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc")
-SIMILARITIES = ("gaussian", "cosine")
+DEFAULT_OUTPUT = os.path.join(harness.RESULTS_DIR, "loss_speed.json")
 DEFAULT_SIZES = (256, 1024, 4096)
 QUICK_SIZES = (8, 16)
 DEFAULT_MEMORY_SIZES = (8192,)
@@ -410,107 +406,8 @@ def paired_ratio(record: dict, reference: dict, key: str = "median_ms") -> float
 
 
 # ---------------------------------------------------------------------------
-# Machine and version information.
-# ---------------------------------------------------------------------------
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def versions() -> dict:
-    packages = (
-        "keras",
-        "keras-fmicl",
-        "keras-cv",
-        "numpy",
-        "tensorflow",
-        "jax",
-        "jaxlib",
-        "torch",
-    )
-    info = {name: _version(name) for name in packages}
-    info["tensorflow"] = info["tensorflow"] or _version("tensorflow-cpu")
-    info["python"] = platform.python_version()
-    return info
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _total_memory_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def machine_info() -> dict:
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "cpu_model": _cpu_model(),
-        "memory_bytes": _total_memory_bytes(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "loadavg": _loadavg(),
-    }
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", REPO_ROOT, "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        dirty = subprocess.run(
-            ["git", "-C", REPO_ROOT, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-# ---------------------------------------------------------------------------
 # Workers (one backend per process).
 # ---------------------------------------------------------------------------
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _error_text(error: BaseException) -> str:
@@ -540,10 +437,10 @@ def run_worker(options: dict) -> dict:
     report = {
         "backend": backend,
         "modes": modes,
-        "versions": versions(),
+        "versions": harness.versions(),
         "keras_fmicl_path": _module_path("keras_fmicl"),
         "threads": _threads(backend),
-        "loadavg_start": _loadavg(),
+        "loadavg_start": harness.loadavg(),
         "results": [],
     }
     for mode in modes:
@@ -578,7 +475,7 @@ def run_worker(options: dict) -> dict:
                     )
                 except ImportError as error:
                     records[config]["skipped"] = _error_text(error)
-                    _log(f"[{backend} {mode}] N={n} {config}: skipped ({records[config]['skipped']})")
+                    harness.log(f"[{backend} {mode}] N={n} {config}: skipped ({records[config]['skipped']})")
                 except Exception as error:  # noqa: BLE001 - recorded, run goes on
                     records[config]["error"] = _error_text(error)
             gc.collect()
@@ -590,22 +487,22 @@ def run_worker(options: dict) -> dict:
                 options["min_seconds"],
             )
             runners = None
-            loadavg = _loadavg()
+            loadavg = harness.loadavg()
             for config in group:
                 record = records[config]
                 if config in timings:
                     record.update(timings[config], interleaved=True, loadavg=loadavg)
                 if "error" in record:
-                    _log(f"[{backend} {mode}] N={n} {config}: ERROR {record['error']}")
+                    harness.log(f"[{backend} {mode}] N={n} {config}: ERROR {record['error']}")
                 elif "median_ms" in record:
-                    _log(
+                    harness.log(
                         f"[{backend} {mode}] N={n} {config}: "
                         f"median {record['median_ms']:.2f} ms, min {record['min_ms']:.2f} ms "
                         f"({record['repeats']} rounds of {record['calls_per_round']}, "
                         f"first call {record['first_call_ms']:.0f} ms)"
                     )
                 report["results"].append(record)
-    report["loadavg_end"] = _loadavg()
+    report["loadavg_end"] = harness.loadavg()
     return report
 
 
@@ -681,7 +578,7 @@ def run_memory_worker(
         record["skipped"] = _error_text(error)
     except Exception as error:  # noqa: BLE001
         record["error"] = _error_text(error)
-    record["loadavg"] = _loadavg()
+    record["loadavg"] = harness.loadavg()
     return record
 
 
@@ -690,82 +587,64 @@ def run_memory_worker(
 # ---------------------------------------------------------------------------
 
 
-def _worker_env(backend: str) -> dict:
-    env = dict(os.environ)
-    env["KERAS_BACKEND"] = backend
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # This checkout on the path (after any PYTHONPATH of the caller, which
-    # may point at another copy of keras_fmicl to compare).
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), REPO_ROOT) if p)
-    return env
+# What the timing worker takes from the command line (`run_worker`'s options).
+WORKER_OPTIONS = (
+    "sizes", "repeats", "warmup", "max_seconds", "min_seconds", "divergences", "similarities",
+    "sigma", "temperature", "torch_compile", "dim",
+)  # fmt: skip
 
 
-def _run_subprocess(backend: str, arguments: list[str], timeout: float) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "result.json")
-        command = [sys.executable, SCRIPT, *arguments, "--worker-output", path]
-        try:
-            proc = subprocess.run(
-                command,
-                env=_worker_env(backend),
-                timeout=timeout,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"worker timed out after {timeout:.0f} s"}
-        progress = [line for line in proc.stderr.splitlines() if line.startswith("[")]
-        for line in progress:
-            _log(line)
-        if proc.returncode != 0 or not os.path.exists(path):
-            return {
-                "error": f"worker exited with code {proc.returncode}",
-                "stderr_tail": proc.stderr[-3000:],
-            }
-        with open(path) as f:
-            return json.load(f)
+def worker_options(args: argparse.Namespace) -> dict:
+    """The options of `run_worker`, from the parsed flags."""
+    return {name: getattr(args, name) for name in WORKER_OPTIONS}
 
 
-def _worker_arguments(args: argparse.Namespace) -> list[str]:
-    arguments = [
-        "--sizes", ",".join(str(n) for n in args.sizes),
-        "--repeats", str(args.repeats),
-        "--warmup", str(args.warmup),
-        "--max-seconds", str(args.max_seconds),
-        "--min-seconds", str(args.min_seconds),
-        "--divergences", ",".join(args.divergences),
-        "--similarities", ",".join(args.similarities),
-        "--torch-compile", args.torch_compile,
+def worker_arguments(args: argparse.Namespace) -> list[str]:
+    """The flags that hand `worker_options(args)` to a worker process."""
+    arguments = []
+    for name, value in worker_options(args).items():
+        text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+        arguments += ["--" + name.replace("_", "-"), text]
+    return arguments
+
+
+def _memory_worker_arguments(args: argparse.Namespace, config: str, n: int) -> list[str]:
+    return [
+        "--memory-worker",
+        "--memory-config", config,
+        "--memory-n", str(n),
         "--dim", str(args.dim),
         "--sigma", str(args.sigma),
         "--temperature", str(args.temperature),
     ]  # fmt: skip
-    return arguments
+
+
+def _run_subprocess(backend: str, arguments: list[str], timeout: float) -> dict:
+    """A worker process (driver, below): its stderr's progress lines are
+    passed on, and the caller's PYTHONPATH comes before this checkout."""
+    return harness.run_worker(
+        SCRIPT, backend, arguments, timeout, checkout_first=False, progress_prefix="["
+    )
 
 
 def run_driver(args: argparse.Namespace) -> dict:
     report = {
         "benchmark": "loss_speed",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
-        "machine": machine_info(),
-        "versions": versions(),
+        "commit": harness.git_commit(),
+        "machine": harness.machine_info(),
+        "versions": harness.versions(),
         "settings": {
             "backends": args.backends,
             "sizes": args.sizes,
             "views": VIEWS,
             "dim": args.dim,
             "dtype": "float32",
-            "repeats": args.repeats,
-            "warmup": args.warmup,
-            "max_seconds": args.max_seconds,
-            "min_seconds": args.min_seconds,
-            "divergences": args.divergences,
-            "similarities": args.similarities,
-            "sigma": args.sigma,
-            "temperature": args.temperature,
-            "torch_compile": args.torch_compile,
+            **{
+                name: getattr(args, name)
+                for name in WORKER_OPTIONS
+                if name not in ("sizes", "dim")  # above
+            },
             "torch_compile_subset": list(TORCH_COMPILE_SUBSET),
             "modes": {b: list(MODES[b]) for b in args.backends},
             "memory_sizes": args.memory_sizes if args.memory else None,
@@ -779,40 +658,31 @@ def run_driver(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     if not args.skip_speed:
         for backend in args.backends:
-            _log(f"== {backend}: timing (load average {_loadavg()})")
-            worker = _run_subprocess(backend, ["--worker", *_worker_arguments(args)], args.timeout)
+            harness.log(f"== {backend}: timing (load average {harness.loadavg()})")
+            worker = _run_subprocess(backend, ["--worker", *worker_arguments(args)], args.timeout)
             report["results"].extend(worker.pop("results", []))
             report["workers"][backend] = worker
     if args.memory:
         for backend in args.backends:
             for n in args.memory_sizes:
                 for config in MEMORY_CONFIGS:
-                    _log(f"== {backend}: memory of {config} at N={n}")
+                    harness.log(f"== {backend}: memory of {config} at N={n}")
                     record = _run_subprocess(
-                        backend,
-                        [
-                            "--memory-worker",
-                            "--memory-config", config,
-                            "--memory-n", str(n),
-                            "--dim", str(args.dim),
-                            "--sigma", str(args.sigma),
-                            "--temperature", str(args.temperature),
-                        ],
-                        args.timeout,
-                    )  # fmt: skip
+                        backend, _memory_worker_arguments(args, config, n), args.timeout
+                    )
                     record.setdefault("backend", backend)
                     record.setdefault("config", config)
                     record.setdefault("n", n)
                     report["memory"].append(record)
                     if "peak_increase_bytes" in record:
-                        _log(
+                        harness.log(
                             f"   peak increase {record['peak_increase_bytes'] / 2**20:.0f} MiB "
                             f"= {record['matrices']:.2f} x M^2*4"
                         )
                     else:
-                        _log(f"   {record.get('error') or record.get('skipped')}")
+                        harness.log(f"   {record.get('error') or record.get('skipped')}")
     report["total_seconds"] = time.perf_counter() - started
-    report["machine"]["loadavg_end"] = _loadavg()
+    report["machine"]["loadavg_end"] = harness.loadavg()
     return report
 
 
@@ -874,18 +744,16 @@ def speed_tables(report: dict) -> str:
             + [f"÷SimCLR N={n}" for n in sizes]
             + [f"÷floor N={n}" for n in sizes]
         )
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+        lines.append(harness.table_row(header))
+        lines.append(harness.table_rule("l" + "r" * (len(header) - 1)))
         for config in configs:
             cells = [config]
             cells += [_ms_cell(index.get((config, n))) for n in sizes]
-            cells += [
-                _fmt(_ratio(index.get((config, n)), index.get((SIMCLR, n))), 2) for n in sizes
-            ]
-            cells += [
-                _fmt(_ratio(index.get((config, n)), index.get((FLOOR, n))), 2) for n in sizes
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+            for reference in (SIMCLR, FLOOR):
+                cells += [
+                    _fmt(_ratio(index.get((config, n)), index.get((reference, n))), 2) for n in sizes
+                ]
+            lines.append(harness.table_row(cells))
         lines.append("")
     return "\n".join(lines)
 
@@ -903,9 +771,11 @@ def target_table(report: dict, key: str = "median_ms") -> str:
     what = "wall time" if key == "median_ms" else "process CPU time"
     lines = [
         f"### Targets ({what}): f-MICL ÷ keras-cv SimCLR <= 1.0, f-MICL ÷ matmul floor <= 2.0\n",
-        "| backend | mode | N | f-MICL ÷ SimCLR (best–worst) | <= 1.0 | "
-        "f-MICL ÷ floor (best–worst) | <= 2.0 | InfoNCE ÷ SimCLR |",
-        "|---|---|---:|---:|:---:|---:|:---:|---:|",
+        harness.table_row(
+            ["backend", "mode", "N", "f-MICL ÷ SimCLR (best–worst)", "<= 1.0",
+             "f-MICL ÷ floor (best–worst)", "<= 2.0", "InfoNCE ÷ SimCLR"]
+        ),
+        harness.table_rule("llrrcrcr"),
     ]
 
     for backend, mode in groups:
@@ -926,9 +796,11 @@ def target_table(report: dict, key: str = "median_ms") -> str:
                 return "yes" if max(values) <= limit else f"no ({sum(v > limit for v in values)}/{len(values)})"
 
             lines.append(
-                f"| {backend} | {mode} | {n} | {span(to_simclr)} | {verdict(to_simclr, 1.0)} | "
-                f"{span(to_floor)} | {verdict(to_floor, 2.0)} | "
-                f"{_fmt(_ratio(index.get((INFO_NCE, n)), simclr, key), 2)} |"
+                harness.table_row(
+                    [backend, mode, n, span(to_simclr), verdict(to_simclr, 1.0),
+                     span(to_floor), verdict(to_floor, 2.0),
+                     _fmt(_ratio(index.get((INFO_NCE, n)), simclr, key), 2)]
+                )
             )
     lines.append("")
     return "\n".join(lines)
@@ -941,9 +813,11 @@ def memory_table(report: dict) -> str:
     lines = [
         "### Peak memory of one forward+backward (increase of peak RSS over the "
         "baseline after imports and input creation)\n",
-        "| backend | mode | loss | N | M | peak increase (MiB) | M²·4 B (MiB) | "
-        "÷ M²·4 | M²·d·4 B (GiB) | ÷ M²·d·4 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        harness.table_row(
+            ["backend", "mode", "loss", "N", "M", "peak increase (MiB)", "M²·4 B (MiB)",
+             "÷ M²·4", "M²·d·4 B (GiB)", "÷ M²·d·4"]
+        ),
+        harness.table_rule("lllrrrrrrr"),
     ]
     for r in records:
         m = r.get("m", VIEWS * r["n"])
@@ -962,11 +836,7 @@ def memory_table(report: dict) -> str:
         else:
             status = "error" if "error" in r else "skipped"
             cells = [status, _fmt(matrix / 2**20, 4), "–", _fmt(matrix_d / 2**30, 4), "–"]
-        lines.append(
-            f"| {r['backend']} | {r.get('mode', '–')} | {r['config']} | {r['n']} | {m} | "
-            + " | ".join(cells)
-            + " |"
-        )
+        lines.append(harness.table_row([r["backend"], r.get("mode", "–"), r["config"], r["n"], m, *cells]))
     lines.append("")
     return "\n".join(lines)
 
@@ -1067,11 +937,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="JSON report path")
     parser.add_argument("--timeout", type=float, default=3600.0, help="per worker, seconds")
     # Internal: the subprocesses.
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    harness.add_worker_flags(parser)
     parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory-config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-n", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-output", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sizes is None:
         args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
@@ -1089,33 +958,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _write_json(data: dict, path: str | None) -> None:
-    text = json.dumps(data, indent=1, sort_keys=False)
-    if path is None:
-        print(text)
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text + "\n")
+    harness.write_json(data, path, indent=1)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        options = {
-            "sizes": args.sizes,
-            "repeats": args.repeats,
-            "warmup": args.warmup,
-            "max_seconds": args.max_seconds,
-            "min_seconds": args.min_seconds,
-            "divergences": args.divergences,
-            "similarities": args.similarities,
-            "torch_compile": args.torch_compile,
-            "dim": args.dim,
-            "sigma": args.sigma,
-            "temperature": args.temperature,
-        }
-        _write_json(run_worker(options), args.worker_output)
+        _write_json(run_worker(worker_options(args)), args.worker_output)
         return 0
     if args.memory_worker:
         config = args.memory_config or MEMORY_CONFIGS[0]
@@ -1128,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_driver(args)
     _write_json(report, args.output)
     print(markdown(report))
-    _log(f"wrote {args.output}")
+    harness.log(f"wrote {args.output}")
     return 0
 
 

@@ -36,7 +36,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -44,8 +43,13 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script: python benchmarks/quality.py
+    sys.path.append(ROOT)
+from benchmarks import harness  # noqa: E402
+from examples.registry_names import BACKENDS  # noqa: E402
+from examples.registry_names import DIVERGENCES  # noqa: E402
+
 EXAMPLE = os.path.join(ROOT, "examples", "train_cifar.py")
-DIVERGENCES = ("kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc")
 
 # The paper's vision setting (its setup table): (2 sigma^2)^-1 = 1, alpha = 40.
 PAPER_SIGMA = 0.7071
@@ -251,8 +255,7 @@ def run_one(name, flags, seed, args, runs_dir) -> dict | None:
         command.append(f"--data_dir={args.data_dir}")
     print(f"[quality] {name} seed {seed}: {' '.join(command[2:])}", flush=True)
     start = time.time()
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    result = subprocess.run(command, capture_output=True, text=True, env=harness.script_env(), cwd=ROOT)
     seconds = time.time() - start
     if result.returncode != 0:
         print(f"[quality] {name} seed {seed} FAILED ({seconds:.0f} s):\n{result.stderr[-2000:]}", flush=True)
@@ -281,8 +284,7 @@ def run_one(name, flags, seed, args, runs_dir) -> dict | None:
         "pretrain_seconds": results["pretrain_seconds"],
         "versions": results.get("versions"),
     }
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2)
+    harness.write_json(record, path)
     few = ", ".join(f"{100 * float(k):g} % labels {100 * v:.2f}" for k, v in record["few_label"].items())
     print(f"[quality] {name} seed {seed}: kNN {100 * record['knn_top1']:.2f} linear "
           f"{100 * record['linear_top1']:.2f}{', ' + few if few else ''} ({seconds:.0f} s)", flush=True)
@@ -391,20 +393,20 @@ def markdown(rows, args) -> str:
         "Accuracies in %, mean ± std over seeds. Δ: mean paired difference to the reference "
         "(InfoNCE of the same mode and batch size, same seeds) with its 95 % CI.",
         "",
-        "| config | seeds | " + " | ".join(METRICS.values()) + " | Δ kNN [95 % CI] | Δ 1 % labels [95 % CI] "
-        "| Δ linear [95 % CI] | alignment | uniformity |",
-        "|---|---:|" + "---:|" * len(METRICS) + "---:|---:|---:|---:|---:|",
+        harness.table_row(
+            ["config", "seeds", *METRICS.values(), "Δ kNN [95 % CI]", "Δ 1 % labels [95 % CI]",
+             "Δ linear [95 % CI]", "alignment", "uniformity"]
+        ),
+        harness.table_rule("lr" + "r" * len(METRICS) + "rrrrr"),
     ]
     for row in sorted(rows, key=lambda r: -(r["knn_mean"] or 0)):
         extra = [
             "–" if row[k] is None else f"{row[k]:.2f}" for k in ("final_alignment_mean", "final_uniformity_mean")
         ]
-        lines.append(
-            f"| {row['name']} | {row['seeds']} | "
-            + " | ".join(_cell(row, key) for key in METRICS)
-            + f" | {_paired_cell(row, 'knn')} | {_paired_cell(row, 'few_label_0.01')} | "
-            f"{_paired_cell(row, 'linear')} | " + " | ".join(extra) + " |"
-        )
+        lines.append(harness.table_row(
+            [row["name"], row["seeds"], *(_cell(row, key) for key in METRICS),
+             *(_paired_cell(row, key) for key in ("knn", "few_label_0.01", "linear")), *extra]
+        ))
     for key, title in (("knn", "kNN"), ("few_label_0.01", "1 % labels"), ("linear", "linear")):
         width = resolution(rows, key)
         if width is not None:
@@ -504,7 +506,7 @@ def bar_chart(rows, path):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", default="tensorflow", choices=("tensorflow", "jax", "torch"))
+    parser.add_argument("--backend", default="tensorflow", choices=BACKENDS)
     parser.add_argument("--suite", default="table", choices=SUITES,
                         help="table: the test-split comparison; the others: validation-split sweeps.")
     parser.add_argument("--seeds", default=None, help="Comma-separated seeds (default: 0-4 for table, 0,1 else).")
@@ -542,7 +544,7 @@ def main(argv=None):
     if args.list:
         print("\n".join(configs))
         return 0
-    output_dir = args.output_dir or os.path.join(ROOT, "benchmarks", "results", f"quality_{args.suite}")
+    output_dir = args.output_dir or os.path.join(harness.RESULTS_DIR, f"quality_{args.suite}")
     runs_dir = os.path.join(output_dir, "runs")
     os.makedirs(runs_dir, exist_ok=True)
     default_seeds = "0,1,2,3,4" if args.suite == "table" else "0,1"
@@ -564,12 +566,11 @@ def main(argv=None):
         "seeds": seeds,
         "rows": rows,
         "resolution_points": {key: resolution(rows, key) for key in METRICS},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": harness.machine_info(cpus="cpu_count", platform="platform", python="python"),
         "date": time.strftime("%Y-%m-%d"),
         "wall_seconds": time.time() - start,
     }
-    with open(os.path.join(output_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    harness.write_json(summary, os.path.join(output_dir, "summary.json"))
     table = markdown(rows, args)
     with open(os.path.join(output_dir, "quality.md"), "w") as f:
         f.write(table)

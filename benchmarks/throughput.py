@@ -23,15 +23,15 @@ Markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+if ROOT not in sys.path:  # run as a script: python benchmarks/throughput.py
+    sys.path.append(ROOT)
+from benchmarks import harness  # noqa: E402
+from examples.registry_names import BACKENDS  # noqa: E402
 
 ENCODER = {"name": "small_cnn"}
 # What `fit` resolved `jit_compile="auto"` to (XLA on TensorFlow): the
@@ -248,13 +248,12 @@ def worker(args):
     result["fit_over_loop"] = result["fit"]["seconds"] / result["loop"]["seconds"]
     if "keras_io" in result:
         result["fit_over_keras_io"] = result["fit"]["seconds"] / result["keras_io"]["seconds"]
-    print("RESULT " + json.dumps(result), flush=True)
     return result
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", default="tensorflow,jax,torch")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--steps", type=int, default=30, help="Timed steps per measurement.")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="Best of this many measurements.")
@@ -263,8 +262,8 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--encoder", default="small_cnn", choices=("small_cnn", "resnet18"))
     parser.add_argument("--projection_dim", type=int, default=64)
-    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "throughput.json"))
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--output", default=os.path.join(harness.RESULTS_DIR, "throughput.json"))
+    harness.add_worker_flags(parser)
     parser.add_argument("--quick", action="store_true", help="Tiny sizes (a smoke test).")
     args = parser.parse_args(argv)
     ENCODER["name"] = args.encoder
@@ -274,49 +273,53 @@ def parse_args(argv=None):
     return args
 
 
+def worker_arguments(args):
+    """The flags that hand this run's settings to a worker process."""
+    return ["--worker", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--repeats={args.repeats}",
+            f"--batch_size={args.batch_size}", "--image_shape", *map(str, args.image_shape),
+            f"--width={args.width}", f"--encoder={args.encoder}", f"--projection_dim={args.projection_dim}"]
+
+
+def markdown(args, results):
+    """The report's Markdown table, with the line saying what was timed."""
+    lines = [
+        f"\nbatch {args.batch_size} x 2 views of {tuple(args.image_shape)}, {args.encoder} width {args.width}, "
+        f"{args.steps} steps, best of {args.repeats} interleaved measurements; on TensorFlow every contender "
+        f"runs XLA-compiled, as fit's jit_compile='auto' does\n",
+        harness.table_row(["backend", "fit (img/s)", "hand-written loop (img/s)", "fit / loop time",
+                           "keras.io GradientTape (img/s)", "fit / keras.io time"]),
+        harness.table_rule("llllll"),
+    ]
+    for r in results:
+        keras_io = r.get("keras_io")
+        cells = [r["backend"], f"{r['fit']['images_per_second']:.0f}", f"{r['loop']['images_per_second']:.0f}",
+                 f"{r['fit_over_loop']:.3f}"]
+        cells += [f"{keras_io['images_per_second']:.0f}", f"{r['fit_over_keras_io']:.3f}"] if keras_io else ["-", "-"]
+        lines.append(harness.table_row(cells))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
-        worker(args)
+        harness.write_json(worker(args), args.worker_output)
         return 0
     results = []
     for backend in args.backends.split(","):
-        command = [sys.executable, os.path.abspath(__file__), "--worker", f"--steps={args.steps}",
-                   f"--warmup={args.warmup}", f"--repeats={args.repeats}", f"--batch_size={args.batch_size}",
-                   "--image_shape", *map(str, args.image_shape), f"--width={args.width}",
-                   f"--encoder={args.encoder}",
-                   f"--projection_dim={args.projection_dim}"]
-        env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-        lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-        if out.returncode != 0 or not lines:
-            print(f"[throughput] {backend} FAILED:\n{out.stderr[-3000:]}", file=sys.stderr)
+        result = harness.run_worker(os.path.abspath(__file__), backend, worker_arguments(args))
+        if "error" in result:
+            print(f"[throughput] {backend} FAILED:\n{result.get('stderr_tail', result['error'])}", file=sys.stderr)
             continue
-        results.append(json.loads(lines[-1][len("RESULT "):]))
+        results.append(result)
     report = {
         "benchmark": "throughput",
-        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "output")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "worker_output", "output")},
         "results": results,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "machine": harness.machine_info(cpus="cpu_count", platform="platform", load_average="loadavg"),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"\nbatch {args.batch_size} x 2 views of {tuple(args.image_shape)}, {args.encoder} width {args.width}, "
-          f"{args.steps} steps, best of {args.repeats} interleaved measurements; on TensorFlow every contender "
-          f"runs XLA-compiled, as fit's jit_compile='auto' does\n")
-    print("| backend | fit (img/s) | hand-written loop (img/s) | fit / loop time | keras.io GradientTape (img/s) | fit / keras.io time |")
-    print("|---|---|---|---|---|---|")
-    for r in results:
-        keras_io = r.get("keras_io")
-        print(f"| {r['backend']} | {r['fit']['images_per_second']:.0f} | {r['loop']['images_per_second']:.0f} | "
-              f"{r['fit_over_loop']:.3f} | {keras_io['images_per_second']:.0f} | {r['fit_over_keras_io']:.3f} |"
-              if keras_io else
-              f"| {r['backend']} | {r['fit']['images_per_second']:.0f} | {r['loop']['images_per_second']:.0f} | "
-              f"{r['fit_over_loop']:.3f} | - | - |")
+    harness.write_json(report, args.output)
+    print(markdown(args, results))
     return 0
 
 

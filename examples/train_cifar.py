@@ -49,8 +49,7 @@ shows it. Every flag left unset takes the preset of the dataset (see
 
 from __future__ import annotations
 
-import contextlib
-import csv
+import dataclasses
 import json
 import os
 import sys
@@ -61,22 +60,32 @@ from absl import flags
 from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/_common.py
+from _common import Distribution  # noqa: E402
 from _common import FlagError  # noqa: E402
+from _common import HistoryCSV  # noqa: E402
+from _common import default_output_dir  # noqa: E402
+from _common import describe_loss  # noqa: E402
 from _common import exit_code  # noqa: E402
-from _common import quiet_native_logging  # noqa: E402
+from _common import import_frameworks  # noqa: E402
+from _common import leave_process_group  # noqa: E402
+from _common import plot_curves  # noqa: E402
+from _common import plot_embedding  # noqa: E402
+from _common import print_results_table  # noqa: E402
 from _common import run_in_output_dir  # noqa: E402
 from _common import select_backend  # noqa: E402
+from _common import setup_distribution  # noqa: E402
+from registry_names import BACKENDS  # noqa: E402
+from registry_names import DIVERGENCES  # noqa: E402
+from registry_names import SIMILARITIES  # noqa: E402
 
-BACKENDS = ("tensorflow", "jax", "torch")
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "digits", "synthetic_cifar")
-DIVERGENCES = ("kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc")
 
 flags.DEFINE_enum("backend", None, BACKENDS, "Keras backend (default: $KERAS_BACKEND, else tensorflow).")
 flags.DEFINE_enum("dataset", "fashion_mnist", DATASETS, "Dataset to pretrain and evaluate on.")
 flags.DEFINE_enum("loss", "fmicl", ("fmicl", "infonce"), "f-MICL, or the InfoNCE baseline.")
 flags.DEFINE_enum("divergence", "kl", DIVERGENCES, "f-divergence of f-MICL.")
 flags.DEFINE_float("tsallis_order", 1.5, "Order of the Tsallis divergence.")
-flags.DEFINE_enum("similarity", None, ("gaussian", "cosine"), "Similarity (default: gaussian for f-MICL, cosine for InfoNCE).")
+flags.DEFINE_enum("similarity", None, SIMILARITIES, "Similarity (default: gaussian for f-MICL, cosine for InfoNCE).")
 flags.DEFINE_float(
     "sigma", None,
     "Bandwidth of the f-Gaussian similarity (default: the package's, 2**-0.5 ~ 0.707, the paper's vision setting).",
@@ -255,24 +264,6 @@ def check_flags():
         raise FlagError("--alpha weighs the negative term of f-MICL; InfoNCE has none (drop --alpha or use --loss fmicl).")
 
 
-def import_frameworks(backend):
-    """Imports Keras, keras_fmicl and (for tf.data) TensorFlow quietly."""
-    with quiet_native_logging(FLAGS.debug):
-        import keras
-        import numpy as np
-
-        import keras_fmicl
-
-        if backend == "tensorflow" or FLAGS.pipeline == "tf_data":
-            try:
-                import tensorflow as tf
-
-                tf.config.list_physical_devices()  # probes CUDA now, quietly
-            except ImportError:
-                pass
-    return keras, np, keras_fmicl
-
-
 def load_data(keras_fmicl):
     name = FLAGS.dataset
     train_x, train_y = keras_fmicl.data.load(name, "train", data_dir=FLAGS.data_dir)
@@ -394,275 +385,13 @@ def build_optimizer(keras, steps_per_epoch):
     return keras.optimizers.AdamW(schedule, weight_decay=_setting("weight_decay"))
 
 
-class Distribution:
-    """What `--distribute` set up: a scope to build the model in, this
-    process's rank and the number of processes that split the data."""
+def fit_inputs(keras_fmicl, train_x, train_y, augmenter, distribution, batch_size, steps_per_epoch):
+    """The keyword arguments of `fit` for --pipeline: a tf.data pipeline of
+    views, or the raw images in [0, 1] (the model draws the views).
 
-    def __init__(self, scope=None, rank=0, processes=1, description="one device"):
-        self.scope = scope or contextlib.nullcontext()
-        self.rank = rank
-        self.processes = processes
-        self.description = description
-
-
-def setup_distribution(backend):
-    if not FLAGS.distribute:
-        return Distribution()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        if "TF_CONFIG" in os.environ:
-            strategy = tf.distribute.MultiWorkerMirroredStrategy()
-            name = "MultiWorkerMirroredStrategy"
-        else:
-            try:
-                resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-                tf.config.experimental_connect_to_cluster(resolver)
-                tf.tpu.experimental.initialize_tpu_system(resolver)
-                strategy, name = tf.distribute.TPUStrategy(resolver), "TPUStrategy"
-            except (ValueError, RuntimeError, tf.errors.NotFoundError):
-                strategy, name = tf.distribute.MirroredStrategy(), "MirroredStrategy"
-        # every worker reads the whole dataset; tf.distribute splits each global batch
-        return Distribution(
-            strategy.scope(), description=f"{name}, {strategy.num_replicas_in_sync} replicas"
-        )
-    if backend == "jax":
-        import jax
-        import keras
-
-        if "KERAS_DISTRIBUTION_JOB_ADDRESSES" in os.environ:
-            keras.distribution.initialize()
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
-        return Distribution(description=f"keras.distribution.DataParallel, {len(jax.devices())} devices")
-    import torch
-    import torch.distributed as dist
-
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise FlagError("--distribute on the torch backend needs a launcher: torchrun --nproc_per_node=N examples/train_cifar.py ...")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if _setting("batch_size") % world:
-        raise FlagError(f"--batch_size ({_setting('batch_size')}) must be a multiple of the {world} processes.")
-    return Distribution(rank=rank, processes=world, description=f"torch.distributed, {world} processes")
-
-
-def describe_loss(loss):
-    """'f-MICL KL, f-Gaussian (sigma 0.707107), alpha 40' or 'InfoNCE, cosine (T 0.1)'."""
-    config = loss.get_config()
-    similarity = loss.similarity
-    if similarity.name == "gaussian":
-        similarity_text = f"f-Gaussian (sigma {getattr(similarity, 'sigma', config.get('sigma')):g})"
-    else:
-        similarity_text = f"cosine (T {getattr(similarity, 'temperature', config.get('temperature')):g})"
-    if config.get("name") == "infonce" or "divergence" not in config:
-        return f"InfoNCE, {similarity_text}"
-    divergence = config["divergence"]
-    if not isinstance(divergence, str):
-        divergence = getattr(loss, "divergence", None)
-        divergence = getattr(divergence, "name", str(divergence))
-    text = f"f-MICL {divergence.upper() if len(divergence) <= 3 else divergence}, {similarity_text}"
-    if config.get("alpha") is not None:
-        text += f", alpha {config['alpha']:g}"
-    return text
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        print("Note: matplotlib is not installed; no figures (pip install matplotlib).")
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(history, knn, run_title, path):
-    """curves.png: loss, alignment, uniformity and kNN top-1 per epoch.
-
-    `knn` holds the kNN curve on the monitor's subset (`epochs`, `accuracy`,
-    `test_images`, `train_images`) and the final kNN top-1 on the whole
-    evaluation split (`final`, `final_images`; `split` names it).
+    Under torch.distributed each process reads its shard with its part of
+    the global batch; the other engines split the global batch themselves.
     """
-    plt = _pyplot()
-    if plt is None:
-        return
-    epochs = list(range(1, len(history["loss"]) + 1))
-    figure, axes = plt.subplots(2, 2, figsize=(9.5, 7))
-    axis = axes.flat[0]
-    if "probe_loss" in history:  # what fit prints, and its contrastive part
-        contrastive = [a - b for a, b in zip(history["loss"], history["probe_loss"])]
-        axis.plot(epochs, history["loss"], marker="o", markersize=3,
-                  label="loss (as printed: contrastive + probe)")
-        axis.plot(epochs, contrastive, marker="o", markersize=3,
-                  label="contrastive loss (loss - probe_loss)")
-        axis.legend(fontsize=8)
-        axis.set_title("training loss")
-    else:
-        axis.plot(epochs, history["loss"], marker="o", markersize=3)
-        axis.set_title("training loss (as printed)")
-    panels = [
-        ("alignment", "alignment (lower: positives closer)"),
-        ("uniformity", "uniformity (lower: more spread)"),
-    ]
-    for axis, (key, title) in zip(axes.flat[1:3], panels):
-        axis.plot(epochs, history.get(key, []), marker="o", markersize=3)
-        axis.set_title(title)
-    axis = axes.flat[3]
-    if knn["epochs"]:
-        axis.plot(knn["epochs"], [100 * v for v in knn["accuracy"]], marker="o", color="tab:green",
-                  label=f"{knn['test_images']:,} {knn['split']} images "
-                        f"(memory bank: {knn['train_images']:,} training images)")
-        axis.set_title(f"kNN top-1 (%) on a {knn['test_images']:,}-image {knn['split']} subset")
-    else:
-        axis.set_title("kNN top-1 (%)")
-    last = max(epochs) if epochs else 0
-    axis.plot([last], [100 * knn["final"]], marker="*", markersize=12, color="tab:red", linestyle="none",
-              label=f"final, all {knn['final_images']:,} {knn['split']} images: {100 * knn['final']:.2f} %")
-    axis.legend(fontsize=8, loc="best")
-    from matplotlib.ticker import MaxNLocator
-
-    for axis in axes.flat:
-        axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if len(epochs) == 1:  # one point: one tick, not a fractional axis
-            axis.set_xticks(epochs)
-            axis.set_xlim(0.5, 1.5)
-        axis.grid(alpha=0.3)
-    figure.suptitle(run_title, fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def embed_2d(features, seed):
-    """(N, 2) map of (N, F) features: t-SNE (scikit-learn), else PCA.
-
-    Rows are L2-normalised first: Euclidean distances between them are the
-    cosine distances the kNN evaluation uses.
-    """
-    import numpy as np
-
-    features = np.asarray(features, dtype="float64")
-    features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    try:
-        from sklearn.manifold import TSNE
-    except ImportError:
-        TSNE = None
-    if TSNE is not None and len(features) > 6:
-        perplexity = float(min(30.0, (len(features) - 1) / 3.0))
-        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                    random_state=seed)
-        return tsne.fit_transform(features), "t-SNE"
-    centred = features - features.mean(axis=0)
-    _, _, components = np.linalg.svd(centred, full_matrices=False)
-    return centred @ components[:2].T, "PCA"
-
-
-def plot_embedding(features, labels, class_names, run_title, knn_text, path, max_points, seed):
-    """embedding.png: the test features in 2-D, one colour per class."""
-    import numpy as np
-
-    plt = _pyplot()
-    if plt is None:
-        return None
-    labels = np.asarray(labels)
-    count = min(len(labels), max_points)
-    chosen = np.sort(np.random.default_rng(seed).choice(len(labels), count, replace=False))
-    points, method = embed_2d(np.asarray(features)[chosen], seed)
-    labels = labels[chosen]
-    classes = np.unique(labels)
-    figure, axis = plt.subplots(figsize=(8.5, 6.5))
-    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    for index, label in enumerate(classes):
-        mask = labels == label
-        name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
-        axis.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.7,
-                     color=colours(index % colours.N), label=name, rasterized=True)
-    if len(classes) <= 20:
-        axis.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    axis.set_xticks([])
-    axis.set_yticks([])
-    import textwrap
-
-    title = textwrap.fill(run_title, 80) + f"\n{method} of {count:,} test features, {knn_text}"
-    axis.set_title(title, fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    return method
-
-
-class HistoryCSV:
-    """history.csv, one row per epoch, rewritten after every epoch.
-
-    Keras' CSVLogger adds an always-empty `val_*` column for every metric
-    when there is no validation data, and fixes its columns at the first
-    epoch (so a kNN accuracy logged every few epochs would be lost).
-    """
-
-    def __init__(self, path, extra_keys=()):
-        self.path = path
-        self.extra_keys = list(extra_keys)
-        self.rows = []
-        self.keys = None
-
-    def callback(self, keras):
-        logger = self
-
-        class _Callback(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                logger.add(epoch + 1, logs or {})
-
-        return _Callback()
-
-    def add(self, epoch, logs):
-        row = {key: float(value) for key, value in logs.items() if not key.startswith("val_")}
-        if "probe_loss" in row and "loss" in row:
-            row["contrastive_loss"] = row["loss"] - row["probe_loss"]
-        if self.keys is None:
-            first = ["loss", "contrastive_loss"]
-            keys = [k for k in first if k in row] + sorted(k for k in row if k not in first)
-            self.keys = keys + [k for k in self.extra_keys if k not in keys]
-        self.rows.append({"epoch": epoch, **row})
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["epoch", *self.keys], extrasaction="ignore", restval="")
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-
-def run():
-    check_flags()
-    backend = select_backend(FLAGS.backend, FLAGS.debug)
-    output_dir = FLAGS.output_dir or os.path.join(
-        "runs", f"{FLAGS.dataset}_{FLAGS.loss}_{FLAGS.mode}_{backend}"
-    )
-    return run_in_output_dir(output_dir, lambda folder: run_in(backend, folder))
-
-
-def _few_label_epochs(labels, fraction: float, batch_size: int) -> int:
-    """Epochs of a few-label probe: at least 100, and ~300 steps however few the labels."""
-    steps_per_epoch = -(-max(1, int(fraction * len(labels))) // batch_size)
-    return max(100, -(-300 // steps_per_epoch))
-
-
-def run_in(backend, output_dir):
-    keras, np, keras_fmicl = import_frameworks(backend)  # the backend is set first
-    keras.utils.set_random_seed(FLAGS.seed)
-
-    distribution = setup_distribution(backend)
-    loss = build_loss(keras_fmicl)
-    (train_x, train_y), (test_x, test_y) = load_data(keras_fmicl)
-    image_shape = train_x.shape[1:]
-    num_classes = keras_fmicl.data.NUM_CLASSES[FLAGS.dataset]
-    batch_size = min(_setting("batch_size"), len(train_x))
-    steps_per_epoch = len(train_x) // batch_size
-    augmenter = build_augmenter(keras_fmicl, image_shape)
-    # torch.distributed: each process reads its shard with its part of the
-    # global batch; the other engines split the global batch themselves.
     shard = slice(distribution.rank, None, distribution.processes)
     local_batch = batch_size // distribution.processes
     if FLAGS.pipeline == "tf_data":
@@ -672,24 +401,49 @@ def run_in(backend, output_dir):
         )
         if distribution.processes > 1:
             dataset = dataset.take(steps_per_epoch)  # the same number of steps everywhere
-        fit_data = {"x": dataset}
-    else:  # raw images in [0, 1]; the model draws the views on the device
-        used = steps_per_epoch * local_batch
-        fit_data = {
-            "x": (train_x[shard][:used].astype("float32") / 255.0),
-            "y": train_y[shard][:used],
-            "batch_size": local_batch,
-        }
-    with distribution.scope:
-        model = build_model(
-            keras_fmicl, image_shape, num_classes, steps_per_epoch,
-            augmenter=augmenter if FLAGS.pipeline == "model" else None,
-        )
-        model.compile(optimizer=build_optimizer(keras, steps_per_epoch), loss=loss)
-    is_chief = distribution.rank == 0
+        return {"x": dataset}
+    used = steps_per_epoch * local_batch
+    return {
+        "x": (train_x[shard][:used].astype("float32") / 255.0),
+        "y": train_y[shard][:used],
+        "batch_size": local_batch,
+    }
 
-    train_images = train_x.astype("float32") / 255.0
-    test_images = test_x.astype("float32") / 255.0
+
+@dataclasses.dataclass
+class Pretraining:
+    """What pretraining leaves besides the model: fit's per-epoch logs, the
+    kNN monitor's curve (epochs counted from 1) on its subset, history.csv
+    and the time it took."""
+
+    logs: dict
+    knn_epochs: list
+    knn_curve: list
+    knn_train_images: int
+    knn_test_images: int
+    history_path: str
+    seconds: float
+
+
+def announce(loss, backend, distribution, train_x, steps_per_epoch):
+    """Prints what is about to be trained (and a shortened warmup)."""
+    if warmup_epochs() != _setting("warmup_epochs"):
+        print(
+            f"Note: the learning-rate warmup ({_setting('warmup_epochs')} epochs) would fill the "
+            f"{_setting('epochs')}-epoch run; it is shortened to {warmup_epochs():g} epochs."
+        )
+    print(
+        f"Pretraining on {FLAGS.dataset} ({len(train_x)} images, {train_x.shape[1:]}) with "
+        f"{loss.get_config()} in {FLAGS.mode} mode, backend {backend} ({distribution.description}), "
+        f"{_setting('epochs')} epochs of {steps_per_epoch} steps."
+    )
+
+
+def pretrain(keras, keras_fmicl, model, fit_data, train, test, output_dir, is_chief):
+    """Runs `fit` (nothing with --epochs 0: the random-init floor); the
+    chief also writes history.csv and, every --knn_every epochs, scores
+    kNN on a subset (10,000 training and 2,000 evaluation images at most)."""
+    (train_images, train_y), (test_images, test_y) = train, test
     knn_every = _setting("knn_every")
     history_csv = HistoryCSV(
         os.path.join(output_dir, "history.csv"), extra_keys=["knn_accuracy"] if knn_every else []
@@ -706,17 +460,6 @@ def run_in(backend, output_dir):
             k=_setting("knn_k"),
         )
         callbacks.insert(0, monitor)
-
-    if warmup_epochs() != _setting("warmup_epochs"):
-        print(
-            f"Note: the learning-rate warmup ({_setting('warmup_epochs')} epochs) would fill the "
-            f"{_setting('epochs')}-epoch run; it is shortened to {warmup_epochs():g} epochs."
-        )
-    print(
-        f"Pretraining on {FLAGS.dataset} ({len(train_x)} images, {image_shape}) with "
-        f"{loss.get_config()} in {FLAGS.mode} mode, backend {backend} ({distribution.description}), "
-        f"{_setting('epochs')} epochs of {steps_per_epoch} steps."
-    )
     start = time.time()
     if _setting("epochs") > 0:
         history = model.fit(
@@ -725,13 +468,43 @@ def run_in(backend, output_dir):
         ).history
     else:  # --epochs 0: evaluate the randomly initialised encoder (a floor)
         history = {"loss": []}
-    pretrain_seconds = time.time() - start
-    if not is_chief:  # the chief process evaluates and writes the outputs
-        return None
+    seconds = time.time() - start
+    knn_epochs = sorted(monitor.results) if monitor else []
+    return Pretraining(
+        logs={key: [float(v) for v in values] for key, values in history.items()},
+        knn_epochs=[e + 1 for e in knn_epochs],
+        knn_curve=[float(monitor.results[e]) for e in knn_epochs],
+        knn_train_images=subset_train,
+        knn_test_images=subset_test,
+        history_path=history_csv.path,
+        seconds=seconds,
+    )
 
+
+def few_label_epochs(labels, fraction: float, batch_size: int) -> int:
+    """Epochs of a few-label probe: at least 100, and ~300 steps however few the labels."""
+    steps_per_epoch = -(-max(1, int(fraction * len(labels))) // batch_size)
+    return max(100, -(-300 // steps_per_epoch))
+
+
+@dataclasses.dataclass
+class Scores:
+    """The frozen encoder's features of both splits and their scores."""
+
+    train_features: object
+    test_features: object
+    knn: float
+    linear: dict
+    few_label: dict
+    seconds: float
+
+
+def evaluate(keras_fmicl, encoder, train, test, num_classes):
+    """Weighted kNN (T = 0.1), the linear probe and the --few_label probes."""
+    (train_images, train_y), (test_images, test_y) = train, test
     start = time.time()
-    train_features = keras_fmicl.evaluation.extract_features(model.encoder, train_images)
-    test_features = keras_fmicl.evaluation.extract_features(model.encoder, test_images)
+    train_features = keras_fmicl.evaluation.extract_features(encoder, train_images)
+    test_features = keras_fmicl.evaluation.extract_features(encoder, test_images)
     knn = keras_fmicl.knn_accuracy(
         train_features, train_y, test_features, test_y, k=_setting("knn_k"), temperature=0.1
     )
@@ -745,49 +518,100 @@ def run_in(backend, output_dir):
             train_features, train_y, test_features, test_y, float(fraction),
             draws=FLAGS.few_label_draws, num_classes=num_classes, seed=FLAGS.seed,
             learning_rate=1e-2, batch_size=256,
-            epochs=_few_label_epochs(train_y, float(fraction), batch_size=256),
+            epochs=few_label_epochs(train_y, float(fraction), batch_size=256),
         )
         for fraction in FLAGS.few_label
     }
-    evaluation_seconds = time.time() - start
-    if FLAGS.save_features:
-        np.savez_compressed(
-            os.path.join(output_dir, "features.npz"),
-            train_features=np.asarray(train_features, dtype="float32"), train_labels=train_y,
-            test_features=np.asarray(test_features, dtype="float32"), test_labels=test_y,
-        )
+    return Scores(train_features, test_features, knn, linear, few_label, time.time() - start)
 
+
+def save_features(np, output_dir, scores, train_y, test_y):
+    """features.npz (--save_features): the features the scores come from."""
+    np.savez_compressed(
+        os.path.join(output_dir, "features.npz"),
+        train_features=np.asarray(scores.train_features, dtype="float32"), train_labels=train_y,
+        test_features=np.asarray(scores.test_features, dtype="float32"), test_labels=test_y,
+    )
+
+
+def split_name():
+    return "validation" if FLAGS.evaluate_on == "validation" else "test"
+
+
+def write_model_and_figures(keras_fmicl, model, output_dir, pretraining, scores, run_title, test_y):
+    """encoder.keras, curves.png and embedding.png (unless --embedding_points 0).
+
+    Returns the outputs written (name -> path), the embedding's method
+    (t-SNE or PCA; None without embedding.png) and the embedding's seconds.
+    """
     encoder_path = os.path.join(output_dir, "encoder.keras")
     model.encoder.save(encoder_path)
-    logs = {key: [float(v) for v in values] for key, values in history.items()}
-    knn_epochs = sorted(monitor.results) if monitor else []
-    knn_curve = [float(monitor.results[e]) for e in knn_epochs] if monitor else []
-    knn_epochs = [e + 1 for e in knn_epochs]
-    split_name = "validation" if FLAGS.evaluate_on == "validation" else "test"
-    run_title = (
-        f"{FLAGS.dataset}: {describe_loss(loss)}, {FLAGS.mode} mode, {backend} backend, "
-        f"{_setting('epochs')} epoch{'' if _setting('epochs') == 1 else 's'} on {len(train_x):,} images"
-    )
     curves_path = os.path.join(output_dir, "curves.png")
     plot_curves(
-        logs,
-        dict(epochs=knn_epochs, accuracy=knn_curve, test_images=subset_test, train_images=subset_train,
-             final=float(knn), final_images=len(test_x), split=split_name),
+        pretraining.logs,
+        dict(epochs=pretraining.knn_epochs, accuracy=pretraining.knn_curve,
+             test_images=pretraining.knn_test_images, train_images=pretraining.knn_train_images,
+             final=float(scores.knn), final_images=len(test_y), split=split_name()),
         run_title, curves_path,
     )
-    outputs = {"encoder": encoder_path, "curves": curves_path, "history": history_csv.path}
+    outputs = {"encoder": encoder_path, "curves": curves_path, "history": pretraining.history_path}
     embedding_method = None
     start = time.time()
     if FLAGS.embedding_points:
         embedding_path = os.path.join(output_dir, "embedding.png")
         embedding_method = plot_embedding(
-            test_features, test_y, keras_fmicl.data.CLASS_NAMES.get(FLAGS.dataset), run_title,
-            f"kNN top-1 {100 * knn:.2f} % on all {len(test_x):,} {split_name} images",
+            scores.test_features, test_y, keras_fmicl.data.CLASS_NAMES.get(FLAGS.dataset), run_title,
+            f"kNN top-1 {100 * scores.knn:.2f} % on all {len(test_y):,} {split_name()} images",
             embedding_path, FLAGS.embedding_points, FLAGS.seed,
         )
         if embedding_method:
             outputs["embedding"] = embedding_path
-    embedding_seconds = time.time() - start
+    return outputs, embedding_method, time.time() - start
+
+
+def run_in(backend, output_dir):
+    """Pretrains, evaluates and writes the outputs (--distribute: only the
+    chief process evaluates and writes; the others return None)."""
+    keras, np, keras_fmicl = import_frameworks(  # the backend is set first
+        FLAGS.debug, tensorflow=backend == "tensorflow" or FLAGS.pipeline == "tf_data"
+    )
+    keras.utils.set_random_seed(FLAGS.seed)
+
+    distribution = Distribution()
+    if FLAGS.distribute:
+        distribution = setup_distribution(backend, _setting("batch_size"), "examples/train_cifar.py")
+    loss = build_loss(keras_fmicl)
+    (train_x, train_y), (test_x, test_y) = load_data(keras_fmicl)
+    num_classes = keras_fmicl.data.NUM_CLASSES[FLAGS.dataset]
+    batch_size = min(_setting("batch_size"), len(train_x))
+    steps_per_epoch = len(train_x) // batch_size
+    augmenter = build_augmenter(keras_fmicl, train_x.shape[1:])
+    fit_data = fit_inputs(keras_fmicl, train_x, train_y, augmenter, distribution, batch_size, steps_per_epoch)
+    with distribution.scope:
+        model = build_model(
+            keras_fmicl, train_x.shape[1:], num_classes, steps_per_epoch,
+            augmenter=augmenter if FLAGS.pipeline == "model" else None,
+        )
+        model.compile(optimizer=build_optimizer(keras, steps_per_epoch), loss=loss)
+    is_chief = distribution.rank == 0
+
+    train = (train_x.astype("float32") / 255.0, train_y)
+    test = (test_x.astype("float32") / 255.0, test_y)
+    announce(loss, backend, distribution, train_x, steps_per_epoch)
+    pretraining = pretrain(keras, keras_fmicl, model, fit_data, train, test, output_dir, is_chief)
+    if not is_chief:  # the chief process evaluates and writes the outputs
+        return None
+
+    scores = evaluate(keras_fmicl, model.encoder, train, test, num_classes)
+    if FLAGS.save_features:
+        save_features(np, output_dir, scores, train_y, test_y)
+    run_title = (
+        f"{FLAGS.dataset}: {describe_loss(loss)}, {FLAGS.mode} mode, {backend} backend, "
+        f"{_setting('epochs')} epoch{'' if _setting('epochs') == 1 else 's'} on {len(train_x):,} images"
+    )
+    outputs, embedding_method, embedding_seconds = write_model_and_figures(
+        keras_fmicl, model, output_dir, pretraining, scores, run_title, test_y
+    )
     results = {
         "flags": {name: getattr(FLAGS, name) for name in FLAGS if name in _OWN_FLAGS},
         "settings": dict(
@@ -802,14 +626,14 @@ def run_in(backend, output_dir):
         "evaluate_on": FLAGS.evaluate_on,
         "train_samples": int(len(train_x)),
         "test_samples": int(len(test_x)),
-        "history": logs,
-        "knn_curve": {"epochs": knn_epochs, "accuracy": knn_curve},
-        "knn_top1": float(knn),
-        "linear_top1": float(linear["test_accuracy"]),
-        "linear_train_top1": float(linear["train_accuracy"]),
-        "few_label": few_label,
-        "pretrain_seconds": pretrain_seconds,
-        "evaluation_seconds": evaluation_seconds,
+        "history": pretraining.logs,
+        "knn_curve": {"epochs": pretraining.knn_epochs, "accuracy": pretraining.knn_curve},
+        "knn_top1": float(scores.knn),
+        "linear_top1": float(scores.linear["test_accuracy"]),
+        "linear_train_top1": float(scores.linear["train_accuracy"]),
+        "few_label": scores.few_label,
+        "pretrain_seconds": pretraining.seconds,
+        "evaluation_seconds": scores.seconds,
         "embedding_seconds": embedding_seconds,
         "versions": {"keras": keras.__version__, "keras_fmicl": keras_fmicl.__version__, "numpy": np.__version__},
         "embedding_method": embedding_method,
@@ -817,30 +641,32 @@ def run_in(backend, output_dir):
     }
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
+    print_results_table(summary_rows(results, loss, steps_per_epoch, batch_size, output_dir))
+    return results
 
-    rows = [
-        ("dataset", f"{FLAGS.dataset} ({len(train_x)} train / {len(test_x)} test)"),
-        ("backend", backend),
+
+def summary_rows(results, loss, steps_per_epoch, batch_size, output_dir):
+    """The (result, value) rows of the table printed at the end of a run."""
+    few_label = results["few_label"]
+    embedding_method = results["embedding_method"]
+    return [
+        ("dataset", f"{FLAGS.dataset} ({results['train_samples']} train / {results['test_samples']} test)"),
+        ("backend", results["backend"]),
         ("method", f"{FLAGS.mode}, {loss.name} {loss.get_config().get('divergence', '')} "
                    f"{loss.similarity.name} {loss.similarity.get_config()}".strip()),
         ("encoder", f"{_setting('encoder')} (width {_setting('width')})"),
         ("epochs x steps", f"{_setting('epochs')} x {steps_per_epoch} (batch {batch_size})"),
-        ("final loss", final_loss_text(logs)),
-        (f"kNN top-1 (k={_setting('knn_k')})", f"{100 * knn:.2f} %"),
-        ("linear top-1", f"{100 * linear['test_accuracy']:.2f} %"),
+        ("final loss", final_loss_text(results["history"])),
+        (f"kNN top-1 (k={_setting('knn_k')})", f"{100 * results['knn_top1']:.2f} %"),
+        ("linear top-1", f"{100 * results['linear_top1']:.2f} %"),
         *[(f"linear top-1, {100 * float(f):g} % labels", f"{100 * r['mean']:.2f} % (mean of {len(r['accuracies'])})")
           for f, r in few_label.items()],
-        ("pretraining time", f"{pretrain_seconds:.0f} s"),
-        ("evaluation time", f"{evaluation_seconds:.0f} s"),
-        *([("embedding.png time", f"{embedding_seconds:.0f} s ({embedding_method})")] if embedding_method else []),
+        ("pretraining time", f"{results['pretrain_seconds']:.0f} s"),
+        ("evaluation time", f"{results['evaluation_seconds']:.0f} s"),
+        *([("embedding.png time", f"{results['embedding_seconds']:.0f} s ({embedding_method})")]
+          if embedding_method else []),
         ("outputs", output_dir),
     ]
-    width = max(len(k) for k, _ in rows)
-    print("\n| " + "result".ljust(width) + " | value |")
-    print("|" + "-" * (width + 2) + "|-------|")
-    for key, value in rows:
-        print(f"| {key.ljust(width)} | {value} |")
-    return results
 
 
 def final_loss_text(logs):
@@ -865,13 +691,17 @@ _OWN_FLAGS = (
 )
 
 
+def run():
+    check_flags()
+    backend = select_backend(FLAGS.backend, FLAGS.debug)
+    output_dir = FLAGS.output_dir or default_output_dir(FLAGS.dataset, FLAGS.loss, FLAGS.mode, backend)
+    return run_in_output_dir(output_dir, lambda folder: run_in(backend, folder))
+
+
 def run_and_finish():
     run()
     if FLAGS.distribute and FLAGS.backend == "torch":
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group()
 
 
 def main(argv):

@@ -62,13 +62,20 @@ from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/_common.py
 from _common import FlagError  # noqa: E402
+from _common import default_output_dir  # noqa: E402
+from _common import describe_loss as describe_any_loss  # noqa: E402
 from _common import exit_code  # noqa: E402
+from _common import import_frameworks  # noqa: E402
+from _common import print_results_table  # noqa: E402
+from _common import pyplot  # noqa: E402
 from _common import quiet_native_logging  # noqa: E402
 from _common import run_in_output_dir  # noqa: E402
+from _common import save_figure  # noqa: E402
 from _common import select_backend  # noqa: E402
+from registry_names import BACKENDS  # noqa: E402
+from registry_names import DIVERGENCES  # noqa: E402
+from registry_names import SIMILARITIES  # noqa: E402
 
-BACKENDS = ("tensorflow", "jax", "torch")
-DIVERGENCES = ("kl", "js", "pearson", "squared_hellinger", "tsallis", "vlc")
 TINY = "tiny"
 
 # The paper's text setting (Lu et al. 2023, the setup table, text column;
@@ -106,7 +113,7 @@ flags.DEFINE_enum(
 flags.DEFINE_enum("loss", "fmicl", ("fmicl", "infonce"), "f-MICL, or InfoNCE (with --method's default pairs, SimCSE's loss exactly).")
 flags.DEFINE_enum("divergence", "kl", DIVERGENCES, "f-divergence of f-MICL.")
 flags.DEFINE_float("tsallis_order", 1.5, "Order of the Tsallis divergence.")
-flags.DEFINE_enum("similarity", None, ("gaussian", "cosine"), "Similarity (default: gaussian for f-MICL, cosine for InfoNCE).")
+flags.DEFINE_enum("similarity", None, SIMILARITIES, "Similarity (default: gaussian for f-MICL, cosine for InfoNCE).")
 flags.DEFINE_float("sigma", None, f"Bandwidth of the f-Gaussian similarity (default: the paper's text setting, sqrt(1/40) = {PAPER_TEXT_SIGMA:.4f}).")
 flags.DEFINE_float("alpha", None, f"Weight of the negative term of f-MICL (default: the paper's text setting, {PAPER_TEXT_ALPHA:g}).")
 flags.DEFINE_float("temperature", None, f"Temperature of the cosine similarity (default: SimCSE's {SIMCSE_TEMPERATURE}).")
@@ -166,23 +173,6 @@ def check_flags():
             f"--sts_dir {FLAGS.sts_dir!r} is not a folder; pass SentEval's data folder (SentEval/data, "
             "filled by SentEval/data/downstream/download_dataset.sh)."
         )
-
-
-def import_frameworks():
-    """Keras, numpy, keras_fmicl and TensorFlow (tf.data), imported quietly."""
-    with quiet_native_logging(FLAGS.debug):
-        import keras
-        import numpy as np
-
-        import keras_fmicl
-
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # probes CUDA now, quietly
-        except ImportError:
-            pass
-    return keras, np, keras_fmicl
 
 
 def synthetic_corpus(count=2048, seed=0):
@@ -281,16 +271,8 @@ def build_loss(keras_fmicl):
 
 
 def describe_loss(loss):
-    config = loss.get_config()
-    similarity = loss.similarity
-    if similarity.name == "gaussian":
-        similarity_text = f"f-Gaussian (sigma {similarity.sigma:.4g})"
-    else:
-        similarity_text = f"cosine (T {similarity.temperature:g})"
-    if "divergence" not in config:
-        return f"InfoNCE, {similarity_text}"
-    divergence = getattr(loss.divergence, "name", str(config["divergence"]))
-    return f"f-MICL {divergence}, {similarity_text}, alpha {config['alpha']:g}"
+    """'f-MICL kl, f-Gaussian (sigma 0.1581), alpha 409600' or 'InfoNCE, cosine (T 0.05)'."""
+    return describe_any_loss(loss, sigma_format=".4g", upper_short_names=False)
 
 
 class StepHistory:
@@ -314,14 +296,9 @@ class StepHistory:
 
 def plot_curves(history, title, path):
     """curves.png: the step logs, one panel each."""
-    try:
-        import matplotlib
-    except ImportError:
-        print("Note: matplotlib is not installed; no curves.png (pip install matplotlib).")
+    plt = pyplot("curves.png")
+    if plt is None:
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [("loss", "training loss"), ("alignment", "alignment (lower: positives closer)"),
               ("uniformity", "uniformity (lower: more spread)"), ("mi_estimate", "mi_estimate (nats)")]
     figure, axes = plt.subplots(2, 2, figsize=(9.5, 7))
@@ -332,9 +309,7 @@ def plot_curves(history, title, path):
         axis.set_xlabel("step (running mean of the epoch)")
         axis.grid(alpha=0.3)
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(plt, figure, path, dpi=100)
     return path
 
 
@@ -379,14 +354,14 @@ def run():
     check_flags()
     backend = select_backend(FLAGS.backend, FLAGS.debug)
     backbone_tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(FLAGS.backbone.rstrip("/")))
-    output_dir = FLAGS.output_dir or os.path.join(
-        "runs", f"sentences_{backbone_tag}_{FLAGS.loss}_{FLAGS.method}_{backend}"
+    output_dir = FLAGS.output_dir or default_output_dir(
+        "sentences", backbone_tag, FLAGS.loss, FLAGS.method, backend
     )
     return run_in_output_dir(output_dir, lambda folder: run_in(backend, folder))
 
 
 def run_in(backend, output_dir):
-    keras, np, keras_fmicl = import_frameworks()  # the backend is set first
+    keras, np, keras_fmicl = import_frameworks(FLAGS.debug, tensorflow=True)  # the backend is set first
     keras.utils.set_random_seed(FLAGS.seed)
     loss = build_loss(keras_fmicl)
     # the STS files first: a missing one stops the run before any training
@@ -463,23 +438,11 @@ def run_in(backend, output_dir):
             )  # fmt: skip
     evaluation_seconds = time.time() - start
 
-    encoder_path = os.path.join(output_dir, "encoder.keras")
-    model.encoder.save(encoder_path)
-    outputs = {"encoder": encoder_path}
-    if keep_mlp:  # the evaluated features are the MLP's: save it beside the encoder
-        outputs["mlp"] = os.path.join(output_dir, "mlp.keras")
-        keras.Sequential([keras.Input((hidden,)), model.projector]).save(outputs["mlp"])
-    if vocabulary is not None:
-        outputs["vocabulary"] = os.path.join(output_dir, "vocabulary.txt")
-        with open(outputs["vocabulary"], "w", encoding="utf-8") as f:
-            f.write("\n".join(vocabulary) + "\n")
     title = (
         f"{FLAGS.backbone}, {describe_loss(loss)}, {FLAGS.method}, {backend} backend, "
         f"{len(history.steps)} steps of {FLAGS.batch_size}"
     )
-    curves = plot_curves(history, title, os.path.join(output_dir, "curves.png"))
-    if curves:
-        outputs["curves"] = curves
+    outputs = write_outputs(keras, model, output_dir, vocabulary, keep_mlp, history, title)
     results = {
         "flags": {name: getattr(FLAGS, name) for name in _OWN_FLAGS},
         "backend": backend,
@@ -506,13 +469,41 @@ def run_in(backend, output_dir):
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
 
+    print_results_table(summary_rows(results, history, output_dir))
+    if sts is not None:
+        print("\n" + keras_fmicl.evaluation.sts_table(sts))
+    return results
+
+
+def write_outputs(keras, model, output_dir, vocabulary, keep_mlp, history, title):
+    """encoder.keras, mlp.keras (when evaluated through), vocabulary.txt
+    (--backbone tiny) and curves.png; returns them, name -> path."""
+    encoder_path = os.path.join(output_dir, "encoder.keras")
+    model.encoder.save(encoder_path)
+    outputs = {"encoder": encoder_path}
+    if keep_mlp:  # the evaluated features are the MLP's: save it beside the encoder
+        outputs["mlp"] = os.path.join(output_dir, "mlp.keras")
+        keras.Sequential([keras.Input((model.encoder.output_dim,)), model.projector]).save(outputs["mlp"])
+    if vocabulary is not None:
+        outputs["vocabulary"] = os.path.join(output_dir, "vocabulary.txt")
+        with open(outputs["vocabulary"], "w", encoding="utf-8") as f:
+            f.write("\n".join(vocabulary) + "\n")
+    curves = plot_curves(history, title, os.path.join(output_dir, "curves.png"))
+    if curves:
+        outputs["curves"] = curves
+    return outputs
+
+
+def summary_rows(results, history, output_dir):
+    """The (result, value) rows of the table printed at the end of a run."""
     final = {key: values[-1] for key, values in history.logs.items() if values}
+    sts, held = results["sts"], results["held_out"]
     rows = [
-        ("backbone", f"{FLAGS.backbone} ({hidden}-d, {FLAGS.pooling} pooling"
+        ("backbone", f"{FLAGS.backbone} ({results['backbone']['hidden_dim']}-d, {FLAGS.pooling} pooling"
                      + (", random init: a smoke test)" if FLAGS.backbone == TINY else ")")),
-        ("backend", backend),
-        ("method", f"{FLAGS.method}, {describe_loss(loss)}"),
-        ("corpus", corpus_text),
+        ("backend", results["backend"]),
+        ("method", f"{FLAGS.method}, {results['loss_description']}"),
+        ("corpus", results["corpus"]),
         ("steps", f"{len(history.steps)} (batch {FLAGS.batch_size})"),
         ("final loss", f"{final.get('loss', float('nan')):.4f}"),
         ("alignment / uniformity", f"{final.get('alignment', float('nan')):.4g} / "
@@ -525,15 +516,8 @@ def run_in(backend, output_dir):
         if held is not None:
             rows.append((f"held-out ({held['sentences']} sentences)",
                          f"alignment {held['alignment']:.4g}, uniformity {held['uniformity']:.4g}"))
-    rows += [("training time", f"{train_seconds:.0f} s"), ("outputs", output_dir)]
-    width = max(len(key) for key, _ in rows)
-    print("\n| " + "result".ljust(width) + " | value |")
-    print("|" + "-" * (width + 2) + "|-------|")
-    for key, value in rows:
-        print(f"| {key.ljust(width)} | {value} |")
-    if sts is not None:
-        print("\n" + keras_fmicl.evaluation.sts_table(sts))
-    return results
+    rows += [("training time", f"{results['train_seconds']:.0f} s"), ("outputs", output_dir)]
+    return rows
 
 
 _OWN_FLAGS = (

@@ -122,7 +122,7 @@ def test_timed_parameters_default_to_the_library_defaults():
     )
     args = loss_speed.parse_args(["--sigma", "0.5", "--temperature", "0.2"])
     assert (args.sigma, args.temperature) == (0.5, 0.2)
-    assert "--sigma" in loss_speed._worker_arguments(args)
+    assert "--sigma" in loss_speed.worker_arguments(args)
 
 
 def test_timed_divergences_and_similarities_are_the_registered_ones():

@@ -235,10 +235,10 @@ def test_few_label_probe_epochs_cover_fractions_below_one_label():
     class) used to divide by zero after the whole pretraining."""
     example = load_example()
     labels = np.arange(1337) % 10
-    assert example._few_label_epochs(labels, 0.0005, batch_size=256) == 300  # 0.67 labels: 1 step
-    assert example._few_label_epochs(labels, 0.01, batch_size=256) == 300  # 13 labels: 1 step
-    assert example._few_label_epochs(labels, 0.5, batch_size=256) == 100  # 668 labels: 3 steps
-    assert example._few_label_epochs(np.arange(60000) % 10, 0.1, batch_size=256) == 100  # 24 steps
+    assert example.few_label_epochs(labels, 0.0005, batch_size=256) == 300  # 0.67 labels: 1 step
+    assert example.few_label_epochs(labels, 0.01, batch_size=256) == 300  # 13 labels: 1 step
+    assert example.few_label_epochs(labels, 0.5, batch_size=256) == 100  # 668 labels: 3 steps
+    assert example.few_label_epochs(np.arange(60000) % 10, 0.1, batch_size=256) == 100  # 24 steps
 
 
 def test_distribute_flag_runs_moco_on_the_backends_engine(tmp_path, monkeypatch):
