@@ -23,7 +23,7 @@ The losses, side by side in the same process:
   forward + backward of an `(M, M)` similarity matrix differentiated by
   autodiff (M = 2N): `S = A A^T`, then `S A` and `S^T A`. f-MICL's
   self-contrast can go below it: its matrix is symmetric, and
-  `keras_fmicl.fast_paths.symmetric_row_sum` differentiates the negatives
+  `keras_fmicl.losses.fast_paths.symmetric_row_sum` differentiates the negatives
   with one matmul, two in all.
 
 Timing: per size, every loss is compiled and warmed up, then timed in
@@ -87,7 +87,7 @@ DEFAULT_MEMORY_SIZES = (8192,)
 QUICK_MEMORY_SIZES = (32,)
 DIM = 128
 VIEWS = 2
-# The library's defaults (keras_fmicl.similarities.DEFAULT_SIGMA and
+# The library's defaults (keras_fmicl.losses.similarities.DEFAULT_SIGMA and
 # DEFAULT_TEMPERATURE; the driver does not import Keras).
 SIGMA = 2**-0.5
 TEMPERATURE = 1.0

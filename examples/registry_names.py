@@ -1,7 +1,7 @@
 """The names the scripts' flags offer, known without importing Keras.
 
-The Keras backends, `keras_fmicl.divergences.names()` and
-`keras_fmicl.similarities.names()`, spelt out: a script must pick its
+The Keras backends, `keras_fmicl.losses.divergences.names()` and
+`keras_fmicl.losses.similarities.names()`, spelt out: a script must pick its
 backend (or the backend of a worker process) before Keras is imported, and
 importing keras_fmicl imports Keras. tests/examples/test_example_registry.py
 keeps these copies equal to the registries.

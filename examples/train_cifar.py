@@ -160,7 +160,7 @@ FLAGS = flags.FLAGS
 # The paper's vision setting (Lu et al., TMLR 2023, arXiv 2402.10150,
 # "Experimental setup" table), which the cifar10, cifar100 and stl10 presets
 # follow; the loss's own settings (f-Gaussian sigma = 2**-0.5, alpha = 40) are
-# the package's defaults. tests/test_defaults.py checks the presets against it.
+# the package's defaults. tests/losses/test_defaults.py checks the presets against it.
 PAPER_VISION_SETTING = dict(
     encoder="resnet18", batch_size=512, learning_rate=0.1, optimizer="sgd", epochs=800, knn_k=200,
 )

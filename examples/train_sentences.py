@@ -200,7 +200,7 @@ def load_corpus(keras_fmicl, hold_out):
     """(training data, held-out sentences, description). The training data is
     a list of sentences (simcse) or a tuple of 3 columns (supervised)."""
     if FLAGS.method == "supervised":
-        columns = keras_fmicl.text.load_sentence_tuples(FLAGS.corpus)
+        columns = keras_fmicl.data.load_sentence_tuples(FLAGS.corpus)
         if len(columns) != 3:
             raise FlagError(
                 f"--method supervised needs (premise, entailment, contradiction) rows; {FLAGS.corpus!r} "
@@ -234,11 +234,11 @@ def _first_line(error, limit=200):
 def build_backbone(keras_fmicl, corpus_sentences):
     """(backbone, preprocessor, vocabulary or None) of --backbone."""
     if FLAGS.backbone == TINY:
-        backbone, preprocessor = keras_fmicl.text.tiny_backbone(
+        backbone, preprocessor = keras_fmicl.layers.tiny_backbone(
             corpus_sentences, sequence_length=FLAGS.sequence_length
         )
         return backbone, preprocessor, preprocessor.tokenizer.get_vocabulary()
-    keras_hub = keras_fmicl.text.import_keras_hub()
+    keras_hub = keras_fmicl.utils.import_keras_hub()
     name = FLAGS.backbone
     try:
         with quiet_native_logging(FLAGS.debug):
@@ -374,7 +374,7 @@ def run_in(backend, output_dir):
     vocabulary_corpus = [s for column in train for s in column] if supervised else train
     backbone, preprocessor, vocabulary = build_backbone(keras_fmicl, vocabulary_corpus)
     if supervised:
-        dataset = keras_fmicl.text.sentence_tuple_dataset(
+        dataset = keras_fmicl.data.sentence_tuple_dataset(
             train, preprocessor, batch_size=FLAGS.batch_size, seed=FLAGS.seed
         )
         method = keras_fmicl.methods.SupervisedSimCSE(symmetric=FLAGS.symmetric)

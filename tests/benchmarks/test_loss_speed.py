@@ -113,7 +113,7 @@ def test_parse_args_defaults_and_errors():
 
 
 def test_timed_parameters_default_to_the_library_defaults():
-    from keras_fmicl import similarities
+    from keras_fmicl.losses import similarities
 
     args = loss_speed.parse_args([])
     assert (args.sigma, args.temperature) == (
@@ -127,8 +127,8 @@ def test_timed_parameters_default_to_the_library_defaults():
 
 def test_timed_divergences_and_similarities_are_the_registered_ones():
     """The driver does not import Keras: its lists must follow the registries."""
-    from keras_fmicl import divergences
-    from keras_fmicl import similarities
+    from keras_fmicl.losses import divergences
+    from keras_fmicl.losses import similarities
 
     assert loss_speed.DIVERGENCES == divergences.names()
     assert loss_speed.SIMILARITIES == similarities.names()

@@ -3,7 +3,7 @@
 The scripts define their flags, and pick the backend of their workers,
 before Keras is imported, so the names are spelt out once, in
 examples/registry_names.py: these tests keep that copy equal to
-`keras_fmicl.divergences.names()` and `keras_fmicl.similarities.names()`,
+`keras_fmicl.losses.divergences.names()` and `keras_fmicl.losses.similarities.names()`,
 and check that the scripts take their names from it rather than from a
 copy of their own.
 """
@@ -16,8 +16,8 @@ import pytest
 from benchmarks import loss_speed
 from benchmarks import quality
 from examples import registry_names
-from keras_fmicl import divergences
-from keras_fmicl import similarities
+from keras_fmicl.losses import divergences
+from keras_fmicl.losses import similarities
 from tests.examples.example_module import load_example
 from tests.examples.scripts import ROOT
 

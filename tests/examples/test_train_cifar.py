@@ -97,8 +97,8 @@ def check_mode(results, mode):
 def test_mocov3_mode_with_tsallis_and_cosine_runs(tmp_path):
     """The example's --mode mocov3, --divergence tsallis and --similarity
     cosine flags reach the method and the loss. Once, under TensorFlow: every
-    backend trains MoCo v3 in tests/test_contrastive_model.py (each mode) and
-    the Tsallis and cosine losses in tests/test_losses.py, and runs the
+    backend trains MoCo v3 in tests/models/test_contrastive_model.py (each mode) and
+    the Tsallis and cosine losses in tests/losses/test_losses.py, and runs the
     example end to end in the tiny, random-init and --distribute runs."""
     args = ["--mode=mocov3", "--divergence=tsallis", "--tsallis_order=2", "--similarity=cosine"]
     result = run_example(*TINY, "--epochs=1", "--knn_every=0", *NO_EMBEDDING, *args, f"--output_dir={tmp_path}")
@@ -218,7 +218,7 @@ def test_random_init_floor_few_label_probes_and_saved_features(tmp_path):
     assert 0.0 < results["knn_top1"] <= 1.0
     assert "linear top-1, 50 % labels" in result.stdout
     few_label = results["few_label"]
-    assert sorted(few_label) == ["0.5"]  # several fractions: tests/test_evaluation.py
+    assert sorted(few_label) == ["0.5"]  # several fractions: tests/evaluation/test_evaluation.py
     for fraction, entry in few_label.items():
         assert len(entry["accuracies"]) == 2
         assert entry["mean"] == pytest.approx(np.mean(entry["accuracies"]))

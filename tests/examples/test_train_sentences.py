@@ -76,8 +76,8 @@ def test_tiny_smoke_run_as_printed_writes_every_output(tmp_path):
 def test_supervised_run_with_an_sts_table(tmp_path):
     """--method supervised on a CSV corpus, scored on STS files: the
     example's flags, corpus reader and Markdown table. Once, under
-    TensorFlow: every backend trains SupervisedSimCSE in tests/test_methods.py
-    and scores STS tasks in tests/test_evaluation_sts.py, and runs the
+    TensorFlow: every backend trains SupervisedSimCSE in tests/methods/test_methods.py
+    and scores STS tasks in tests/evaluation/test_sts.py, and runs the
     example end to end in the smoke run."""
     pytest.importorskip("keras_hub")
     sts_dir = tmp_path / "SentEval" / "data"
