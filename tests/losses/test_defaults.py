@@ -4,7 +4,7 @@ The f-Gaussian defaults are the paper's vision setting (Lu et al., TMLR 2023,
 arXiv 2402.10150, "Experimental setup": (2 sigma^2)^-1 = 1, alpha = 40): the
 constants, the classes and the functional form use them, and docs/fmicl-math.md,
 README.md and the docstrings state them. examples/train_cifar.py's CIFAR and
-STL-10 presets follow the rest of that setting, as README.md's "CIFAR-10, on a
+STL-10 presets follow the rest of that setting, as docs/getting-started.md's "CIFAR-10, on a
 GPU" table says, and `benchmarks/gpu.sh --paper` spells it out.
 """
 
@@ -25,6 +25,7 @@ from tests.helpers import to_numpy
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MATH = os.path.join(ROOT, "docs", "fmicl-math.md")
 README = os.path.join(ROOT, "README.md")
+GETTING_STARTED = os.path.join(ROOT, "docs", "getting-started.md")  # the CIFAR-10 / STL-10 settings
 GPU_SCRIPT = os.path.join(ROOT, "benchmarks", "gpu.sh")
 
 # The paper's vision setting, written out independently of the package.
@@ -117,7 +118,7 @@ def test_readme_states_the_defaults():
     match = re.search(r"The defaults\s+`sigma=([^`]+)`.*?and\s+`alpha=([^`]+)`", text, re.S)
     assert number(match.group(1)) == similarities.DEFAULT_SIGMA
     assert number(match.group(2)) == losses.DEFAULT_ALPHA
-    table = section(text, "## CIFAR-10, on a GPU")
+    table = section(read(GETTING_STARTED), "## CIFAR-10, on a GPU")
     assert "`sigma = 2 ** -0.5`, `alpha = 40` (the package defaults)" in table
 
 
@@ -164,9 +165,9 @@ def test_docs_state_the_cosine_temperatures():
 
 
 def readme_settings_table():
-    """README's "CIFAR-10, on a GPU" table: setting -> (the preset's, the paper's)."""
+    """docs/getting-started.md's "CIFAR-10, on a GPU" table: setting -> (the preset's, the paper's)."""
     rows = {}
-    for line in section(read(README), "## CIFAR-10, on a GPU").splitlines():
+    for line in section(read(GETTING_STARTED), "## CIFAR-10, on a GPU").splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if line.startswith("|") and len(cells) == 3 and not set(cells[0]) <= set("-"):
             rows[cells[0]] = (cells[1], cells[2])
@@ -222,7 +223,7 @@ def test_readme_documents_the_fashion_mnist_preset():
 
 def test_readme_documents_the_stl10_deviations():
     preset = load_example().PRESETS["stl10"]
-    text = " ".join(section(read(README), "## CIFAR-10, on a GPU").split())
+    text = " ".join(section(read(GETTING_STARTED), "## CIFAR-10, on a GPU").split())
     assert preset["encoder"] == "resnet18" and "`--dataset stl10` keeps the CIFAR ResNet-18" in text
     assert f"a batch of {preset['batch_size']}" in text
 
