@@ -89,10 +89,7 @@ def uniformity(x: Any, t: float = 2.0, batch_size: int = 1024) -> Any:
         Scalar tensor (differentiable; `float(...)` gives a Python float).
 
     Raises:
-        ValueError: for concrete inputs holding NaN or +-Inf (rows listed).
-            Inside `jax.jit` or `tf.function` there is no value to check;
-            there a non-finite row makes the result NaN, never a finite
-            number.
+        ValueError: as `alignment`, for non-finite concrete inputs.
 
     Example:
 

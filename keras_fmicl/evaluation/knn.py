@@ -163,11 +163,8 @@ def knn_accuracy(
         The fraction of test points whose predicted label is right, a float.
 
     Raises:
-        ValueError: for features holding NaN or +-Inf (the error names the
-            argument and lists the offending rows: one bad row would
-            otherwise drive every vote or the whole probe), for labels that
-            are not non-negative integers (NaN, Inf, fractions, negatives)
-            or not below `num_classes`, and for empty sets.
+        ValueError: as `knn_predict` (non-finite features, bad labels, empty
+            sets), and for `test_labels` of another length than the test set.
 
     Example:
 

@@ -6,3 +6,5 @@ from keras_fmicl.models.contrastive_model import ContrastiveModel
 from keras_fmicl.models.diagnostics import PositivesDriftMonitor
 from keras_fmicl.models.diagnostics import PositivesDriftWarning
 from keras_fmicl.models.diagnostics import drifting_epochs
+from keras_fmicl.models.diagnostics import failing_epochs
+from keras_fmicl.models.diagnostics import relative_alignment

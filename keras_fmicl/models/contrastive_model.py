@@ -113,10 +113,12 @@ class ContrastiveModel(keras.Model):
       checkpointed either: a fresh `keras_fmicl.data.multiview_dataset(...,
       seed=...)` starts again from the shuffle order and views of its
       first epoch.
-    * Positives drifting apart: `fit` adds a
+    * Training that visibly fails: `fit` adds a
       `keras_fmicl.PositivesDriftMonitor` (unless one is among the
       callbacks, or `fit(..., drift_warning=False)`), which warns once when
-      `alignment` rises while `mi_estimate` falls for 3 epochs in a row.
+      for 3 epochs in a row the positives are as far apart as random pairs,
+      or have come no closer since the second epoch
+      (`keras_fmicl.models.failing_epochs`).
 
     The loss itself is the contract of `docs/fmicl-math.md` (section 4, with
     the momentum-encoder variants).
@@ -515,15 +517,16 @@ class ContrastiveModel(keras.Model):
             drift_warning: add a `keras_fmicl.PositivesDriftMonitor()` to the
                 callbacks (unless they hold one already: pass your own to
                 set its `patience`), which warns once
-                (`keras_fmicl.diagnostics.PositivesDriftWarning`) when
-                `alignment` rises while `mi_estimate` falls for 3 epochs in
-                a row. `False`: no monitor added. Defaults to True.
+                (`keras_fmicl.models.PositivesDriftWarning`) when training
+                visibly fails for 3 epochs in a row
+                (`keras_fmicl.models.failing_epochs`). `False`: no monitor
+                added. Defaults to True.
             others: as `keras.Model.fit`.
 
         Example:
 
         ```python
-        model.fit(images, epochs=50)                       # with the drift warning
+        model.fit(images, epochs=50)                       # with the failure warning
         model.fit(images, epochs=50, drift_warning=False)  # without
         model.fit(images, epochs=50, callbacks=[keras_fmicl.PositivesDriftMonitor(patience=5)])
         ```
