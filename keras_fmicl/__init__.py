@@ -48,7 +48,7 @@ from keras_fmicl.losses import info_nce
 from keras_fmicl.methods import CosineMomentum
 from keras_fmicl.models import ContrastiveModel
 from keras_fmicl.models import PositivesDriftMonitor
-from keras_fmicl.utils.deprecation import alias_module as _alias_module
+from keras_fmicl.utils.deprecation import alias_module
 from keras_fmicl.version import __version__
 
 # The modules of the flat layout (before 0.10), forwarded for one release.
@@ -68,5 +68,5 @@ for _old, _new in {
     "text": [layers.sentence_encoder, layers.text_backbone, data.sentences, utils.imports],
     "validation": [utils.checks, utils.registry],
 }.items():
-    _alias_module(_sys.modules[__name__], _old, _new)
-del _old, _new
+    alias_module(_sys.modules[__name__], _old, _new)
+del alias_module, _old, _new
