@@ -12,12 +12,14 @@ from keras_fmicl.data.image_pipelines import DEFAULT_RESCALE
 from keras_fmicl.data.image_pipelines import image_dataset
 from keras_fmicl.data.image_pipelines import multiview_dataset
 from keras_fmicl.data.images import CLASS_NAMES
+from keras_fmicl.data.images import DATASETS
 from keras_fmicl.data.images import DIGITS_SPLIT_SEED
 from keras_fmicl.data.images import DIGITS_TRAIN_FRACTION
 from keras_fmicl.data.images import FASHION_MNIST_DIR
 from keras_fmicl.data.images import NUM_CLASSES
 from keras_fmicl.data.images import SPLITS
 from keras_fmicl.data.images import SYNTHETIC_SIZES
+from keras_fmicl.data.images import Dataset
 from keras_fmicl.data.images import cifar10
 from keras_fmicl.data.images import cifar100
 from keras_fmicl.data.images import digits

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 from typing import Callable
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -14,40 +15,10 @@ from keras_fmicl.data.files import read_idx
 from keras_fmicl.data.sources import load_tfds
 from keras_fmicl.utils.errors import DatasetNotAvailableError
 from keras_fmicl.utils.errors import shorten
+from keras_fmicl.utils.registry import registry_key
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 """Where the Debian package `dataset-fashion-mnist` puts its IDX files."""
-
-SPLITS = {
-    "cifar10": ("train", "test"),
-    "cifar100": ("train", "test"),
-    "stl10": ("train", "test", "unlabelled"),
-    "fashion_mnist": ("train", "test"),
-    "digits": ("train", "test"),
-    "synthetic_cifar": ("train", "test"),
-}
-"""Dataset name -> the splits `load` accepts for it."""
-
-NUM_CLASSES = {
-    "cifar10": 10,
-    "cifar100": 100,
-    "stl10": 10,
-    "fashion_mnist": 10,
-    "digits": 10,
-    "synthetic_cifar": 10,
-}
-"""Dataset name -> number of classes (labels in `0 .. n - 1`)."""
-
-CLASS_NAMES = {
-    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                "horse", "ship", "truck"),
-    "stl10": ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey",
-              "ship", "truck"),
-    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    "digits": tuple(str(digit) for digit in range(10)),
-}
-"""Dataset name -> the name of each label, where the dataset has short ones."""
 
 DIGITS_TRAIN_FRACTION = 0.8
 
@@ -59,20 +30,20 @@ DIGITS_SPLIT_SEED = 0
 # ---------------------------------------------------------------------------
 
 def _check_name(name: Any) -> str:
-    key = name.strip().lower().replace("-", "_") if isinstance(name, str) else None
-    if key not in SPLITS:
+    key = registry_key(name) if isinstance(name, str) else None
+    if key not in DATASETS:
         raise ValueError(
-            f"Unknown `name`: expected one of {', '.join(map(repr, SPLITS))}. "
+            f"Unknown `name`: expected one of {', '.join(map(repr, DATASETS))}. "
             f"Received: name={name!r}"
         )
     return key
 
 
 def _check_split(name: str, split: Any) -> str:
-    if split not in SPLITS[name]:
+    if split not in DATASETS[name].splits:
         raise ValueError(
             f"Unknown `split` for {name!r}: expected one of "
-            f"{', '.join(map(repr, SPLITS[name]))}. Received: split={split!r}"
+            f"{', '.join(map(repr, DATASETS[name].splits))}. Received: split={split!r}"
         )
     return split
 
@@ -96,7 +67,7 @@ def _fashion_mnist_from_idx(directory: str, split: str) -> tuple | None:
             f"Fashion-MNIST files in {directory} disagree: {len(images)} images "
             f"in {images_path} but {len(labels)} labels in {labels_path}"
         )
-    num_classes = NUM_CLASSES["fashion_mnist"]
+    num_classes = 10  # Fashion-MNIST's classes
     bad = np.flatnonzero(labels >= num_classes)
     if bad.size:
         raise ValueError(
@@ -289,23 +260,54 @@ def stl10(split: str = "train", data_dir: str | None = None) -> tuple:
     return load_tfds("stl10", _check_split("stl10", split), data_dir)
 
 
-_LOADERS: dict[str, Callable[..., tuple]] = {
-    "cifar10": cifar10,
-    "cifar100": cifar100,
-    "stl10": stl10,
-    "fashion_mnist": fashion_mnist,
-    "digits": digits,
-    "synthetic_cifar": synthetic_cifar,
+class Dataset(NamedTuple):
+    """One image data set of `load`: its loader, splits, classes and class names.
+
+    Args:
+        loader: `loader(split=..., data_dir=...) -> (images, labels)`.
+        splits: the splits `load` accepts.
+        num_classes: labels lie in `0 .. num_classes - 1`.
+        class_names: the name of each label, where the data set has short ones.
+    """
+
+    loader: Callable[..., tuple]
+    splits: tuple[str, ...]
+    num_classes: int
+    class_names: tuple[str, ...] | None = None
+
+
+DATASETS: dict[str, Dataset] = {
+    "cifar10": Dataset(cifar10, ("train", "test"), 10, (
+        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
+    "cifar100": Dataset(cifar100, ("train", "test"), 100),
+    "stl10": Dataset(stl10, ("train", "test", "unlabelled"), 10, (
+        "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")),
+    "fashion_mnist": Dataset(fashion_mnist, ("train", "test"), 10, (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+        "Ankle boot")),
+    "digits": Dataset(digits, ("train", "test"), 10, tuple(str(digit) for digit in range(10))),
+    "synthetic_cifar": Dataset(synthetic_cifar, ("train", "test"), 10),
 }
+"""The registry of `load`'s data sets, one entry each (a new data set: one entry here)."""
+
+SPLITS = {name: dataset.splits for name, dataset in DATASETS.items()}
+"""Dataset name -> the splits `load` accepts for it (read from `DATASETS`)."""
+
+NUM_CLASSES = {name: dataset.num_classes for name, dataset in DATASETS.items()}
+"""Dataset name -> number of classes (labels in `0 .. n - 1`; read from `DATASETS`)."""
+
+CLASS_NAMES = {name: dataset.class_names for name, dataset in DATASETS.items() if dataset.class_names}
+"""Dataset name -> the name of each label, where the dataset has short ones (read from `DATASETS`)."""
 
 
 def load(name: str, split: str = "train", data_dir: str | None = None) -> tuple:
     """Loads a dataset split as numpy arrays.
 
     Args:
-        name: one of `SPLITS`: `"cifar10"`, `"cifar100"`, `"stl10"`,
-            `"fashion_mnist"`, `"digits"` (case and `-`/`_` do not matter).
-        split: one of `SPLITS[name]`.
+        name: one of `DATASETS`: `"cifar10"`, `"cifar100"`, `"stl10"`,
+            `"fashion_mnist"`, `"digits"`, `"synthetic_cifar"` (case, `-`,
+            `_` and spaces do not matter).
+        split: one of `DATASETS[name].splits`.
         data_dir: where the data lives: tensorflow-datasets' data directory
             for cifar10/cifar100/stl10, the IDX directory for fashion_mnist;
             unused for digits.
@@ -326,4 +328,4 @@ def load(name: str, split: str = "train", data_dir: str | None = None) -> tuple:
     """
     name = _check_name(name)
     split = _check_split(name, split)
-    return _LOADERS[name](split=split, data_dir=data_dir)
+    return DATASETS[name].loader(split=split, data_dir=data_dir)

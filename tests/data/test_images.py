@@ -237,6 +237,24 @@ TFDS_CASES = [
 ]
 
 
+@backend_independent  # numpy only
+def test_one_registry_of_data_sets_and_its_derived_tables():
+    assert set(data.DATASETS) == {"cifar10", "cifar100", "stl10", "fashion_mnist", "digits", "synthetic_cifar"}
+    for name, dataset in data.DATASETS.items():
+        assert isinstance(dataset, data.Dataset) and callable(dataset.loader)
+        assert data.SPLITS[name] == dataset.splits and data.NUM_CLASSES[name] == dataset.num_classes
+        if dataset.class_names is not None:
+            assert data.CLASS_NAMES[name] == dataset.class_names
+            assert len(dataset.class_names) == dataset.num_classes
+    assert set(data.CLASS_NAMES) == {"cifar10", "stl10", "fashion_mnist", "digits"}
+    assert data.CLASS_NAMES["fashion_mnist"][9] == "Ankle boot" and data.CLASS_NAMES["stl10"][2] == "car"
+    # one name normalisation: case, dashes and spaces
+    images, _ = data.load(" Digits ", "test")
+    assert images.shape == (360, 8, 8, 1)
+    with pytest.raises(ValueError, match="Unknown `name`"):
+        data.load("mnist", "test")
+
+
 @pytest.mark.parametrize("name, splits, shape, num_classes", TFDS_CASES)
 def test_tfds_loaders_with_mock_data(name, splits, shape, num_classes):
     tfds = pytest.importorskip("tensorflow_datasets")
