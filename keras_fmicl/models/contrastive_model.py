@@ -16,6 +16,7 @@ from keras_fmicl.methods.views import VIEWS_KEY
 from keras_fmicl.models.diagnostics import PositivesDriftMonitor
 from keras_fmicl.utils import distributed as utils_distributed
 from keras_fmicl.utils import keras_private
+from keras_fmicl.utils.backend_ops import nan_unless
 from keras_fmicl.utils.checks import check_bool
 from keras_fmicl.utils.checks import check_integer
 from keras_fmicl.utils.registry import PACKAGE
@@ -35,11 +36,6 @@ def _all_finite(tensors: list) -> Any:
     if not checks:
         return ops.convert_to_tensor(True)
     return ops.all(ops.stack(checks))
-
-
-def _nan_unless(condition: Any) -> Any:
-    """`0.0` where `condition` holds, else NaN (added to a loss to poison it)."""
-    return ops.where(condition, 0.0, float("nan"))
 
 
 def _array_leaves(data: Any) -> list | None:
@@ -351,7 +347,7 @@ class ContrastiveModel(keras.Model):
         # makes the loss NaN, so `keras.callbacks.TerminateOnNaN` stops the
         # training.
         state = [v.value for v in self.weights]
-        total = total + ops.cast(_nan_unless(_all_finite(keras.tree.flatten(x) + state)), total.dtype)
+        total = total + ops.cast(nan_unless(_all_finite(keras.tree.flatten(x) + state)), total.dtype)
         # under tf.distribute the replicas' gradients are summed
         return utils_distributed.scale_loss(total)
 
@@ -399,7 +395,7 @@ class ContrastiveModel(keras.Model):
         logits = ops.cast(self.probe(flat), "float32")
         per_view = keras.losses.sparse_categorical_crossentropy(view_labels, logits, from_logits=True)
         per_sample = ops.mean(ops.reshape(per_view, (-1, num_views)), axis=1)
-        probe_loss = self._weighted_mean(per_sample, sample_weight) + _nan_unless(ops.all(valid))
+        probe_loss = self._weighted_mean(per_sample, sample_weight) + nan_unless(ops.all(valid))
         self.probe_loss_tracker.update_state(probe_loss)
         self.probe_accuracy.update_state(view_labels, logits)
         return probe_loss
