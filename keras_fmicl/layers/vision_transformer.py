@@ -24,6 +24,16 @@ POSITION_TEMPERATURE = 10000.0
 CLASS_TOKEN_STDDEV = 1e-6
 
 
+def _check_sincos_width(width: Any) -> int:
+    width = check_positive_integer("width", width)
+    if width % 4:
+        raise ValueError(
+            "`width` must be a multiple of 4 (the sin and cos of two coordinates). "
+            f"Received: width={width}"
+        )
+    return width
+
+
 def sincos_position_embedding(
     grid_height: int, grid_width: int, width: int, temperature: float = POSITION_TEMPERATURE
 ) -> np.ndarray:
@@ -62,13 +72,8 @@ def sincos_position_embedding(
     """
     grid_height = check_positive_integer("grid_height", grid_height)
     grid_width = check_positive_integer("grid_width", grid_width)
-    width = check_positive_integer("width", width)
+    width = _check_sincos_width(width)
     temperature = check_positive_number("temperature", temperature)
-    if width % 4:
-        raise ValueError(
-            "`width` must be a multiple of 4 (sin and cos of two coordinates). "
-            f"Received: width={width}"
-        )
     frequencies = width // 4
     omega = temperature ** -(np.arange(frequencies, dtype="float64") / frequencies)
     rows, columns = np.meshgrid(
@@ -173,14 +178,9 @@ def _check_vit_arguments(
             f"({patch_size}). Received: input_shape={input_shape}"
         )
     depth = check_positive_integer("depth", depth)
-    width = check_positive_integer("width", width)
+    width = _check_sincos_width(width)
     num_heads = check_positive_integer("num_heads", num_heads)
     mlp_dim = check_positive_integer("mlp_dim", mlp_dim)
-    if width % 4:
-        raise ValueError(
-            "`width` must be a multiple of 4 (the 2-D sin-cos position embedding). "
-            f"Received: width={width}"
-        )
     if width % num_heads:
         raise ValueError(
             f"`num_heads` must divide `width` ({width}). Received: num_heads={num_heads}"
