@@ -268,6 +268,26 @@ def _resize(tf: Any, image: Any, size: Any) -> Any:
     return tf.clip_by_value(resized, 0.0, 255.0)
 
 
+def _crop_views(tf: Any, decode: Any, num_views: int, size: int, scale: tuple, ratio: tuple, rescale: float):
+    """`(element, random) -> (float32 (V, size, size, C) views, label)`, decoding records with `decode`."""
+
+    def crop_views(element, random):
+        if decode is None:
+            image, label = element
+        else:
+            image, label = decode(*element) if isinstance(element, tuple) else decode(element)
+        shape = tf.shape(image)
+        views = []
+        for view in range(num_views):
+            view_seed = tf.stack([random, tf.constant(view, tf.int64)])
+            top, left, height, width = random_crop_box(tf, view_seed, shape[0], shape[1], scale, ratio)
+            box = image[top:top + height, left:left + width]
+            views.append(_resize(tf, box, [size, size]) * rescale)
+        return tf.stack(views), label
+
+    return crop_views
+
+
 def multiview_stream(
     stream: ImageStream,
     augmenter: Any = None,
@@ -369,20 +389,6 @@ def multiview_stream(
         elements = elements.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
 
-    def crop_views(element, random):
-        if not light:
-            image, label = element
-        else:
-            image, label = stream.decode(*element) if isinstance(element, tuple) else stream.decode(element)
-        shape = tf.shape(image)
-        views = []
-        for view in range(num_views):
-            view_seed = tf.stack([random, tf.constant(view, tf.int64)])
-            top, left, height, width = random_crop_box(tf, view_seed, shape[0], shape[1], scale, ratio)
-            box = image[top:top + height, left:left + width]
-            views.append(_resize(tf, box, [image_size, image_size]) * rescale)
-        return tf.stack(views), label
-
     def augment_views(views, label):
         if augment is not None:
             views = tf.stack(
@@ -392,6 +398,7 @@ def multiview_stream(
         return (features, label) if with_labels else features
 
     dataset = tf.data.Dataset.zip((elements, randoms))
+    crop_views = _crop_views(tf, stream.decode if light else None, num_views, image_size, scale, ratio, rescale)
     dataset = dataset.map(crop_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(augment_views, num_parallel_calls=num_parallel_calls, deterministic=True)
