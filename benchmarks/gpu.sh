@@ -19,23 +19,27 @@
 # benchmarks/results/gpu)/summary.json, log.txt, knn_<backend>.json and
 # knn_<backend>.png per backend.
 #
-# --paper: the paper's CIFAR-10 setting (Lu et al., TMLR 2023, arXiv
-# 2402.10150, "Experimental setup"), InfoNCE against f-MICL KL and JS, on
-# a GPU with CIFAR-10 from tensorflow-datasets (one download, ~160 MB):
-# CIFAR ResNet-18, batch 512, SGD with learning rate 0.1 and cosine decay,
-# 800 epochs, f-Gaussian sigma = 2**-0.5 and alpha = 40, weighted kNN with
-# k = 200 on the 10,000 test images. Hours per run; one run per loss, seed
-# and backend, each in its own folder, then a table next to the paper's
-# numbers (CIFAR-10 kNN top-1: SimCLR 89.71, KL 90.61, JS 89.66).
+# --paper: every experiment of the paper (Lu et al., f-MICL, TMLR 2023, arXiv
+# 2402.10150) as one command each, from examples/paper_presets.py (settings
+# and deviations: docs/paper-experiments.md): CIFAR-10 and CIFAR-100 (CIFAR
+# ResNet-18, SimCLR, 800 epochs), STL-10 (ResNet-50 on train + unlabelled),
+# Tiny ImageNet (ResNet-50), ImageNet-1k (ViT-S/16, MoCo v3's recipe), STS
+# (BERT-base, unsupervised SimCSE), each with InfoNCE (SimCLR, MoCo v3 or
+# SimCSE's loss) and the paper's f-MICL divergences. Each experiment's block
+# starts with a comment line saying what to download and where (under
+# DATA_DIR). Days of GPU time in all: pick with EXPERIMENTS. One run per
+# experiment, loss, seed and backend, each in its own folder, then a table
+# beside the paper's numbers.
 #
-#   bash benchmarks/gpu.sh --paper                       # JAX, InfoNCE, KL, JS
-#   BACKENDS="tensorflow jax torch" bash benchmarks/gpu.sh --paper
 #   bash benchmarks/gpu.sh --paper --dry-run             # print the commands only
+#   DATA_DIR=/data EXPERIMENTS="cifar10 stl10" bash benchmarks/gpu.sh --paper
+#   BACKENDS="tensorflow jax torch" LOSSES="infonce kl" bash benchmarks/gpu.sh --paper
 #
-#   BACKENDS (jax; any of tensorflow jax torch), LOSSES ("infonce kl js";
-#   any divergence name or infonce), SEEDS (0), EPOCHS (800), PIPELINE
-#   (model: views drawn on the GPU; tf_data: on the CPU), DATA_DIR
-#   (tensorflow-datasets data_dir), OUT (benchmarks/results/gpu_paper).
+#   EXPERIMENTS (all: cifar10 cifar100 stl10 tiny_imagenet imagenet sts),
+#   BACKENDS (jax; any of tensorflow jax torch), LOSSES (each experiment's:
+#   infonce and the paper's divergences), SEEDS (0), EPOCHS (the presets':
+#   800, ImageNet 300), PIPELINE (CIFAR: model, views drawn on the GPU;
+#   tf_data: on the CPU), DATA_DIR (data), OUT (benchmarks/results/gpu_paper).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -58,53 +62,27 @@ fi
 
 if [ "$mode" = paper ]; then
   BACKENDS=${BACKENDS:-jax}
-  LOSSES=${LOSSES:-"infonce kl js"}
-  SEEDS=${SEEDS:-0}
-  EPOCHS=${EPOCHS:-800}
-  PIPELINE=${PIPELINE:-model}
   OUT_DIR=${OUT:-benchmarks/results/gpu_paper}
-  # The paper's vision setting, spelled out (not left to the presets).
-  PAPER=(--dataset=cifar10 --mode=simclr --encoder=resnet18 --width=64 --batch_size=512
-         --learning_rate=0.1 --epochs="$EPOCHS" --knn_k=200 --pipeline="$PIPELINE")
-  FMICL=(--loss=fmicl --similarity=gaussian --sigma=0.7071067811865476 --alpha=40)
-  run() {  # prints the command (shell-quoted); runs it unless --dry-run
-    printf '%q ' "$@" | sed 's/ $//'
-    echo
-    if [ "$dry_run" = 0 ]; then "$@"; fi
-  }
   for backend in $BACKENDS; do
     case "$backend" in
       tensorflow|jax|torch) ;;
       *) echo "gpu.sh: BACKENDS takes tensorflow, jax, torch; got '$backend'" >&2; exit 2 ;;
     esac
   done
-  records=()
-  for backend in $BACKENDS; do
-    for seed in $SEEDS; do
-      for loss in $LOSSES; do
-        if [ "$loss" = infonce ]; then flags=(--loss=infonce); else flags=("${FMICL[@]}" --divergence="$loss"); fi
-        folder="$OUT_DIR/cifar10_${loss}_${backend}_seed$seed"
-        run env KERAS_BACKEND="$backend" "$PYTHON" examples/train_cifar.py --backend="$backend" \
-          "${PAPER[@]}" "${flags[@]}" --seed="$seed" --output_dir="$folder" \
-          ${DATA_DIR:+--data_dir="$DATA_DIR"}
-        records+=("$loss=$folder/results.json")
-      done
-    done
-  done
-  if [ "$dry_run" = 1 ]; then
-    exit 0
+  presets=(examples/paper_presets.py --backends "$BACKENDS" --seeds "${SEEDS:-0}" --losses "${LOSSES:-}"
+           --python "$PYTHON" --out "$OUT_DIR" --data_dir "${DATA_DIR:-data}" --pipeline "${PIPELINE:-model}"
+           ${EXPERIMENTS:+--experiments "$EXPERIMENTS"} ${EPOCHS:+--epochs "$EPOCHS"})
+  if ! listing=$("$PYTHON" "${presets[@]}"); then
+    echo "gpu.sh: examples/paper_presets.py refused the settings (above)" >&2
+    exit 2
   fi
-  "$PYTHON" - "${records[@]}" <<'PY'
-import json, sys
-paper = {"infonce": "89.71 (SimCLR)", "kl": "90.61", "js": "89.66", "pearson": "89.35", "vlc": "89.13"}
-print("| loss | backend | seed | epochs | kNN top-1 (k = 200) | linear top-1 | paper, kNN top-1 |")
-print("|---|---|---|---:|---:|---:|---:|")
-for record in sys.argv[1:]:
-    loss, path = record.split("=", 1)
-    results = json.load(open(path))
-    print(f"| {loss} | {results['backend']} | {results['flags']['seed']} | {results['settings']['epochs']} "
-          f"| {100 * results['knn_top1']:.2f} | {100 * results['linear_top1']:.2f} | {paper.get(loss, '-')} |")
-PY
+  while IFS= read -r line; do  # a comment (what to download), or a shell-quoted command
+    echo "$line"
+    if [ "$dry_run" = 0 ] && [ "${line#\#}" = "$line" ]; then eval "$line"; fi
+  done <<< "$listing"
+  if [ "$dry_run" = 0 ]; then
+    "$PYTHON" examples/paper_presets.py --table "$OUT_DIR"
+  fi
   exit 0
 fi
 

@@ -77,8 +77,10 @@ from _common import setup_distribution  # noqa: E402
 from registry_names import BACKENDS  # noqa: E402
 from registry_names import DIVERGENCES  # noqa: E402
 from registry_names import SIMILARITIES  # noqa: E402
+import paper_presets  # noqa: E402
+from _streaming import run_streamed  # noqa: E402
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "digits", "synthetic_cifar")
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "digits", "synthetic_cifar", "tiny_imagenet", "imagenet")
 
 flags.DEFINE_enum("backend", None, BACKENDS, "Keras backend (default: $KERAS_BACKEND, else tensorflow).")
 flags.DEFINE_enum("dataset", "fashion_mnist", DATASETS, "Dataset to pretrain and evaluate on.")
@@ -103,7 +105,23 @@ flags.DEFINE_bool(
     "--mode moco: the symmetric form (every view queries, the keys of both views enqueued) instead of "
     "MoCo v2's one direction (keras_fmicl.methods.MoCoV2(symmetric=True)); needed by --online_weight.",
 )
-flags.DEFINE_enum("encoder", None, ("resnet18", "small_cnn"), "Encoder (default: small_cnn for 28x28/8x8 data, resnet18 otherwise).")
+flags.DEFINE_enum(
+    "encoder", None, ("resnet18", "small_cnn", "resnet50", "vit_small"),
+    "Encoder (default: the preset's: small_cnn for 28x28/8x8 data, resnet50 for tiny_imagenet and "
+    "--preset paper stl10, vit_small for imagenet, resnet18 otherwise).",
+)
+flags.DEFINE_enum(
+    "preset", None, ("paper",),
+    "paper: the paper's setting of --dataset (examples/paper_presets.py, docs/paper-experiments.md): "
+    "800 epochs on CIFAR; ResNet-50 on STL-10's train+unlabelled images, streamed from disk.",
+)
+flags.DEFINE_integer(
+    "image_size", None,
+    "Side of the square views of the data sets streamed from disk (default: the preset's, 96 for STL-10, "
+    "64 for Tiny ImageNet, 224 for ImageNet); smaller for smoke runs and small GPUs.",
+)
+flags.DEFINE_integer("patch_size", None, "vit_small: the side of a patch (default: 16).")
+flags.DEFINE_integer("depth", None, "vit_small: Transformer blocks (default: 12); --width is its token size (384).")
 flags.DEFINE_integer("width", None, "Encoder width (ResNet: 64 is the standard ResNet-18).")
 flags.DEFINE_integer("projection_dim", None, "Output dimension of the projection head.")
 flags.DEFINE_integer(
@@ -199,11 +217,15 @@ PRESETS["synthetic_cifar"] = dict(PRESETS["cifar10"])
 # rest of the paper's setting, but for a batch of 256: the 96x96 images
 # through the stride-1 stem need 9 times the activation memory of CIFAR's.
 PRESETS["stl10"] = dict(PRESETS["cifar10"], batch_size=256)
+paper_presets.apply_preset(PRESETS, "stl10", None)  # tiny_imagenet, imagenet
 
 
 def _setting(name):
     value = getattr(FLAGS, name)
-    return PRESETS[FLAGS.dataset][name] if value is None else value
+    preset = PRESETS[FLAGS.dataset]
+    if value is None and name == "learning_rate" and preset.get("base_learning_rate"):
+        return preset["base_learning_rate"] * _setting("batch_size") / 256  # the linear scaling rule
+    return preset.get(name) if value is None else value
 
 
 def warmup_epochs():
@@ -216,7 +238,13 @@ def warmup_epochs():
 
 def check_flags():
     """Checks the values absl cannot: one sentence per problem."""
-    positive = ["sigma", "temperature", "alpha", "learning_rate", "batch_size",
+    paper_presets.apply_preset(PRESETS, FLAGS.dataset, FLAGS.preset)
+    streamed = paper_presets.streams(FLAGS.dataset, FLAGS.preset)
+    for name in ("image_size", "patch_size", "depth"):
+        if FLAGS[name].present and not streamed:
+            raise FlagError(f"--{name} applies to the data sets streamed from disk (tiny_imagenet, imagenet, "
+                            f"stl10 with --preset paper), not {FLAGS.dataset}.")
+    positive = ["image_size", "patch_size", "depth", "sigma", "temperature", "alpha", "learning_rate", "batch_size",
                 "width", "projection_dim", "max_train_samples", "max_test_samples", "linear_epochs",
                 "knn_k", "queue_size"]
     for name in positive:
@@ -301,7 +329,16 @@ def build_augmenter(keras_fmicl, image_shape):
 def build_model(keras_fmicl, image_shape, num_classes, steps_per_epoch, augmenter=None):
     encoder_name = _setting("encoder")
     width = _setting("width")
-    if encoder_name == "resnet18":
+    if encoder_name == "resnet50":
+        encoder = keras_fmicl.layers.resnet50(image_shape)
+    elif encoder_name == "vit_small":
+        encoder = keras_fmicl.layers.vit_small(
+            image_shape, _setting("patch_size") or 16,
+            frozen_patch_projection=bool(PRESETS[FLAGS.dataset].get("frozen_patch_projection")),
+            depth=_setting("depth") or 12, width=width or 384, num_heads=max(1, (width or 384) // 32),
+            mlp_dim=4 * (width or 384),
+        )
+    elif encoder_name == "resnet18":
         encoder = keras_fmicl.resnet18(image_shape, width=width)
     else:
         encoder = keras_fmicl.small_cnn(image_shape, width=width)
@@ -309,7 +346,7 @@ def build_model(keras_fmicl, image_shape, num_classes, steps_per_epoch, augmente
     projection_dim = _setting("projection_dim")
     mode = FLAGS.mode
     projector = keras_fmicl.ProjectionHead(
-        hidden_dim=max(2 * feature_dim, projection_dim),
+        hidden_dim=PRESETS[FLAGS.dataset].get("projection_hidden_dim") or max(2 * feature_dim, projection_dim),
         output_dim=projection_dim,
         num_layers=3 if mode == "mocov3" else 2,
         # MoCo v3's projector ends in a batch norm without offset or scale;
@@ -345,7 +382,9 @@ def build_method(keras_fmicl, steps_per_epoch, projection_dim):
         )
     return keras_fmicl.methods.MoCoV3(
         momentum=momentum,
-        predictor=keras_fmicl.PredictionHead(2 * projection_dim, projection_dim),
+        predictor=keras_fmicl.PredictionHead(
+            PRESETS[FLAGS.dataset].get("predictor_hidden_dim") or 2 * projection_dim, projection_dim
+        ),
         online_weight=FLAGS.online_weight,
     )
 
@@ -572,6 +611,8 @@ def write_model_and_figures(keras_fmicl, model, output_dir, pretraining, scores,
 def run_in(backend, output_dir):
     """Pretrains, evaluates and writes the outputs (--distribute: only the
     chief process evaluates and writes; the others return None)."""
+    if paper_presets.streams(FLAGS.dataset, FLAGS.preset):  # views drawn in tf.data from disk
+        return run_streamed(sys.modules[__name__], backend, output_dir)
     keras, np, keras_fmicl = import_frameworks(  # the backend is set first
         FLAGS.debug, tensorflow=backend == "tensorflow" or FLAGS.pipeline == "tf_data"
     )
@@ -687,8 +728,12 @@ _OWN_FLAGS = (
     "weight_decay", "max_train_samples", "max_test_samples", "knn_every", "linear_epochs", "knn_k",
     "few_label", "few_label_draws", "save_features",
     "evaluate_on", "validation_samples", "seed", "output_dir", "data_dir", "verbose", "distribute",
-    "pipeline", "debug", "embedding_points",
+    "pipeline", "debug", "embedding_points", "preset", "image_size", "patch_size", "depth",
 )
+
+# what examples/_streaming.py reads of this script
+get_setting = _setting
+OWN_FLAGS = _OWN_FLAGS
 
 
 def run():

@@ -1,0 +1,249 @@
+"""`benchmarks/gpu.sh --paper`: every experiment of the paper listed, and every command run at tiny size.
+
+`gpu.sh --paper --dry-run` prints, per experiment, a comment (what to download,
+where) and one command per loss. Each command is rewritten to a tiny size (one
+epoch on a few images, small views and encoders) on data the test writes
+itself (JPEG folders in the Tiny ImageNet and ImageNet layouts, a corpus and
+SentEval files) or mocks (tensorflow-datasets' `mock_data` for CIFAR and
+STL-10), then run. To keep it cheap, all the commands of one script run in
+one subprocess (this file, run as a script: the example imported once, its
+flags re-parsed per command), under one backend per test run: the
+backend-independent test runs under TensorFlow and picks the backend of the
+runs by a daily rotation (`FMICL_PAPER_BACKEND=jax` chooses it).
+"""
+
+import copy
+import datetime
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GPU_SCRIPT = os.path.join(ROOT, "benchmarks", "gpu.sh")
+EXPERIMENTS = ("cifar10", "cifar100", "stl10", "tiny_imagenet", "imagenet", "sts")
+BACKENDS = ("tensorflow", "jax", "torch")
+# the paper's f-Gaussian settings, written out independently of the package
+VISION = {"sigma": 0.5**0.5, "alpha": 40.0}  # (2 sigma^2)^-1 = 1
+TEXT = {"sigma": (1 / 40) ** 0.5, "alpha": 409600.0}  # (2 sigma^2)^-1 = 20
+MOCK_EXAMPLES = 12
+WNIDS = ("n001", "n002", "n003")
+
+
+def dry_run(**env):
+    result = subprocess.run(
+        ["bash", GPU_SCRIPT, "--paper", "--dry-run"], capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHON=sys.executable, **env), cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def experiments(lines):
+    """{experiment: (comment, [argv, ...])} in the printed order."""
+    listed = {}
+    name = None
+    for line in lines:
+        if line.startswith("# "):
+            name = line[2:].split(":", 1)[0]
+            listed[name] = (line, [])
+        elif line.strip():
+            listed[name][1].append(shlex.split(line))
+    return listed
+
+
+def flag_values(argv):
+    return dict(arg[2:].split("=", 1) for arg in argv if arg.startswith("--"))
+
+
+def test_every_experiment_is_listed_with_its_download_and_losses():
+    listed = experiments(dry_run(BACKENDS="jax"))
+    assert tuple(listed) == EXPERIMENTS
+    for name, (comment, commands) in listed.items():
+        assert "Download first" in comment and ("data" in comment), comment
+        losses = []
+        for argv in commands:
+            assert argv[:2] == ["env", "KERAS_BACKEND=jax"] and argv[2] == sys.executable
+            values = flag_values(argv)
+            assert values["backend"] == "jax" and values["output_dir"].startswith("benchmarks/results/gpu_paper/")
+            if values["loss"] == "infonce":
+                losses.append("infonce")
+                continue
+            paper = TEXT if name == "sts" else VISION
+            assert values["similarity"] == "gaussian"
+            assert float(values["sigma"]) == pytest.approx(paper["sigma"], rel=1e-12)
+            assert float(values["alpha"]) == paper["alpha"]
+            losses.append(values["divergence"])
+        assert losses[0] == "infonce" and len(losses) >= 2, (name, losses)  # the baseline and f-MICL
+    vit = flag_values(listed["imagenet"][1][0])
+    assert (vit["mode"], vit["encoder"], vit["batch_size"], vit["temperature"]) == ("mocov3", "vit_small", "4096", "0.2")
+    for name in ("stl10", "tiny_imagenet"):
+        assert flag_values(listed[name][1][0])["encoder"] == "resnet50"
+    assert flag_values(listed["sts"][1][0])["backbone"] == "bert_base_en_uncased"
+
+
+def test_selection_by_environment():
+    listed = experiments(dry_run(EXPERIMENTS="stl10 sts", BACKENDS="torch jax", LOSSES="infonce js", SEEDS="0 1",
+                                 EPOCHS="3", DATA_DIR="/d"))
+    assert tuple(listed) == ("stl10", "sts")
+    assert len(listed["stl10"][1]) == 2 * 2 * 2
+    stl10 = flag_values(listed["stl10"][1][0])
+    assert stl10["epochs"] == "3" and stl10["data_dir"] == "/d/tensorflow_datasets"
+    assert "epochs" not in flag_values(listed["sts"][1][0]) or flag_values(listed["sts"][1][0])["epochs"] == "1"
+    bad = subprocess.run(["bash", GPU_SCRIPT, "--paper", "--dry-run"], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHON=sys.executable, EXPERIMENTS="mnist"), cwd=ROOT)
+    assert bad.returncode == 2 and "unknown experiments ['mnist']" in bad.stderr
+
+
+# --------------------------------------------------------------------------- tiny runs
+
+
+def write_jpeg(tf, path, shape, seed):
+    import numpy as np
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    tf.io.write_file(path, tf.io.encode_jpeg(image))
+
+
+def write_image_folders(root):
+    """Tiny ImageNet (official layout) and ImageNet (class folders), 3 classes."""
+    import tensorflow as tf
+
+    tiny = os.path.join(root, "tiny-imagenet-200")
+    os.makedirs(tiny)
+    with open(os.path.join(tiny, "wnids.txt"), "w") as f:
+        f.write("\n".join(WNIDS) + "\n")
+    annotations = []
+    for label, wnid in enumerate(WNIDS):
+        for i in range(6):
+            write_jpeg(tf, os.path.join(tiny, "train", wnid, "images", f"{wnid}_{i}.JPEG"), (64, 64, 3), 10 * label + i)
+            write_jpeg(tf, os.path.join(root, "imagenet", "train", wnid, f"{i}.JPEG"), (40 + 4 * i, 48, 3), i)
+        for i in range(2):
+            name = f"val_{label}_{i}.JPEG"
+            write_jpeg(tf, os.path.join(tiny, "val", "images", name), (64, 64, 3), 100 + i)
+            annotations.append(f"{name}\t{wnid}\t0\t0\t8\t8")
+            write_jpeg(tf, os.path.join(root, "imagenet", "val", wnid, f"{i}.JPEG"), (50, 36, 3), 200 + i)
+    with open(os.path.join(tiny, "val", "val_annotations.txt"), "w") as f:
+        f.write("\n".join(annotations) + "\n")
+
+
+def write_text_data(root):
+    """A corpus and SentEval's seven STS tasks."""
+    from tests.data.test_sentences import write_sick
+    from tests.data.test_sentences import write_sts_task
+    from tests.data.test_sentences import write_stsb
+
+    sts_dir = os.path.join(root, "SentEval", "data")
+    for task in ("STS12", "STS13", "STS14", "STS15", "STS16"):
+        write_sts_task(sts_dir, task)
+    write_stsb(sts_dir)
+    write_sick(sts_dir)
+    corpus = os.path.join(root, "wiki1m_for_simcse.txt")
+    with open(corpus, "w") as f:
+        f.write("".join(f"sentence number {i} is about a {('cat', 'dog', 'plane')[i % 3]} .\n" for i in range(64)))
+    return corpus, sts_dir
+
+
+def tiny_argv(argv, name, root, out):
+    """The command at tiny size on the test's data: (script, argv after the script)."""
+    script = argv[3]
+    values = flag_values(argv)
+    values.pop("backend")
+    values["output_dir"] = os.path.join(out, os.path.basename(values["output_dir"]))
+    if name == "sts":
+        values.update(backbone="tiny", corpus=os.path.join(root, "wiki1m_for_simcse.txt"),
+                      sts_dir=os.path.join(root, "SentEval", "data"), max_steps="2", batch_size="8", verbose="0")
+    else:
+        values.update(epochs="1", warmup_epochs="0", batch_size="8", max_train_samples="24", max_test_samples="8",
+                      knn_k="5", linear_epochs="1", embedding_points="0", verbose="0", projection_dim="16")
+        values["data_dir"] = {"tiny_imagenet": root, "imagenet": os.path.join(root, "imagenet")}.get(name, root)
+        if values["encoder"] == "resnet18":
+            values["width"] = "8"
+        if "image_size" in values:
+            values["image_size"] = "32"
+        if values["encoder"] == "vit_small":
+            values.update(patch_size="8", depth="1", width="32")
+    return script, [script] + [f"--{key}={value}" for key, value in values.items()]
+
+
+def rotated_backend():
+    chosen = os.environ.get("FMICL_PAPER_BACKEND")
+    return chosen or BACKENDS[datetime.date.today().toordinal() % len(BACKENDS)]
+
+
+@pytest.mark.skipif(
+    os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+    reason="backend-independent: runs once, under KERAS_BACKEND=tensorflow (its runs rotate backends)",
+)
+def test_every_printed_command_runs_at_tiny_size(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("keras_hub")
+    backend = rotated_backend()
+    root, out = str(tmp_path / "data"), str(tmp_path / "runs")
+    write_image_folders(root)
+    write_text_data(root)
+    by_script = {}
+    for name, (_, commands) in experiments(dry_run(BACKENDS=backend)).items():
+        for argv in commands:
+            script, tiny = tiny_argv(argv, name, root, out)
+            by_script.setdefault(script, []).append(tiny)
+    for script, argvs in by_script.items():
+        start = time.time()
+        result = subprocess.run(
+            [sys.executable, __file__, script, json.dumps(argvs)], capture_output=True, text=True, timeout=1500,
+            env=dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")),
+            cwd=ROOT,
+        )
+        assert result.returncode == 0, (script, result.stdout[-3000:], result.stderr[-5000:])
+        print(f"{script}: {len(argvs)} runs under {backend} in {time.time() - start:.0f} s")
+    runs = sorted(os.listdir(out))
+    assert len(runs) == sum(len(argvs) for argvs in by_script.values())
+    for run in runs:
+        with open(os.path.join(out, run, "results.json")) as f:
+            results = json.load(f)
+        assert results["backend"] == backend, run
+        if run.startswith("sts_"):
+            assert results["sts"] is not None and "average" in results["sts"], run
+        else:
+            assert 0.0 <= results["knn_top1"] <= 1.0 and 0.0 <= results["linear_top1"] <= 1.0, run
+
+
+# --------------------------------------------------------------------------- the runner (a subprocess)
+
+
+def run_commands(script, argvs):
+    """Runs examples/<script> once per argv in this process (tfds mocked)."""
+    import tensorflow_datasets as tfds
+    from absl import flags
+
+    from keras_fmicl.data import sources
+
+    sources.DOWNLOAD_PROBE_TIMEOUT = None  # mock data needs no network
+    name = "paper_run_" + os.path.basename(script)[:-3]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, script))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    presets = copy.deepcopy(getattr(module, "PRESETS", {}))
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+        for argv in argvs:
+            print("running", " ".join(argv), flush=True)
+            start = time.time()
+            flags.FLAGS.unparse_flags()
+            code = module.main(flags.FLAGS(argv))
+            if code:
+                sys.exit(code)
+            if presets:
+                module.PRESETS.clear()
+                module.PRESETS.update(copy.deepcopy(presets))
+            print(f"  {time.time() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    run_commands(sys.argv[1], json.loads(sys.argv[2]))
