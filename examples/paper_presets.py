@@ -101,7 +101,7 @@ _SINGLE = {
                  "python -c \"import tensorflow_datasets as t; t.load('cifar10', data_dir='DATA_DIR/tensorflow_datasets')\"",
         script="train_cifar.py",
         flags=["--dataset=cifar10", "--preset=paper", "--mode=simclr", "--encoder=resnet18", "--width=64",
-               "--batch_size=512", "--learning_rate=0.1", "--knn_k=200"],
+               "--batch_size=512", "--learning_rate=0.1", "--epochs=800", "--knn_k=200"],
         data_flags=["--data_dir={data_dir}/tensorflow_datasets"],
         pipeline=True,
         losses=("infonce", "kl", "js"),
@@ -115,7 +115,7 @@ _SINGLE = {
                  ".download_and_prepare()\"",
         script="train_cifar.py",
         flags=["--dataset=stl10", "--preset=paper", "--mode=simclr", "--encoder=resnet50", "--image_size=96",
-               "--batch_size=512", "--learning_rate=0.1", "--knn_k=200"],
+               "--batch_size=512", "--learning_rate=0.1", "--epochs=800", "--knn_k=200"],
         data_flags=["--data_dir={data_dir}/tensorflow_datasets"],
         losses=("infonce", "kl", "js"),
         paper={"js": "85.94 (best divergence)"},
@@ -127,7 +127,7 @@ _SINGLE = {
                  "DATA_DIR (DATA_DIR/tiny-imagenet-200/wnids.txt, train/, val/)",
         script="train_cifar.py",
         flags=["--dataset=tiny_imagenet", "--preset=paper", "--mode=simclr", "--encoder=resnet50",
-               "--image_size=64", "--batch_size=512", "--learning_rate=0.1", "--knn_k=200"],
+               "--image_size=64", "--batch_size=512", "--learning_rate=0.1", "--epochs=800", "--knn_k=200"],
         data_flags=["--data_dir={data_dir}"],
         losses=("infonce", "kl", "pearson"),
         paper={"pearson": "43.45 (best divergence)"},
@@ -140,7 +140,7 @@ _SINGLE = {
                  "imagenet2012 with ILSVRC2012_img_{train,val}.tar in DATA_DIR/imagenet/downloads/manual",
         script="train_cifar.py",
         flags=["--dataset=imagenet", "--preset=paper", "--mode=mocov3", "--encoder=vit_small", "--image_size=224",
-               "--patch_size=16", "--batch_size=4096", "--momentum=0.99", "--knn_k=20"],
+               "--patch_size=16", "--batch_size=4096", "--epochs=300", "--momentum=0.99", "--knn_k=20"],
         data_flags=["--data_dir={data_dir}/imagenet"],
         infonce_flags=["--loss=infonce", "--similarity=cosine", "--temperature=0.2"],
         losses=("infonce", "kl"),
@@ -190,7 +190,7 @@ def command(name: str, loss: str, backend: str, seed: int, python: str, out: str
     experiment = EXPERIMENTS[name]
     flags = list(experiment["flags"])
     if epochs is not None and experiment["script"] == "train_cifar.py":
-        flags.append(f"--epochs={epochs}")
+        flags = [f"--epochs={epochs}" if flag.startswith("--epochs=") else flag for flag in flags]
     if pipeline and experiment.get("pipeline"):
         flags.append(f"--pipeline={pipeline}")
     flags += [flag.format(data_dir=data_dir) for flag in experiment["data_flags"]]
