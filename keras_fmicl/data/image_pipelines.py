@@ -118,6 +118,17 @@ def check_value_range(augmenter: Any, rescale: float) -> None:
             )
 
 
+def check_num_parallel_calls(tf: Any, num_parallel_calls: Any, seed: int | None) -> int:
+    """The parallel calls of an augmentation map: `None` is `tf.data.AUTOTUNE`
+    without a seed and 1 with one (parallel calls may interleave a seeded
+    augmenter's random-state updates)."""
+    if num_parallel_calls is None:
+        return tf.data.AUTOTUNE if seed is None else 1
+    if num_parallel_calls == tf.data.AUTOTUNE:
+        return num_parallel_calls
+    return check_positive_integer("num_parallel_calls", num_parallel_calls)
+
+
 def multiview_dataset(
     images: Any,
     labels: Any = None,
@@ -201,10 +212,7 @@ def multiview_dataset(
     if images.dtype == np.uint8:
         check_value_range(augmenter, rescale)
     tf = import_tensorflow()
-    if num_parallel_calls is None:
-        num_parallel_calls = tf.data.AUTOTUNE if seed is None else 1
-    elif num_parallel_calls != tf.data.AUTOTUNE:
-        num_parallel_calls = check_positive_integer("num_parallel_calls", num_parallel_calls)
+    num_parallel_calls = check_num_parallel_calls(tf, num_parallel_calls, seed)
 
     image_table = tf.convert_to_tensor(images)
     label_table = None if labels is None else tf.convert_to_tensor(labels)

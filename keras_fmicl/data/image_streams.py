@@ -13,6 +13,7 @@ from keras_fmicl.data.batching import check_batching
 from keras_fmicl.data.image_folders import ImageFiles
 from keras_fmicl.data.image_pipelines import DEFAULT_RESCALE
 from keras_fmicl.data.image_pipelines import augment_fn
+from keras_fmicl.data.image_pipelines import check_num_parallel_calls
 from keras_fmicl.data.image_pipelines import check_rescale
 from keras_fmicl.data.image_pipelines import check_value_range
 from keras_fmicl.data.sources import load_tfds_dataset
@@ -376,10 +377,7 @@ def multiview_stream(
     check_value_range(augmenter, rescale)
     with_labels = labels
     tf = import_tensorflow()
-    if num_parallel_calls is None:
-        num_parallel_calls = tf.data.AUTOTUNE if seed is None else 1
-    elif num_parallel_calls != tf.data.AUTOTUNE:
-        num_parallel_calls = check_positive_integer("num_parallel_calls", num_parallel_calls)
+    num_parallel_calls = check_num_parallel_calls(tf, num_parallel_calls, seed)
 
     light = stream.records is not None
     elements = stream.records if light else stream.dataset

@@ -210,6 +210,20 @@ def test_multiview_stream_shapes_dtypes_and_value_range(tmp_path):
         data.multiview_stream(stream, keras.layers.RandomBrightness(0.2, value_range=(0, 255)), 4, 8)
 
 
+def test_streams_feed_keras_models_under_the_backend(tmp_path):
+    make_imagenet(tmp_path)
+    stream = data.image_stream("imagenet", "val", tmp_path)
+    batches = data.eval_stream(stream, 8, batch_size=5)
+    crops = np.concatenate([images for images, _ in collect(batches)])
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D()])
+    features = model.predict(batches.map(lambda images, labels: images), verbose=0)
+    np.testing.assert_allclose(features, crops.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    views = data.multiview_stream(stream, keras.layers.RandomFlip("horizontal"), batch_size=4, image_size=8)
+    pooled = keras.Sequential([keras.Input((2, 8, 8, 3)), keras.layers.Reshape((16, 8, 3)),
+                               keras.layers.GlobalAveragePooling2D()])
+    assert pooled.predict(views.map(lambda features: features["views"]), verbose=0).shape == (12, 3)
+
+
 @backend_independent  # tf.data, no Keras layer
 def test_views_differ_and_seeds_reproduce():
     images, labels = data.load("digits", "test")
