@@ -47,6 +47,11 @@ def check_positive_number(name: str, value: Any) -> float:
     return float(value)
 
 
+def float32_max() -> float:
+    """The largest finite float32, `3.4028235e38`."""
+    return float(np.finfo("float32").max)
+
+
 def check_integer(
     name: str,
     value: Any,
