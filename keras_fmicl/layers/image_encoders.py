@@ -1,4 +1,4 @@
-"""Image encoders: ResNet-18 (CIFAR and ImageNet stems) and a small CNN."""
+"""Image encoders: ResNet-18 (CIFAR and ImageNet stems), ResNet-50 and a small CNN."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 import keras
 from keras import layers
 
+from keras_fmicl.utils.checks import check_image_shape
+from keras_fmicl.utils.checks import check_name
 from keras_fmicl.utils.checks import check_positive_integer
-from keras_fmicl.utils.checks import is_integer
 
 DATA_FORMAT = "channels_last"
 
@@ -30,32 +31,6 @@ def _conv_initializer() -> keras.initializers.Initializer:
 
 def _check_width(value: Any, name: str = "width") -> int:
     return check_positive_integer(name, value)
-
-
-def _check_input_shape(input_shape: Any, min_size: int) -> tuple:
-    """`(H, W, C)` with a known channel count; known H and W at least `min_size`."""
-    message = (
-        "`input_shape` must be (height, width, channels) with positive integers "
-        f"(height and width may be None), height and width >= {min_size}. "
-        f"Received: input_shape={input_shape!r}"
-    )
-    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
-        raise ValueError(message)
-    height, width, channels = input_shape
-    for size in (height, width):
-        if size is None:
-            continue
-        if not is_integer(size) or size < min_size:
-            raise ValueError(message)
-    if not is_integer(channels) or channels < 1:
-        raise ValueError(message)
-    return tuple(None if s is None else int(s) for s in input_shape)
-
-
-def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
-    return name
 
 
 def _conv_bn_relu(
@@ -149,8 +124,8 @@ def resnet18(
         )
     width = _check_width(width)
     total_stride = 8 if variant == "cifar" else 32
-    input_shape = _check_input_shape(input_shape, total_stride)
-    name = _check_name(f"resnet18_{variant}" if name is None else name)
+    input_shape = check_image_shape(input_shape, total_stride)
+    name = check_name(f"resnet18_{variant}" if name is None else name)
 
     images = keras.Input(shape=input_shape, name="images")
     if variant == "cifar":
@@ -201,8 +176,8 @@ def small_cnn(
     """
     width = _check_width(width)
     feature_dim = 4 * width if feature_dim is None else _check_width(feature_dim, "feature_dim")
-    input_shape = _check_input_shape(input_shape, 4)
-    name = _check_name(name)
+    input_shape = check_image_shape(input_shape, 4)
+    name = check_name(name)
 
     images = keras.Input(shape=input_shape, name="images")
     x = _conv_bn_relu(images, width, 3, 1, "block1")
@@ -212,3 +187,72 @@ def small_cnn(
     x = _conv_bn_relu(x, feature_dim, 3, 1, "block3")
     features = layers.GlobalAveragePooling2D(data_format=DATA_FORMAT, name="avg_pool")(x)
     return keras.Model(images, features, name=name)
+
+
+def resnet50(input_shape: tuple = (96, 96, 3), name: str = "resnet50") -> keras.Model:
+    """ResNet-50 encoder (Bottleneck blocks, stages [3, 4, 6, 3]) up to global pooling.
+
+    `keras.applications.ResNet50(weights=None, include_top=False,
+    pooling="avg")`: a 7x7 stride-2 stem and a 3x3 stride-2 max-pool, then
+    four stages of bottleneck blocks (1x1, 3x3, 1x1 convolutions with 64,
+    128, 256, 512 and four times as many output channels; strides 1, 2, 2,
+    2), total stride 32; the output is the global average of the last
+    stage, 2048 features. This is the encoder of the paper's STL-10 and
+    TinyImageNet runs. Random initialisation (Keras' Glorot uniform), no
+    classification layer and no input rescaling: feed float images,
+    normally in `[0, 1]`.
+
+    The BatchNorm layers use PyTorch's momentum and epsilon (Keras momentum
+    0.9, epsilon 1e-5), as `resnet18` and torchvision do, instead of
+    keras.applications' 0.99 and 1.001e-5: with 0.99 the moving statistics
+    that kNN and linear evaluation use lag far behind in short runs.
+
+    keras.applications rather than keras-hub's `ResNetBackbone`: it ships
+    with Keras (keras-hub is only this package's optional "text" extra; it
+    needs Python >= 3.11 and installs tensorflow-text), it pools itself,
+    and its layers are core Keras layers, so a saved encoder loads without
+    keras-hub. Two differences from torchvision's ResNet-50 (v1.5), which
+    the PyTorch reference code uses: the stride of a downsampling block is
+    on its first 1x1 convolution (the original ResNet v1), not on the 3x3
+    one, and the convolutions have biases (redundant before BatchNorm:
+    26,560 more parameters). The trunk has 23,534,592 trainable parameters
+    (torchvision's: 23,508,032) and 53,120 BatchNorm statistics. For the
+    v1.5 trunk, wrap keras-hub's `ResNetBackbone` with `pooled_encoder`.
+
+    Args:
+        input_shape: `(H, W, C)`; H and W may be `None` (any size), known
+            sizes must be at least 32 (the total stride). Any channel count.
+        name: model name.
+
+    Returns:
+        A `keras.Model` mapping `(N, H, W, C)` images to `(N, 2048)`.
+
+    Raises:
+        ValueError: a bad `input_shape` or `name`, or
+            `keras.config.image_data_format()` is not `"channels_last"`.
+
+    Example:
+
+    >>> encoder = resnet50((96, 96, 3))
+    >>> encoder.output_shape
+    (None, 2048)
+
+    Reference: He et al., "Deep Residual Learning for Image Recognition",
+    CVPR 2016; `keras.applications.ResNet50`.
+    """
+    input_shape = check_image_shape(input_shape, 32)
+    name = check_name(name)
+    if keras.config.image_data_format() != DATA_FORMAT:
+        raise ValueError(
+            "`resnet50` builds a channels_last model: set "
+            '`keras.config.set_image_data_format("channels_last")`. Received: '
+            f"keras.config.image_data_format()={keras.config.image_data_format()!r}"
+        )
+    model = keras.applications.ResNet50(
+        include_top=False, weights=None, input_shape=input_shape, pooling="avg", name=name
+    )
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = BATCH_NORM_MOMENTUM
+            layer.epsilon = BATCH_NORM_EPSILON
+    return model

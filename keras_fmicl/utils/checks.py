@@ -200,3 +200,45 @@ def check_sentences(sentences: Any, argument: str = "sentences") -> list[str]:
                 f"{argument}[{index}]={sentence!r:.80}"
             )
     return sentences
+
+
+def check_name(name: Any, argument: str = "name") -> str:
+    """`name` if it is a non-empty string, else `ValueError` naming `argument`."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"`{argument}` must be a non-empty string. Received: {argument}={name!r}"
+        )
+    return name
+
+
+def check_image_shape(input_shape: Any, min_size: int = 1, allow_unknown: bool = True) -> tuple:
+    """`input_shape` as a tuple `(H, W, C)` of an encoder's images, else `ValueError`.
+
+    The channel count `C` must be a positive integer; the height and width
+    must be integers `>= min_size`, or `None` (any size) when
+    `allow_unknown`.
+
+    Example:
+
+    ```python
+    check_image_shape((None, None, 3), 8)                   # (None, None, 3)
+    check_image_shape([96, 96, 3], 32)                      # (96, 96, 3)
+    check_image_shape((None, 32, 3), allow_unknown=False)   # ValueError
+    ```
+    """
+    sizes = "(height and width may be None)" if allow_unknown else "(height and width known)"
+    message = (
+        f"`input_shape` must be (height, width, channels) with positive integers {sizes}, "
+        f"height and width >= {min_size}. Received: input_shape={input_shape!r}"
+    )
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
+        raise ValueError(message)
+    height, width, channels = input_shape
+    for size in (height, width):
+        if size is None and allow_unknown:
+            continue
+        if not is_integer(size) or size < min_size:
+            raise ValueError(message)
+    if not is_integer(channels) or channels < 1:
+        raise ValueError(message)
+    return tuple(None if s is None else int(s) for s in input_shape)
