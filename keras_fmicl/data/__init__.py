@@ -1,21 +1,32 @@
-"""Data: image data sets and pipelines, sentence corpora and STS benchmarks, as numpy arrays and tf.data."""
+"""Data: image data sets (arrays or streamed from disk) and pipelines, sentence corpora and STS benchmarks."""
 
 from keras_fmicl.data import batching
 from keras_fmicl.data import files
+from keras_fmicl.data import image_folders
 from keras_fmicl.data import image_pipelines
+from keras_fmicl.data import image_streams
 from keras_fmicl.data import images
 from keras_fmicl.data import sentences
 from keras_fmicl.data import sources
 from keras_fmicl.data import sts
 from keras_fmicl.data.files import read_idx
+from keras_fmicl.data.image_folders import IMAGE_EXTENSIONS
+from keras_fmicl.data.image_folders import ImageFiles
 from keras_fmicl.data.image_pipelines import DEFAULT_RESCALE
 from keras_fmicl.data.image_pipelines import image_dataset
 from keras_fmicl.data.image_pipelines import multiview_dataset
+from keras_fmicl.data.image_streams import DEFAULT_SHUFFLE_BUFFER
+from keras_fmicl.data.image_streams import EVAL_CROP_FRACTION
+from keras_fmicl.data.image_streams import ImageStream
+from keras_fmicl.data.image_streams import eval_stream
+from keras_fmicl.data.image_streams import find_unreadable_images
+from keras_fmicl.data.image_streams import multiview_stream
 from keras_fmicl.data.images import CLASS_NAMES
 from keras_fmicl.data.images import DATASETS
 from keras_fmicl.data.images import DIGITS_SPLIT_SEED
 from keras_fmicl.data.images import DIGITS_TRAIN_FRACTION
 from keras_fmicl.data.images import FASHION_MNIST_DIR
+from keras_fmicl.data.images import IMAGENET_ARCHIVES
 from keras_fmicl.data.images import NUM_CLASSES
 from keras_fmicl.data.images import SPLITS
 from keras_fmicl.data.images import SYNTHETIC_SIZES
@@ -24,9 +35,12 @@ from keras_fmicl.data.images import cifar10
 from keras_fmicl.data.images import cifar100
 from keras_fmicl.data.images import digits
 from keras_fmicl.data.images import fashion_mnist
+from keras_fmicl.data.images import image_stream
+from keras_fmicl.data.images import list_images
 from keras_fmicl.data.images import load
 from keras_fmicl.data.images import stl10
 from keras_fmicl.data.images import synthetic_cifar
+from keras_fmicl.data.images import tiny_imagenet
 from keras_fmicl.data.sentences import SIMCSE_NLI_HEADER
 from keras_fmicl.data.sentences import load_sentence_tuples
 from keras_fmicl.data.sentences import load_sentences

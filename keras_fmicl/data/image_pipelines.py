@@ -21,7 +21,7 @@ from keras_fmicl.utils.imports import import_tensorflow
 DEFAULT_RESCALE = 1.0 / 255.0
 
 
-def _check_rescale(rescale: Any) -> float:
+def check_rescale(rescale: Any) -> float:
     if not is_real(rescale) or not 0 < rescale < float("inf"):
         raise ValueError(
             "`rescale` must be a positive number (1/255 maps uint8 pixels to "
@@ -59,7 +59,7 @@ def _check_labels(labels: Any, num_images: int) -> np.ndarray | None:
     return array
 
 
-def _augment_fn(augmenter: Any) -> Callable[[Any], Any]:
+def augment_fn(augmenter: Any) -> Callable[[Any], Any]:
     """`x -> augmenter(x, training=True)`, without `training` if unsupported."""
     if not callable(augmenter):
         raise ValueError(
@@ -87,14 +87,14 @@ def _augment_fn(augmenter: Any) -> Callable[[Any], Any]:
     return lambda x: augmenter(x)
 
 
-def _check_value_range(augmenter: Any, images: np.ndarray, rescale: float) -> None:
+def check_value_range(augmenter: Any, rescale: float) -> None:
     """`ValueError` if a layer of `augmenter` expects pixels on another scale.
 
-    Only for `uint8` images, whose pixels lie in [0, 255] and reach the
-    augmenter in [0, 255 rescale]; the layers checked are those with a
-    `value_range` attribute (`SimCLRAugmentation`, Keras' colour layers).
+    For `uint8` images, whose pixels lie in [0, 255] and reach the augmenter
+    in [0, 255 rescale]; the layers checked are those with a `value_range`
+    attribute (`SimCLRAugmentation`, Keras' colour layers).
     """
-    if images.dtype != np.uint8 or not isinstance(augmenter, keras.layers.Layer):
+    if not isinstance(augmenter, keras.layers.Layer):
         return
     expected = (0.0, 255.0 * rescale)
     layers = [augmenter]
@@ -116,6 +116,17 @@ def _check_value_range(augmenter: Any, images: np.ndarray, rescale: float) -> No
                 f"value_range to (0, {expected[1]:g}) or `rescale` to match. Received: "
                 f"value_range={tuple(value_range)}, rescale={rescale:g}"
             )
+
+
+def check_num_parallel_calls(tf: Any, num_parallel_calls: Any, seed: int | None) -> int:
+    """The parallel calls of an augmentation map: `None` is `tf.data.AUTOTUNE`
+    without a seed and 1 with one (parallel calls may interleave a seeded
+    augmenter's random-state updates)."""
+    if num_parallel_calls is None:
+        return tf.data.AUTOTUNE if seed is None else 1
+    if num_parallel_calls == tf.data.AUTOTUNE:
+        return num_parallel_calls
+    return check_positive_integer("num_parallel_calls", num_parallel_calls)
 
 
 def multiview_dataset(
@@ -196,14 +207,12 @@ def multiview_dataset(
         len(images), batch_size, shuffle, drop_remainder, prefetch
     )
     seed = check_seed(seed)
-    rescale = _check_rescale(rescale)
-    augment = None if augmenter is None else _augment_fn(augmenter)
-    _check_value_range(augmenter, images, rescale)
+    rescale = check_rescale(rescale)
+    augment = None if augmenter is None else augment_fn(augmenter)
+    if images.dtype == np.uint8:
+        check_value_range(augmenter, rescale)
     tf = import_tensorflow()
-    if num_parallel_calls is None:
-        num_parallel_calls = tf.data.AUTOTUNE if seed is None else 1
-    elif num_parallel_calls != tf.data.AUTOTUNE:
-        num_parallel_calls = check_positive_integer("num_parallel_calls", num_parallel_calls)
+    num_parallel_calls = check_num_parallel_calls(tf, num_parallel_calls, seed)
 
     image_table = tf.convert_to_tensor(images)
     label_table = None if labels is None else tf.convert_to_tensor(labels)
@@ -276,7 +285,7 @@ def image_dataset(
         len(images), batch_size, shuffle, drop_remainder, prefetch
     )
     seed = check_seed(seed)
-    rescale = _check_rescale(rescale)
+    rescale = check_rescale(rescale)
     tf = import_tensorflow()
     image_table = tf.convert_to_tensor(images)
     label_table = None if labels is None else tf.convert_to_tensor(labels)

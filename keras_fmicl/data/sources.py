@@ -100,9 +100,17 @@ def needs_download(builder: Any) -> bool:
     return not (downloads and os.path.isdir(downloads) and os.listdir(downloads))
 
 
-def prepare_tfds(name: str, split: str, data_dir: str | None) -> tuple:
+def prepare_tfds(
+    name: str, split: str, data_dir: str | None, manual_files: tuple[str, ...] = ()
+) -> tuple:
     """`(tfds, data_dir)` once the builder of `name` is set up and, when it
-    must download, its host answers (clear errors otherwise)."""
+    must download, its host answers (clear errors otherwise).
+
+    `manual_files` are the archives a manually downloaded builder
+    (`imagenet2012`) needs in its manual folder `<data_dir>/downloads/manual`
+    when it is not prepared yet; a `DatasetNotAvailableError` names them
+    when they are missing.
+    """
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
@@ -112,40 +120,63 @@ def prepare_tfds(name: str, split: str, data_dir: str | None) -> tuple:
             f"and run once with network access to download the data ({shorten(err)})."
         ) from err
     data_dir = None if data_dir is None else os.fspath(data_dir)
-    try:
+    with tfds_load_errors(name, split, setup=True):
         builder = tfds.builder(name, data_dir=data_dir)
+        if manual_files:
+            _check_manual_files(name, builder, manual_files)
         probe = DOWNLOAD_PROBE_TIMEOUT is not None and needs_download(builder)
         urls = download_urls(builder) if probe else []
-    except ImportError as err:
-        raise missing_dependency(name, err) from err
-    except Exception as err:
-        raise DatasetNotAvailableError(
-            f"Could not set up {name!r} (split {split!r}) with tensorflow-datasets: "
-            f"{shorten(err)}."
-        ) from err
     if urls:
         _check_download_host(name, urls[0])
     return tfds, data_dir
 
 
-def load_tfds(name: str, split: str, data_dir: str | None) -> tuple:
-    tfds, data_dir = prepare_tfds(name, split, data_dir)
+def _check_manual_files(name: str, builder: Any, manual_files: tuple[str, ...]) -> None:
+    if os.path.isfile(os.path.join(os.fspath(builder.data_dir), "dataset_info.json")):
+        return
+    manual = os.path.join(os.fspath(builder.data_dir_root), "downloads", "manual")
+    missing = [f for f in manual_files if not os.path.isfile(os.path.join(manual, f))]
+    if missing:
+        raise DatasetNotAvailableError(
+            f"{name!r} is neither prepared in {os.fspath(builder.data_dir)!r} nor "
+            f"preparable: tensorflow-datasets needs {', '.join(missing)} (downloaded by hand) "
+            f"in {manual!r}."
+        )
+
+
+def load_tfds_dataset(
+    name: str, split: str, data_dir: str | None, manual_files: tuple[str, ...] = ()
+) -> tuple:
+    """`(dataset, info)`: a split as an unbatched tf.data of `(image, label)`
+    pairs (read from disk as iterated) and the builder's `DatasetInfo`."""
+    tfds, data_dir = prepare_tfds(name, split, data_dir, manual_files)
     with tfds_load_errors(name, split):
-        dataset = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir)
+        return tfds.load(name, split=split, as_supervised=True, data_dir=data_dir, with_info=True)
+
+
+def load_tfds(name: str, split: str, data_dir: str | None) -> tuple:
+    dataset, _ = load_tfds_dataset(name, split, data_dir)
+    with tfds_load_errors(name, split):
         return tfds_to_numpy(dataset)
 
 
 @contextlib.contextmanager
-def tfds_load_errors(name: str, split: str):
-    """Turns an error of loading a prepared tfds set into one sentence."""
+def tfds_load_errors(name: str, split: str, setup: bool = False):
+    """Turns an error of setting up (`setup=True`) or loading a tfds set into one sentence."""
     try:
         yield
     except ImportError as err:
         raise missing_dependency(name, err) from err
+    except DatasetNotAvailableError:
+        raise
     except Exception as err:
-        raise DatasetNotAvailableError(
-            f"Could not load {name!r} (split {split!r}) with tensorflow-datasets: "
-            f"run `tfds.load({name!r})` once with network access to download and "
-            f"prepare it, or pass `data_dir` pointing to a prepared copy "
-            f"({shorten(err)})."
-        ) from err
+        if setup:
+            message = f"Could not set up {name!r} (split {split!r}) with tensorflow-datasets: {shorten(err)}."
+        else:
+            message = (
+                f"Could not load {name!r} (split {split!r}) with tensorflow-datasets: "
+                f"run `tfds.load({name!r})` once with network access to download and "
+                f"prepare it, or pass `data_dir` pointing to a prepared copy "
+                f"({shorten(err)})."
+            )
+        raise DatasetNotAvailableError(message) from err

@@ -239,9 +239,12 @@ TFDS_CASES = [
 
 @backend_independent  # numpy only
 def test_one_registry_of_data_sets_and_its_derived_tables():
-    assert set(data.DATASETS) == {"cifar10", "cifar100", "stl10", "fashion_mnist", "digits", "synthetic_cifar"}
+    assert set(data.DATASETS) == {
+        "cifar10", "cifar100", "stl10", "fashion_mnist", "digits", "synthetic_cifar", "tiny_imagenet", "imagenet"}
     for name, dataset in data.DATASETS.items():
-        assert isinstance(dataset, data.Dataset) and callable(dataset.loader)
+        assert isinstance(dataset, data.Dataset)
+        assert callable(dataset.loader) or name == "imagenet"  # too large for memory: streams only
+        assert (dataset.files is not None) == (name in ("tiny_imagenet", "imagenet"))
         assert data.SPLITS[name] == dataset.splits and data.NUM_CLASSES[name] == dataset.num_classes
         if dataset.class_names is not None:
             assert data.CLASS_NAMES[name] == dataset.class_names
@@ -434,7 +437,7 @@ def test_digits_without_sklearn(monkeypatch):
 
 def test_unknown_names_and_splits_raise():
     cases = [
-        (lambda: data.load("imagenet"), r"`name`.*'cifar10'.*'digits'.*name='imagenet'"),
+        (lambda: data.load("imagenet21k"), r"`name`.*'cifar10'.*'digits'.*'imagenet'.*name='imagenet21k'"),
         (lambda: data.load(3), r"`name`.*name=3"),
         (lambda: data.load("cifar10", "validation"), r"`split`.*'train', 'test'.*split='validation'"),
         (lambda: data.load("stl10", "unlabeled"), r"'train', 'test', 'unlabelled'.*split='unlabeled'"),
