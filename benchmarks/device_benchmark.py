@@ -265,7 +265,7 @@ def time_fit(model_spec: tuple, dtype: str, smoke: bool) -> dict:
             step_ms=1e3 * seconds / steps,
             images_per_second=2 * batch * steps / seconds,
             jit_compile=bool(model.jit_compile),
-            loss=float(history.history["loss"][-1]),
+            final_loss=float(history.history["loss"][-1]),
         )
     except LookupError as error:
         record.update(status="unavailable", reason=str(error))
@@ -562,21 +562,21 @@ def run_driver(args: argparse.Namespace) -> dict:
     for part, rows in unavailable_rows(reasons).items():
         report[part].extend(rows)
     fit_loss_end = start + FIT_LOSS_SHARE * args.budget_seconds
+    quality_end = start + args.budget_seconds - 5.0
+    quality_backend = args.quality_backend or next((b for b in ("jax", "torch", "tensorflow") if b in available), None)
+    if quality_backend in available:  # its worker runs last and goes on with the quality part
+        available.remove(quality_backend)
+        available.append(quality_backend)
     for i, backend in enumerate(available):
         now = time.time()
         slot = max(0.0, fit_loss_end - now) / (len(available) - i)
-        deadlines = {"loss": now + LOSS_SHARE * slot, "fit": now + slot}
-        harness.log(f"== {backend}: loss and fit, {slot:.0f} s")
-        _merge(report, backend, _launch(backend, options, ["loss", "fit"], deadlines, log_path))
-    quality_backend = args.quality_backend or next((b for b in ("jax", "torch", "tensorflow") if b in available), None)
-    if quality_backend in available:
-        end = start + args.budget_seconds - 5.0
-        harness.log(f"== {quality_backend}: Fashion-MNIST quality, {end - time.time():.0f} s")
-        worker = _launch(quality_backend, options, ["quality"], {"quality": end}, log_path)
-        report["quality"].extend(worker.get("quality", []))
-        if "error" in worker:
-            report["workers"][f"{quality_backend} (quality)"] = {k: worker.get(k) for k in ("error", "stderr_tail")}
-    elif available:
+        parts, deadlines = ["loss", "fit"], {"loss": now + LOSS_SHARE * slot, "fit": now + slot}
+        if backend == quality_backend:
+            parts.append("quality")
+            deadlines["quality"] = quality_end
+        harness.log(f"== {backend}: {', '.join(parts)} ({slot:.0f} s for loss and fit)")
+        _merge(report, backend, _launch(backend, options, parts, deadlines, log_path))
+    if available and quality_backend not in available:
         report["quality"].append({"backend": quality_backend, "status": "unavailable",
                                   "reason": f"backend {quality_backend} is not available"})  # fmt: skip
     report["total_seconds"] = time.time() - start
