@@ -8,7 +8,6 @@ import warnings
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_fmicl import methods as methods_module
@@ -41,17 +40,6 @@ def _all_finite(tensors: list) -> Any:
     if not checks:
         return ops.convert_to_tensor(True)
     return ops.all(ops.stack(checks))
-
-
-def _array_leaves(data: Any) -> list | None:
-    """The arrays of in-memory data (arrays, tensors, lists/dicts of them);
-    `None` for a dataset, a `PyDataset` or a generator."""
-    if data is None:
-        return None
-    leaves = keras.tree.flatten(data)
-    if not leaves or not all(hasattr(leaf, "shape") and hasattr(leaf, "__array__") for leaf in leaves):
-        return None
-    return leaves
 
 
 def _callback_items(callbacks: Any) -> list:
@@ -427,28 +415,8 @@ class ContrastiveModel(keras.Model):
 
     def _check_probe_labels(self, y: Any, argument: str = "y"):
         """ValueError for concrete probe labels outside [0, num_classes)."""
-        if self.probe is None or _array_leaves(y) is None:
-            return
-        try:
-            labels = np.asarray(y).reshape(-1)
-        except (TypeError, ValueError, RuntimeError):
-            return  # e.g. a tensor on an accelerator: checked in the step
-        if labels.dtype.kind not in "biuf":
-            raise ValueError(
-                f"`{argument}` must hold integer class labels in [0, num_classes="
-                f"{self.num_classes}) for the online probe. Received: "
-                f"{argument} of dtype {labels.dtype}"
-            )
-        with np.errstate(invalid="ignore"):
-            bad = ~((labels >= 0) & (labels < self.num_classes) & (labels == np.floor(labels)))
-        if bad.any():
-            index = int(np.argmax(bad))
-            raise ValueError(
-                f"`{argument}` must hold integer class labels in [0, num_classes="
-                f"{self.num_classes}) for the online probe. Received: "
-                f"{argument}[{index}]={labels[index].item()!r}"
-                + (f" ({int(bad.sum())} invalid labels in all)" if bad.sum() > 1 else "")
-            )
+        if self.probe is not None:
+            safeguards.check_probe_labels(y, self.num_classes, argument)
 
     def warn_single_sample_batch(self):
         """Warns once that batches of a single sample are skipped."""
@@ -464,7 +432,7 @@ class ContrastiveModel(keras.Model):
     def _check_fit_data(self, x: Any, y: Any, batch_size: Any, validation_split: float,
                         shuffle: Any, callbacks: Any, steps_per_epoch: Any):
         self._check_probe_labels(y)
-        leaves = _array_leaves(x)
+        leaves = safeguards.array_leaves(x)
         if leaves is None:
             return
         if shuffle and any(isinstance(c, keras.callbacks.BackupAndRestore) for c in _callback_items(callbacks)):
@@ -615,7 +583,7 @@ class ContrastiveModel(keras.Model):
         """`y`, or with `sample_weight` and no labels the stand-in for "no
         labels" that Keras does not drop (it drops `sample_weight` when `y`
         is None). Checks the weights' shape."""
-        leaves = _array_leaves(x)
+        leaves = safeguards.array_leaves(x)
         if sample_weight is None or leaves is None:
             return y
         num_samples = leaves[0].shape[0]
@@ -652,7 +620,7 @@ class ContrastiveModel(keras.Model):
         self._check_probe_labels(y)
         y = self._labels_keeping_weights(x, y, sample_weight)
         self._prepare_inputs(x, batch_size)
-        leaves = _array_leaves(x)
+        leaves = safeguards.array_leaves(x)
         if leaves is not None and leaves[0].shape[0] is not None:
             if steps is None and leaves[0].shape[0] % (batch_size or 32) == 1:
                 self.warn_single_sample_batch()

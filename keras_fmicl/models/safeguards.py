@@ -48,6 +48,8 @@ def reduce_per_sample(per_sample: Any, sample_weight: Any, reduction: str) -> An
     reduce_per_sample(ops.array([1.0, 3.0]), np.array([1.0, 0.0]), "sum")  # 1.0
     ```
     """
+    if sample_weight is None and reduction != "sum":
+        return ops.mean(per_sample)
     weights = None
     if sample_weight is not None:
         weights = ops.cast(ops.reshape(sample_weight, (-1,)), per_sample.dtype)
@@ -77,6 +79,47 @@ def is_no_labels(y: Any) -> bool:
     return shape is not None and len(shape) == 2 and shape[-1] == 0
 
 
+def array_leaves(data: Any) -> list | None:
+    """The arrays of in-memory data (arrays, tensors, lists/dicts of them);
+    `None` for a dataset, a `PyDataset` or a generator."""
+    if data is None:
+        return None
+    leaves = keras.tree.flatten(data)
+    if not leaves or not all(hasattr(leaf, "shape") and hasattr(leaf, "__array__") for leaf in leaves):
+        return None
+    return leaves
+
+
+def check_probe_labels(y: Any, num_classes: int, argument: str = "y") -> None:
+    """`ValueError` for concrete labels `y` outside `[0, num_classes)` or not whole.
+
+    Labels that are not in memory (a dataset, a tensor on an accelerator)
+    are left to the training step, where they make the loss NaN.
+    """
+    if array_leaves(y) is None:
+        return
+    try:
+        labels = np.asarray(y).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        return  # e.g. a tensor on an accelerator: checked in the step
+    if labels.dtype.kind not in "biuf":
+        raise ValueError(
+            f"`{argument}` must hold integer class labels in [0, num_classes="
+            f"{num_classes}) for the online probe. Received: "
+            f"{argument} of dtype {labels.dtype}"
+        )
+    with np.errstate(invalid="ignore"):
+        bad = ~((labels >= 0) & (labels < num_classes) & (labels == np.floor(labels)))
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise ValueError(
+            f"`{argument}` must hold integer class labels in [0, num_classes="
+            f"{num_classes}) for the online probe. Received: "
+            f"{argument}[{index}]={labels[index].item()!r}"
+            + (f" ({int(bad.sum())} invalid labels in all)" if bad.sum() > 1 else "")
+        )
+
+
 def _is_dataset(x: Any) -> bool:
     """Whether `x` is a `tf.data.Dataset` (without importing TensorFlow)."""
     return hasattr(x, "element_spec") and hasattr(x, "take")
@@ -97,8 +140,7 @@ def first_inputs(x: Any, batch_size: int | None) -> Any:
         for element in x.take(1):
             return keras.utils.unpack_x_y_sample_weight(element)[0]
         return None
-    leaves = keras.tree.flatten(x)
-    if not leaves or not all(hasattr(leaf, "shape") and hasattr(leaf, "__array__") for leaf in leaves):
+    if array_leaves(x) is None:
         return None
     count = batch_size or 32
     return keras.tree.map_structure(lambda leaf: leaf[:count], x)
@@ -194,18 +236,19 @@ class StepAudit(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self._start = None
+        self._start = (0, 0)
         self._steps = 0
 
     def _counters(self) -> tuple[int, int]:
         model = self.model
-        steps = int(ops.convert_to_numpy(model.training_steps.value))
+        # a model built by its first step (TensorFlow) starts from 0
+        steps = int(ops.convert_to_numpy(model.training_steps.value)) if model.built else 0
         optimizer = getattr(model, "optimizer", None)
         updates = int(ops.convert_to_numpy(optimizer.iterations.value)) if optimizer is not None else 0
         return steps, updates
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = self._counters() if self.model.built else None
+        self._start = self._counters()
         self._steps = 0
 
     def on_train_batch_end(self, batch, logs=None):
@@ -213,7 +256,7 @@ class StepAudit(keras.callbacks.Callback):
         self._steps = max(self._steps, int(batch) + 1)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._start is None or self._steps == 0:
+        if self._steps == 0 or not self.model.built:
             return
         steps, updates = self._counters()
         contrasted = steps - self._start[0]
