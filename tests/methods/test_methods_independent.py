@@ -140,6 +140,26 @@ def test_moco_v3_two_steps_match_the_reference_code():
     np.testing.assert_allclose(to_numpy(outputs["keys"]), x @ w_key, rtol=1e-3, atol=1e-5)
 
 
+def test_the_key_network_batch_norm_follows_the_key_batches():
+    """In training the key network's moving mean moves towards the mean of
+    the keys' pre-normalisation activations (every view, key weights), as
+    the momentum encoder's batch norm does in the reference."""
+    keras.utils.set_random_seed(6)
+    encoder = keras.Sequential([
+        keras.Input((DIM_IN,)), keras.layers.Dense(DIM, use_bias=False),
+        keras.layers.BatchNormalization(momentum=0.5),
+    ])  # fmt: skip
+    model = keras_fmicl.ContrastiveModel(encoder, method=methods.MoCoV3(momentum=0.5), projector=None)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras_fmicl.InfoNCELoss(0.2))
+    views = _views(6, seed=15) + 2.0
+    model.build(views.shape)
+    w_key = to_numpy(encoder.layers[0].kernel).astype("float64")  # the first EMA of equal weights
+    model.train_on_batch(views)
+    (moving_mean,) = [v for v in model.method.key_variables if v.path.endswith("non_trainable_0")]
+    expected = 0.5 * (views.reshape(-1, DIM_IN).astype("float64") @ w_key).mean(axis=0)
+    np.testing.assert_allclose(to_numpy(moving_mean), expected, rtol=1e-4, atol=1e-5)
+
+
 # --------------------------------------------------------- supervised SimCSE
 
 VOCABULARY, WIDTH, EMBEDDING = 24, 5, 4
