@@ -75,7 +75,7 @@ def _as_images(images: Any) -> Any:
             images = np.asarray(images)
         except ValueError:
             images = None
-        if images is None or images.dtype == object:
+        if images is None or images.dtype.kind not in "biuf":
             raise ValueError(
                 "`images` must be an array, a tensor, or a list of equally shaped "
                 "arrays (numbers). Received: a list of ragged or non-numeric items"

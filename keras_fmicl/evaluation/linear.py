@@ -208,7 +208,7 @@ def linear_probe_accuracy(
     else:
         order_seed = int(np.random.default_rng().integers(2**31)) if seed is None else seed
         batches = _ShuffledBatches(train, train_labels, batch_size, steps, order_seed)
-        classifier.fit(batches, epochs=1, verbose=verbose)
+        classifier.fit(batches, epochs=1, shuffle=False, verbose=verbose)
 
     def accuracy(features: np.ndarray, labels: np.ndarray) -> float:
         scores = classifier.predict(features, batch_size=max(batch_size, 1024), verbose=0)
