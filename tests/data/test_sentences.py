@@ -216,7 +216,7 @@ def write_sick(root):
         write(
             os.path.join(folder, f"SICK_{name}.txt"),
             [header, f"1\tA boy plays\tA kid plays\t{score}\tENTAILMENT",
-             f"2\tA cat sleeps\tA man runs\t1\tNEUTRAL"],
+             "2\tA cat sleeps\tA man runs\t1\tNEUTRAL"],
         )
     return folder
 
