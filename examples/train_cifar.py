@@ -2,7 +2,7 @@
 
 One script for the quick CPU demo and for CIFAR-10 on a GPU:
 
-    # the embedded default: Fashion-MNIST, a small CNN, ~6 minutes on 2 CPU cores
+    # the embedded default: Fashion-MNIST, a small CNN, about 5 minutes of pretraining on 2 quiet CPU cores
     python examples/train_cifar.py --backend jax
 
     # CIFAR-10 in the paper's setting (download through tensorflow-datasets):
