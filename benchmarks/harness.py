@@ -105,6 +105,76 @@ def run_worker(
             return json.load(f)
 
 
+def stream_worker(
+    script: str,
+    backend: str,
+    arguments: list[str],
+    timeout: float,
+    progress_prefix: str = "[",
+    log_path: str | None = None,
+) -> dict:
+    """Runs `script` with `arguments` under `backend`, showing its progress live.
+
+    Like `run_worker`, but for long workers on a machine lent for minutes:
+    the worker's stderr lines starting with `progress_prefix` are passed on
+    as they come, all of its stderr is appended to `log_path` (when given),
+    and a worker that fails or runs past `timeout` seconds is killed and
+    yields what it had written so far to `--worker-output` (a worker that
+    rewrites its JSON after each measurement loses nothing), with `error`
+    and `stderr_tail` added; `{"error": ...}` alone when it wrote nothing.
+    """
+    import collections
+    import threading
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "result.json")
+        command = [sys.executable, script, *arguments, "--worker-output", path]
+        tail: collections.deque = collections.deque(maxlen=60)
+        log_file = open(log_path, "a") if log_path else None
+        try:
+            proc = subprocess.Popen(
+                command,
+                env=script_env(backend),
+                cwd=REPO_ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+            )
+            timer = threading.Timer(timeout, proc.kill)
+            timer.start()
+            try:
+                for line in proc.stderr:
+                    tail.append(line)
+                    if log_file is not None:
+                        log_file.write(line)
+                        log_file.flush()
+                    if line.startswith(progress_prefix):
+                        log(line.rstrip())
+                returncode = proc.wait()
+                timed_out = not timer.is_alive() and returncode != 0
+            finally:
+                timer.cancel()
+        finally:
+            if log_file is not None:
+                log_file.close()
+        result = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                try:
+                    result = json.load(f)
+                except json.JSONDecodeError:  # killed while writing
+                    result = {}
+        if returncode != 0:
+            result["error"] = (
+                f"worker timed out after {timeout:.0f} s"
+                if timed_out
+                else f"worker exited with code {returncode}"
+            )
+            result["stderr_tail"] = "".join(tail)[-3000:]
+        return result
+
+
 # ---------------------------------------------------------------------------
 # The machine, the versions and the commit.
 # ---------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Everything around the example scripts' training recipes: the run's plumbing.
 
 Flag errors, the backend choice, quiet framework start-up, data-parallel
-set-up, the output folder and what goes in it (history.csv, the figures,
-the summary table) and the exit-code protocol.
+set-up, the run folder (flags.json, the checkpoint that `--resume` continues,
+history.csv), the summary table and the exit-code protocol; the figures
+are in `_figures.py`.
 
 `examples/train_cifar.py` and `examples/train_sentences.py` import this
 module (their own folder is put on `sys.path` first, so it is found however
@@ -14,16 +15,75 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
+import math
 import os
 import re
 import sys
 import tempfile
-import textwrap
 from typing import Callable, Iterator
 
 
 class FlagError(ValueError):
     """A bad flag value: reported as one sentence."""
+
+
+class RunDiverged(RuntimeError):
+    """Training produced a non-finite loss: the run stops (exit status 1)."""
+
+
+class RunComplete(Exception):
+    """`--resume` of a run that has already finished: said, exit status 0."""
+
+
+def check_positive(values: dict) -> None:
+    """Each `--name` of `values` (name -> value; None: unset) is a positive, finite number."""
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise FlagError(f"--{name} must be positive, got {value}.")
+        if value is not None and not math.isfinite(value):
+            raise FlagError(f"--{name} must be a finite number, got {value}.")
+
+
+def check_finite(values: dict) -> None:
+    """Each float `--name` of `values` is finite (inf and nan are no settings)."""
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FlagError(f"--{name} must be a finite number, got {value}.")
+
+
+def refuse_ignored_flags(flags_object, rules) -> None:
+    """Refuses a flag the user set (`FLAGS[name].present`) that the run would ignore.
+
+    `rules` holds `(name, applies, when)`: `--name` is ignored unless
+    `applies`; `when` says when it applies (e.g. "--loss fmicl").
+    """
+    for name, applies, when in rules:
+        if flags_object[name].present and not applies:
+            raise FlagError(f"--{name} is ignored by this run: it applies only with {when} (drop --{name}).")
+
+
+def loss_flag_rules(flags_object) -> list:
+    """The `refuse_ignored_flags` rules of the loss flags: --divergence and
+    --tsallis_order are f-MICL's, --sigma the Gaussian similarity's,
+    --temperature the cosine one's."""
+    similarity = flags_object.similarity or ("gaussian" if flags_object.loss == "fmicl" else "cosine")
+    return [
+        ("divergence", flags_object.loss == "fmicl", "--loss fmicl"),
+        ("tsallis_order", flags_object.loss == "fmicl" and flags_object.divergence == "tsallis",
+         "--loss fmicl --divergence tsallis"),
+        ("sigma", similarity == "gaussian", "--similarity gaussian (the default of --loss fmicl)"),
+        ("temperature", similarity == "cosine", "--similarity cosine (the default of --loss infonce)"),
+    ]
+
+
+def check_batch(batch_size: int, samples: int, what: str = "training samples") -> None:
+    """A contrastive batch needs at least 2 samples: the others are the negatives."""
+    if min(batch_size, samples) < 2:
+        raise FlagError(
+            f"a batch needs at least 2 samples (each one's negatives are the others), but --batch_size "
+            f"{batch_size} with {samples} {what} gives {min(batch_size, samples)}."
+        )
 
 
 def select_backend(backend: str | None, debug: bool) -> str:
@@ -79,12 +139,14 @@ def quiet_native_logging(debug: bool = False) -> Iterator[None]:
                 sys.stderr.flush()
 
 
-def import_frameworks(debug: bool, tensorflow: bool):
+def import_frameworks(debug: bool, seed: int):
     """(keras, numpy, keras_fmicl), imported quietly (see `quiet_native_logging`).
 
-    With `tensorflow` (the backend, or a tf.data pipeline) TensorFlow is
-    imported too, if installed, and probes CUDA now, quietly. The backend
-    must be selected first (`select_backend`).
+    TensorFlow is imported too, if installed, whatever the backend:
+    `keras.utils.set_random_seed` (called here with `seed`) and tf.data
+    import it anyway, and its C++ start-up lines (and its CUDA probing,
+    done now) fall in the quiet window only when it happens here. The
+    backend must be selected first (`select_backend`).
     """
     with quiet_native_logging(debug):
         import keras
@@ -92,14 +154,36 @@ def import_frameworks(debug: bool, tensorflow: bool):
 
         import keras_fmicl
 
-        if tensorflow:
-            try:
-                import tensorflow as tf
+        try:
+            import tensorflow as tf
 
-                tf.config.list_physical_devices()  # probes CUDA now, quietly
-            except ImportError:
-                pass
+            tf.config.list_physical_devices()  # probes CUDA now, quietly
+        except ImportError:
+            pass
+        keras.utils.set_random_seed(seed)
     return keras, np, keras_fmicl
+
+
+def backend_version_and_device(backend: str) -> tuple:
+    """(version of the backend's framework, the device it computes on), for results.json."""
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return jax.__version__, f"{device.platform}: {getattr(device, 'device_kind', device)} x {jax.device_count()}"
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.__version__, f"cuda: {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}"
+        return torch.__version__, "cpu"
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+        return tf.__version__, f"gpu: {name} x {len(gpus)}"
+    return tf.__version__, "cpu"
 
 
 class Distribution:
@@ -170,9 +254,49 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def per_dataset_help(presets: dict, name: str) -> str:
+    """'default per --dataset: fashion_mnist 12, digits 10, cifar10/cifar100/... 200', for a flag's --help."""
+    groups = {}
+    for dataset, preset in presets.items():
+        groups.setdefault(str(preset[name]), []).append(dataset)
+    return "default per --dataset: " + ", ".join(f"{'/'.join(names)} {value}" for value, names in groups.items())
+
+
+# ------------------------------------------------------------- run folder
+
+FLAGS_FILE = "flags.json"
+RESULTS_FILE = "results.json"
+# Flags that may change between a run and its --resume: where things are,
+# how much is printed.
+NOT_COMPARED = ("output_dir", "resume", "verbose", "debug", "data_dir")
+
+
+def loss_tag(loss: str, divergence: str, similarity: str | None, tsallis_order: float) -> str:
+    """'fmicl-kl-gaussian', 'fmicl-tsallis1.5-cosine' or 'infonce-cosine' (for folder names)."""
+    similarity = similarity or ("gaussian" if loss == "fmicl" else "cosine")
+    if loss == "infonce":
+        return f"infonce-{similarity}"
+    if divergence == "tsallis":
+        divergence = f"tsallis{tsallis_order:g}"
+    return f"fmicl-{divergence}-{similarity}"
+
+
 def default_output_dir(*parts: str) -> str:
-    """`runs/<part>_<part>_...`: where a run goes without `--output_dir`."""
+    """`runs/<part>_<part>_...`: the name a run's folder takes without
+    `--output_dir`, before its counter (`_1`, `_2`, ...)."""
     return os.path.join("runs", "_".join(parts))
+
+
+def numbered_folders(prefix: str) -> list:
+    """The existing `<prefix>_<N>` folders, by N."""
+    parent, base = os.path.split(prefix)
+    pattern = re.compile(re.escape(base) + r"_(\d+)")
+    try:
+        names = os.listdir(parent or ".")
+    except OSError:
+        return []
+    found = [(int(m.group(1)), name) for name in names if (m := pattern.fullmatch(name))]
+    return [os.path.join(parent, name) for _, name in sorted(found)]
 
 
 def make_output_dir(path: str) -> list[str]:
@@ -182,8 +306,31 @@ def make_output_dir(path: str) -> list[str]:
     while head and not os.path.exists(head):
         created.append(head)
         head = os.path.dirname(head)
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise FlagError(f"--output_dir {path!r} cannot be created: {error.strerror or error}.") from None
+    if not os.access(path, os.W_OK):
+        raise FlagError(f"--output_dir {path!r} is not writable.")
     return created[::-1]
+
+
+def new_numbered_folder(prefix: str) -> tuple[str, list[str]]:
+    """Creates `<prefix>_<N>`, N the first free counter (1, 2, ...): a
+    default-named run never writes into an earlier run's folder."""
+    created = make_output_dir(os.path.dirname(prefix) or ".")
+    existing = numbered_folders(prefix)
+    number = int(existing[-1].rsplit("_", 1)[1]) + 1 if existing else 1
+    while True:
+        path = f"{prefix}_{number}"
+        try:
+            os.mkdir(path)  # atomic: two runs started at once get two folders
+        except FileExistsError:
+            number += 1
+            continue
+        except OSError as error:
+            raise FlagError(f"the run folder {path!r} cannot be created: {error.strerror or error}.") from None
+        return path, created + [os.path.abspath(path)]
 
 
 def remove_if_empty(created: list[str]) -> None:
@@ -195,21 +342,200 @@ def remove_if_empty(created: list[str]) -> None:
             break
 
 
-def run_in_output_dir(output_dir: str, body: Callable[[str], object]):
-    """`body(output_dir)` in a new folder; a failed run leaves no empty folder."""
-    created = make_output_dir(output_dir)
+def write_json(path: str, data) -> None:
+    """Writes `data` as JSON to `path` atomically (a kill leaves the old file or the new one)."""
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def comparable(run_flags: dict) -> dict:
+    """The flags two runs must share for one to continue the other (as JSON would hold them)."""
+    return json.loads(json.dumps({k: v for k, v in run_flags.items() if k not in NOT_COMPARED}, default=str))
+
+
+class Checkpoint:
+    """`<run folder>/checkpoint/`: the state of the last completed epoch.
+
+    The weights (the model's variables, the optimizer's included: its step
+    drives the learning-rate schedule; the momentum encoder and the queue
+    of MoCo) go to `epoch_<N>.weights.h5`, then `state.json` (the epoch
+    and what the run logged so far) is replaced atomically and names that
+    file: a kill at any point leaves a complete earlier checkpoint.
+    """
+
+    def __init__(self, folder: str):
+        self.folder = os.path.join(folder, "checkpoint")
+        self.state_path = os.path.join(self.folder, "state.json")
+
+    def state(self) -> dict | None:
+        """{"epoch": N, "weights": file name, "log": what the run logged}, or None."""
+        if not os.path.isfile(self.state_path):
+            return None
+        return read_json(self.state_path)
+
+    def save(self, model, epoch: int, log) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        weights = f"epoch_{epoch}.weights.h5"
+        model.save_weights(os.path.join(self.folder, weights), overwrite=True)
+        write_json(self.state_path, {"epoch": epoch, "weights": weights, "log": log})
+        for name in os.listdir(self.folder):
+            if name.endswith(".weights.h5") and name != weights:
+                os.remove(os.path.join(self.folder, name))
+
+    def restore(self, keras, model, x) -> None:
+        """Loads the saved weights into `model` (compiled; built first on a
+        batch of `x`, fit's input: a tf.data.Dataset or arrays), if any."""
+        state = self.state()
+        if state is None:
+            return
+        if not model.built:
+            if hasattr(x, "element_spec"):  # a tf.data.Dataset: its first batch's inputs
+                batch = next(iter(x.take(1)))
+                batch = keras.utils.unpack_x_y_sample_weight(batch)[0] if isinstance(batch, tuple) else batch
+            else:
+                batch = keras.tree.map_structure(lambda array: array[:2], x)
+            model(keras.tree.map_structure(lambda array: keras.ops.convert_to_numpy(array), batch))
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(os.path.join(self.folder, state["weights"]))
+
+    def callback(self, keras, log: Callable[[], object]):
+        """Saves the checkpoint at every epoch's end whose logs are finite
+        (after the callbacks before it in the list; `log()` is what the run
+        logged so far)."""
+        checkpoint = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if all(math.isfinite(float(v)) for v in (logs or {}).values()):
+                    checkpoint.save(self.model, epoch + 1, log())
+
+        return _Callback()
+
+
+class RunFolder:
+    """A run's output folder: `flags.json` (the run's flags), `checkpoint/`
+    (see `Checkpoint`), the outputs, and `results.json` last.
+
+    `open_run_folder` makes one; `start` is the epoch training starts
+    from (0, or the checkpoint's with `--resume`) and `log` what the
+    checkpoint logged before it (None on a fresh run).
+    """
+
+    def __init__(self, path: str, created=(), resumed: dict | None = None, writer: bool = True):
+        self.path = path
+        self.writer = writer
+        self.created = list(created)
+        self.checkpoint = Checkpoint(path)
+        self.start = resumed["epoch"] if resumed else 0
+        self.log = resumed["log"] if resumed else None
+        self.resumed = resumed is not None
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def discard_if_untrained(self) -> None:
+        """After a failure before any checkpoint: removes flags.json, the
+        history so far and the folders this run created (if left empty)."""
+        if self.checkpoint.state() is not None or self.resumed or not self.writer:
+            return
+        for name in (FLAGS_FILE, "history.csv"):
+            with contextlib.suppress(OSError):
+                os.remove(self.file(name))
+        with contextlib.suppress(OSError):
+            os.rmdir(self.checkpoint.folder)
+        remove_if_empty(self.created)
+
+
+def resumed_folder(output_dir: str | None, prefix: str, run_flags: dict) -> RunFolder:
+    """The run `--resume` continues: `--output_dir`, else the last `<prefix>_<N>`."""
+    if output_dir is None:
+        folders = numbered_folders(prefix)
+        if not folders:
+            raise FlagError(f"--resume: there is no run {prefix}_<N> to continue; pass its --output_dir.")
+        output_dir = folders[-1]
+    if not os.path.isfile(os.path.join(output_dir, FLAGS_FILE)):
+        raise FlagError(
+            f"--resume: {output_dir!r} holds no run to continue (no {FLAGS_FILE}, no checkpoint); "
+            "start the run without --resume."
+        )
+    saved = read_json(os.path.join(output_dir, FLAGS_FILE))
+    before, now = comparable(saved), comparable(run_flags)
+    differing = [name for name in sorted(set(before) | set(now)) if before.get(name) != now.get(name)]
+    if differing:
+        listed = ", ".join(f"--{name} (run: {before.get(name)!r}, now: {now.get(name)!r})" for name in differing)
+        raise FlagError(
+            f"--resume continues the run in {output_dir!r} with its own flags; these differ: {listed}. "
+            f"Resume with the run's flags ({FLAGS_FILE}), or start a new run without --resume."
+        )
+    results = os.path.join(output_dir, RESULTS_FILE)
+    if os.path.isfile(results):
+        ending = "diverged" if read_json(results).get("diverged") else "finished"
+        raise RunComplete(f"the run in {output_dir!r} is complete ({ending}; see {RESULTS_FILE}): nothing to resume.")
+    state = Checkpoint(output_dir).state()
+    if state is None:
+        print(f"Resuming {output_dir}: no epoch was completed; training starts from the first.")
+        state = {"epoch": 0, "log": None}
+    else:
+        print(f"Resuming {output_dir} after epoch {state['epoch']}.")
+    return RunFolder(output_dir, resumed=state)
+
+
+def open_run_folder(output_dir: str | None, prefix: str, resume: bool, run_flags: dict,
+                    writer: bool = True) -> RunFolder:
+    """The run's folder: with `resume` the run to continue (its flags must
+    be `run_flags`); else a new one: `output_dir` (created; refused if it
+    holds anything) or, without it, `<prefix>_<N>`. A new folder gets
+    `flags.json` at once.
+
+    A process that writes nothing (`writer=False`: a torch.distributed
+    process other than the chief) neither creates nor checks a new folder.
+    """
+    if resume:
+        return resumed_folder(output_dir, prefix, run_flags)
+    if not writer:
+        return RunFolder(output_dir or prefix, writer=False)
+    if output_dir is None:
+        path, created = new_numbered_folder(prefix)
+    else:
+        if os.path.isdir(output_dir) and os.listdir(output_dir):
+            raise FlagError(
+                f"--output_dir {output_dir!r} is not empty (an earlier run?); choose another folder, "
+                "or pass --resume to continue the run in it."
+            )
+        path, created = output_dir, make_output_dir(output_dir)
+    folder = RunFolder(path, created)
+    write_json(folder.file(FLAGS_FILE), run_flags)
+    return folder
+
+
+def run_in_folder(folder: RunFolder, body: Callable[[RunFolder], object]):
+    """`body(folder)`; a run that fails before its first checkpoint leaves no folder behind."""
     try:
-        return body(output_dir)
+        return body(folder)
+    except RunDiverged:
+        raise
     except BaseException:
-        remove_if_empty(created)
+        folder.discard_if_untrained()
         raise
 
 
 def exit_code(script: str, argv: list[str], run: Callable[[], object]) -> int:
-    """Runs `run()` as `main` does: 0, or 2 with one sentence on stderr.
+    """Runs `run()` as `main` does: 0, 1 after a diverged run, or 2 with
+    one sentence on stderr.
 
     Errors a user can fix (a bad flag, a data set that cannot be loaded, a
-    ValueError of the library) are printed as `<script>: error: ...`;
+    ValueError of the library) are printed as `<script>: error: ...`, as
+    is a diverged run; `--resume` of a finished run says so (status 0);
     anything else propagates with its traceback.
     """
     if len(argv) > 1:
@@ -218,6 +544,12 @@ def exit_code(script: str, argv: list[str], run: Callable[[], object]) -> int:
         return 2
     try:
         run()
+    except RunComplete as message:
+        print(f"{script}: {message}")
+        return 0
+    except RunDiverged as error:
+        print(f"{script}: error: {error}", file=sys.stderr)
+        return 1
     except FlagError as error:  # a ValueError too, but caught first: bad flags
         # are reported before Keras is imported, and the branch below imports it
         print(f"{script}: error: {error}", file=sys.stderr)
@@ -290,6 +622,15 @@ class HistoryCSV:
 
         return _Callback()
 
+    def state(self) -> dict:
+        """The rows so far and their columns (what `restore` takes back)."""
+        return {"rows": self.rows, "keys": self.keys}
+
+    def restore(self, state) -> None:
+        """Continues from `state` (a checkpoint's): its rows are kept."""
+        self.rows, self.keys = [dict(row) for row in state["rows"]], state["keys"]
+        self.write()
+
     def add(self, epoch, logs):
         row = {key: float(value) for key, value in logs.items() if not key.startswith("val_")}
         if "probe_loss" in row and "loss" in row:
@@ -299,148 +640,48 @@ class HistoryCSV:
             keys = [k for k in first if k in row] + sorted(k for k in row if k not in first)
             self.keys = keys + [k for k in self.extra_keys if k not in keys]
         self.rows.append({"epoch": epoch, **row})
+        self.write()
+
+    def write(self):
         with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["epoch", *self.keys], extrasaction="ignore", restval="")
+            writer = csv.DictWriter(f, fieldnames=["epoch", *(self.keys or [])], extrasaction="ignore", restval="")
             writer.writeheader()
             writer.writerows(self.rows)
 
-
-# ------------------------------------------------------------------ figures
-
-
-def pyplot(missing: str = "figures"):
-    """matplotlib.pyplot on the Agg backend; without matplotlib, a note
-    that `missing` is not drawn, and None."""
-    try:
-        import matplotlib
-    except ImportError:
-        print(f"Note: matplotlib is not installed; no {missing} (pip install matplotlib).")
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    def history(self) -> dict:
+        """Every epoch's logs, key -> list (as `fit`'s History: a key only on the epochs it was logged)."""
+        history = {}
+        for row in self.rows:
+            for key, value in row.items():
+                if key not in ("epoch", "contrastive_loss"):
+                    history.setdefault(key, []).append(value)
+        return history
 
 
-def save_figure(plt, figure, path: str, **savefig_kwargs) -> None:
-    """Lays `figure` out, writes it to `path` and frees it."""
-    figure.tight_layout()
-    figure.savefig(path, **savefig_kwargs)
-    plt.close(figure)
+def divergence_check(keras, every_batch: bool = False):
+    """A callback that stops `fit` at the first non-finite loss (at an
+    epoch's end, or with `every_batch` after every step) by raising
+    `RunDiverged`; place it first, before callbacks that would work on NaN."""
 
+    def check(logs, where):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise RunDiverged(
+                f"training diverged: the loss is {float(loss)} at {where}; the run stops (results.json "
+                "marks it diverged). A lower --learning_rate may help."
+            )
 
-def plot_curves(history, knn, run_title, path):
-    """curves.png: loss, alignment, uniformity and kNN top-1 per epoch.
+    class _Callback(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
 
-    `knn` holds the kNN curve on the monitor's subset (`epochs`, `accuracy`,
-    `test_images`, `train_images`) and the final kNN top-1 on the whole
-    evaluation split (`final`, `final_images`; `split` names it).
-    """
-    plt = pyplot()
-    if plt is None:
-        return
-    epochs = list(range(1, len(history["loss"]) + 1))
-    figure, axes = plt.subplots(2, 2, figsize=(9.5, 7))
-    plot_loss(axes.flat[0], epochs, history)
-    panels = [
-        ("alignment", "alignment (lower: positives closer)"),
-        ("uniformity", "uniformity (lower: more spread)"),
-    ]
-    for axis, (key, title) in zip(axes.flat[1:3], panels):
-        axis.plot(epochs, history.get(key, []), marker="o", markersize=3)
-        axis.set_title(title)
-    plot_knn(axes.flat[3], max(epochs) if epochs else 0, knn)
-    from matplotlib.ticker import MaxNLocator
+        def on_train_batch_end(self, batch, logs=None):
+            if every_batch:
+                check(logs, f"step {batch + 1} of epoch {self.epoch + 1}")
 
-    for axis in axes.flat:
-        axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if len(epochs) == 1:  # one point: one tick, not a fractional axis
-            axis.set_xticks(epochs)
-            axis.set_xlim(0.5, 1.5)
-        axis.grid(alpha=0.3)
-    figure.suptitle(run_title, fontsize=10)
-    save_figure(plt, figure, path, dpi=110)
+        def on_epoch_end(self, epoch, logs=None):
+            check(logs, f"epoch {epoch + 1}")
 
-
-def plot_loss(axis, epochs, history):
-    """The loss panel of curves.png: as `fit` printed it, and its contrastive part."""
-    if "probe_loss" in history:
-        contrastive = [a - b for a, b in zip(history["loss"], history["probe_loss"])]
-        axis.plot(epochs, history["loss"], marker="o", markersize=3,
-                  label="loss (as printed: contrastive + probe)")
-        axis.plot(epochs, contrastive, marker="o", markersize=3,
-                  label="contrastive loss (loss - probe_loss)")
-        axis.legend(fontsize=8)
-        axis.set_title("training loss")
-    else:
-        axis.plot(epochs, history["loss"], marker="o", markersize=3)
-        axis.set_title("training loss (as printed)")
-
-
-def plot_knn(axis, last_epoch, knn):
-    """The kNN panel of curves.png: the monitor's curve and the final score (see `plot_curves`)."""
-    if knn["epochs"]:
-        axis.plot(knn["epochs"], [100 * v for v in knn["accuracy"]], marker="o", color="tab:green",
-                  label=f"{knn['test_images']:,} {knn['split']} images "
-                        f"(memory bank: {knn['train_images']:,} training images)")
-        axis.set_title(f"kNN top-1 (%) on a {knn['test_images']:,}-image {knn['split']} subset")
-    else:
-        axis.set_title("kNN top-1 (%)")
-    axis.plot([last_epoch], [100 * knn["final"]], marker="*", markersize=12, color="tab:red", linestyle="none",
-              label=f"final, all {knn['final_images']:,} {knn['split']} images: {100 * knn['final']:.2f} %")
-    axis.legend(fontsize=8, loc="best")
-
-
-def embed_2d(features, seed):
-    """(N, 2) map of (N, F) features: t-SNE (scikit-learn), else PCA.
-
-    Rows are L2-normalised first: Euclidean distances between them are the
-    cosine distances the kNN evaluation uses.
-    """
-    import numpy as np
-
-    features = np.asarray(features, dtype="float64")
-    features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    try:
-        from sklearn.manifold import TSNE
-    except ImportError:
-        TSNE = None
-    if TSNE is not None and len(features) > 6:
-        perplexity = float(min(30.0, (len(features) - 1) / 3.0))
-        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                    random_state=seed)
-        return tsne.fit_transform(features), "t-SNE"
-    centred = features - features.mean(axis=0)
-    _, _, components = np.linalg.svd(centred, full_matrices=False)
-    return centred @ components[:2].T, "PCA"
-
-
-def plot_embedding(features, labels, class_names, run_title, knn_text, path, max_points, seed):
-    """embedding.png: the test features in 2-D, one colour per class."""
-    import numpy as np
-
-    plt = pyplot()
-    if plt is None:
-        return None
-    labels = np.asarray(labels)
-    count = min(len(labels), max_points)
-    chosen = np.sort(np.random.default_rng(seed).choice(len(labels), count, replace=False))
-    points, method = embed_2d(np.asarray(features)[chosen], seed)
-    labels = labels[chosen]
-    classes = np.unique(labels)
-    figure, axis = plt.subplots(figsize=(8.5, 6.5))
-    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    for index, label in enumerate(classes):
-        mask = labels == label
-        name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
-        axis.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.7,
-                     color=colours(index % colours.N), label=name, rasterized=True)
-    if len(classes) <= 20:
-        axis.legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    axis.set_xticks([])
-    axis.set_yticks([])
-    title = textwrap.fill(run_title, 80) + f"\n{method} of {count:,} test features, {knn_text}"
-    axis.set_title(title, fontsize=10)
-    save_figure(plt, figure, path, dpi=100, bbox_inches="tight")
-    return method
+    if not every_batch:  # no per-step hook: fit then skips syncing the logs every step
+        del _Callback.on_train_batch_end
+    return _Callback()

@@ -9,24 +9,31 @@ test (STL-10) or val (Tiny ImageNet, ImageNet) split. No online linear probe
 (STL-10's unlabelled images have no label) and no kNN curve during training
 (one kNN pass over ImageNet's features costs an epoch).
 
-`run_streamed(example, backend, output_dir)` is called by train_cifar.py with
-itself as `example`: the loss, model, optimizer, outputs and summary table are
-the example's own.
+`run_streamed(example, backend, folder)` is called by train_cifar.py with
+itself as `example` and its run folder: the loss, model, optimizer, training
+loop (history.csv, the per-epoch checkpoint that --resume continues from, the
+stop at a non-finite loss), outputs and summary table are the example's own.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
+from _common import Distribution
 from _common import FlagError
-from _common import HistoryCSV
-from _common import describe_loss
 from _common import import_frameworks
 from _common import print_results_table
 
 EVAL_BATCH = 256
+
+
+def refuse_in_memory_flags(flags) -> None:
+    """FlagError for the flags that apply only to the in-memory data sets."""
+    if flags.evaluate_on != "test" or flags.distribute or flags.pipeline != "tf_data" or flags.knn_every:
+        raise FlagError(
+            f"{flags.dataset} streams from disk: --evaluate_on validation, --distribute, --pipeline model and "
+            "--knn_every apply to the in-memory data sets."
+        )
 
 
 def limited(stream, count):
@@ -92,16 +99,11 @@ def evaluate_streamed(example, np, keras_fmicl, encoder, image_size):
     return scores, (len(train_y), len(test_y)), test_y
 
 
-def run_streamed(example, backend, output_dir):
-    """Pretrains on the streamed split, evaluates and writes the example's outputs."""
+def run_streamed(example, backend, folder):
+    """Pretrains on the streamed split (from the checkpoint of `folder`
+    with --resume), evaluates and writes the example's outputs."""
     flags = example.FLAGS
-    if flags.evaluate_on != "test" or flags.distribute or flags.pipeline != "tf_data":
-        raise FlagError(
-            f"{flags.dataset} streams from disk: --evaluate_on validation, --distribute and --pipeline model "
-            "apply to the in-memory data sets."
-        )
-    keras, np, keras_fmicl = import_frameworks(flags.debug, tensorflow=True)
-    keras.utils.set_random_seed(flags.seed)
+    keras, np, keras_fmicl = import_frameworks(flags.debug, flags.seed)
     preset = example.PRESETS[flags.dataset]
     image_size = example.get_setting("image_size")
     stream = limited(
@@ -114,59 +116,25 @@ def run_streamed(example, backend, output_dir):
     loss = example.build_loss(keras_fmicl)
     model = example.build_model(keras_fmicl, (image_size, image_size, 3), None, steps_per_epoch)
     model.compile(optimizer=example.build_optimizer(keras, steps_per_epoch), loss=loss)
-    epochs = example.get_setting("epochs")
+    folder.checkpoint.restore(keras, model, views)  # a resumed run's last epoch, if any
     print(
         f"Pretraining on {flags.dataset} {preset['pretrain_split']} ({stream.num_examples} images, "
         f"{image_size}x{image_size} views) with {loss.get_config()} in {flags.mode} mode, backend {backend}, "
-        f"{epochs} epochs of {steps_per_epoch} steps."
+        f"{example.get_setting('epochs')} epochs of {steps_per_epoch} steps."
     )
-    history_csv = HistoryCSV(os.path.join(output_dir, "history.csv"))
-    start = time.time()
-    logs = {"loss": []}
-    if epochs > 0:
-        logs = model.fit(views, epochs=epochs, callbacks=[history_csv.callback(keras)], verbose=flags.verbose).history
-    pretraining = example.Pretraining(
-        logs={key: [float(v) for v in values] for key, values in logs.items()}, knn_epochs=[], knn_curve=[],
-        knn_train_images=0, knn_test_images=0, history_path=history_csv.path, seconds=time.time() - start,
+    results = example.run_description(keras, keras_fmicl, np, backend, Distribution(), loss, model)
+    results["settings"].update(
+        {name: example.get_setting(name) for name in ("depth", "patch_size", "image_size")},
+        pretrain_split=preset["pretrain_split"], eval_splits=list(preset["eval_splits"]),
     )
+    results.update(pretrain_samples=int(stream.num_examples), resumed_from_epoch=folder.start)
+    no_images = (np.zeros((0,)), np.zeros((0,), "int64"))  # no kNN monitor (--knn_every is refused)
+    pretraining = example.pretrain_recording_divergence(results, folder, True, lambda: example.pretrain(
+        keras, keras_fmicl, model, {"x": views}, no_images, no_images, folder, True,
+    ))
     scores, (train_count, test_count), test_y = evaluate_streamed(example, np, keras_fmicl, model.encoder, image_size)
-    run_title = (
-        f"{flags.dataset}: {describe_loss(loss)}, {flags.mode} mode, {backend} backend, "
-        f"{epochs} epoch{'' if epochs == 1 else 's'} on {stream.num_examples:,} images"
-    )
-    outputs, embedding_method, embedding_seconds = example.write_model_and_figures(
-        keras_fmicl, model, output_dir, pretraining, scores, run_title, test_y
-    )
-    settings = ("encoder", "width", "depth", "patch_size", "image_size", "projection_dim", "epochs", "batch_size",
-                "learning_rate", "weight_decay", "max_train_samples", "linear_epochs", "knn_k")
-    results = {
-        "flags": {name: getattr(flags, name) for name in flags if name in example.OWN_FLAGS},
-        "settings": dict({name: example.get_setting(name) for name in settings},
-                         warmup_epochs=example.warmup_epochs(), pretrain_split=preset["pretrain_split"],
-                         eval_splits=list(preset["eval_splits"])),
-        "backend": backend,
-        "distribution": "one device",
-        "loss": loss.get_config(),
-        "mode": flags.mode,
-        "method": keras.saving.serialize_keras_object(model.method),
-        "evaluate_on": "test",
-        "pretrain_samples": int(stream.num_examples),
-        "train_samples": int(train_count),
-        "test_samples": int(test_count),
-        "history": pretraining.logs,
-        "knn_curve": {"epochs": [], "accuracy": []},
-        "knn_top1": float(scores.knn),
-        "linear_top1": float(scores.linear["test_accuracy"]),
-        "linear_train_top1": float(scores.linear["train_accuracy"]),
-        "few_label": scores.few_label,
-        "pretrain_seconds": pretraining.seconds,
-        "evaluation_seconds": scores.seconds,
-        "embedding_seconds": embedding_seconds,
-        "versions": {"keras": keras.__version__, "keras_fmicl": keras_fmicl.__version__, "numpy": np.__version__},
-        "embedding_method": embedding_method,
-        "outputs": outputs,
-    }
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    print_results_table(example.summary_rows(results, loss, steps_per_epoch, batch_size, output_dir))
+    results.update(train_samples=int(train_count), test_samples=int(test_count))
+    example.write_outputs(keras_fmicl, model, folder, results, pretraining, scores, test_y,
+                          example.describe_run(loss, backend, stream.num_examples))
+    print_results_table(example.summary_rows(results, loss, steps_per_epoch, batch_size, folder.path))
     return results

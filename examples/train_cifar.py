@@ -2,7 +2,7 @@
 
 One script for the quick CPU demo and for CIFAR-10 on a GPU:
 
-    # the embedded default: Fashion-MNIST, a small CNN, ~6 minutes on 2 CPU cores
+    # the embedded default: Fashion-MNIST, a small CNN, about 5 minutes of pretraining on 2 quiet CPU cores
     python examples/train_cifar.py --backend jax
 
     # CIFAR-10 in the paper's setting (download through tensorflow-datasets):
@@ -16,11 +16,18 @@ It pretrains on the training split (labels unused, except by the online
 linear probe it reports), then evaluates the frozen encoder on the test
 split with weighted kNN (k=200, T=0.1) and a linear classifier, prints a
 summary table and writes to `--output_dir` (default
-`runs/<dataset>_<loss>_<mode>_<backend>/`; a run that fails before writing
-anything leaves no folder behind):
+`runs/<dataset>_<mode>_<loss>_<backend>_<N>/`, e.g.
+`runs/fashion_mnist_simclr_fmicl-kl-gaussian_jax_1/`, N counting up so
+that no run overwrites another; an explicit `--output_dir` must be empty or
+new; a run that fails before its first epoch leaves no folder behind):
 
+    flags.json       the run's flags (what --resume must repeat)
+    checkpoint/      the weights (optimizer, momentum encoder, queue) and logs
+                     of the last completed epoch, where --resume continues
     results.json     flags, settings, per-epoch history, kNN and linear top-1,
-                     few-label probes, timings, versions
+                     few-label probes, timings, versions, device (before the
+                     figures); "diverged": true for a run stopped (exit
+                     status 1) by a non-finite loss
     history.csv      one row per epoch (epoch counted from 1), written as
                      training goes; the columns are what `fit` prints:
                        loss              the training loss: the contrastive loss
@@ -41,16 +48,14 @@ anything leaves no folder behind):
     encoder.keras    the pretrained encoder (keras.models.load_model)
     features.npz     with --save_features: the features the scores come from
 
-TensorFlow/XLA's C++ start-up logging (CUDA probing such as "failed call to
-cuInit" on machines without a GPU, oneDNN notices) is hidden; `--debug`
-shows it. Every flag left unset takes the preset of the dataset (see
-`PRESETS`).
+A figure that fails is a warning line, never a lost run. TensorFlow/XLA's
+C++ start-up logging is hidden; `--debug` shows it. Every flag left unset
+takes the preset of the dataset (`PRESETS`; --help lists them per flag).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -63,117 +68,36 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/_comm
 from _common import Distribution  # noqa: E402
 from _common import FlagError  # noqa: E402
 from _common import HistoryCSV  # noqa: E402
+from _common import RunDiverged  # noqa: E402
+from _common import backend_version_and_device  # noqa: E402
+from _common import check_batch  # noqa: E402
+from _common import check_finite  # noqa: E402
+from _common import check_positive  # noqa: E402
 from _common import default_output_dir  # noqa: E402
 from _common import describe_loss  # noqa: E402
+from _common import divergence_check  # noqa: E402
 from _common import exit_code  # noqa: E402
 from _common import import_frameworks  # noqa: E402
 from _common import leave_process_group  # noqa: E402
-from _common import plot_curves  # noqa: E402
-from _common import plot_embedding  # noqa: E402
+from _common import loss_flag_rules  # noqa: E402
+from _common import loss_tag  # noqa: E402
+from _common import open_run_folder  # noqa: E402
+from _common import per_dataset_help  # noqa: E402
 from _common import print_results_table  # noqa: E402
-from _common import run_in_output_dir  # noqa: E402
+from _common import refuse_ignored_flags  # noqa: E402
+from _common import run_in_folder  # noqa: E402
 from _common import select_backend  # noqa: E402
 from _common import setup_distribution  # noqa: E402
+from _common import write_json  # noqa: E402
+from _figures import plot_curves  # noqa: E402
+from _figures import plot_embedding  # noqa: E402
+from _figures import plot_safely  # noqa: E402
 from registry_names import BACKENDS  # noqa: E402
 from registry_names import DIVERGENCES  # noqa: E402
 from registry_names import SIMILARITIES  # noqa: E402
 import paper_presets  # noqa: E402
+from _streaming import refuse_in_memory_flags  # noqa: E402
 from _streaming import run_streamed  # noqa: E402
-
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "digits", "synthetic_cifar", "tiny_imagenet", "imagenet")
-
-flags.DEFINE_enum("backend", None, BACKENDS, "Keras backend (default: $KERAS_BACKEND, else tensorflow).")
-flags.DEFINE_enum("dataset", "fashion_mnist", DATASETS, "Dataset to pretrain and evaluate on.")
-flags.DEFINE_enum("loss", "fmicl", ("fmicl", "infonce"), "f-MICL, or the InfoNCE baseline.")
-flags.DEFINE_enum("divergence", "kl", DIVERGENCES, "f-divergence of f-MICL.")
-flags.DEFINE_float("tsallis_order", 1.5, "Order of the Tsallis divergence.")
-flags.DEFINE_enum("similarity", None, SIMILARITIES, "Similarity (default: gaussian for f-MICL, cosine for InfoNCE).")
-flags.DEFINE_float(
-    "sigma", None,
-    "Bandwidth of the f-Gaussian similarity (default: the package's, 2**-0.5 ~ 0.707, the paper's vision setting).",
-)
-flags.DEFINE_float("temperature", None, "Temperature of the cosine similarity (default: the package's).")
-flags.DEFINE_float(
-    "alpha", None, "Weight of the negative term of f-MICL (default: the package's, 40, the paper's vision setting)."
-)
-flags.DEFINE_enum("mode", "simclr", ("simclr", "moco", "mocov3"), "Training method: simclr, moco (MoCo v2) or mocov3 (keras_fmicl.methods.SimCLR, MoCoV2, MoCoV3).")
-flags.DEFINE_float("momentum", 0.99, "Base EMA momentum of the key encoder (moco, mocov3); rises to 1 (cosine).")
-flags.DEFINE_float("online_weight", 0.0, "moco, mocov3: weight in [0, 1] of the contrast of the online embeddings among themselves, mixed with the key contrast (keras_fmicl.methods.MomentumMethod).")
-flags.DEFINE_integer("queue_size", None, "MoCo queue size, at least the keys of one batch (default: 16 batches of keys, capped at 8192 or one batch).")
-flags.DEFINE_bool(
-    "moco_symmetric", False,
-    "--mode moco: the symmetric form (every view queries, the keys of both views enqueued) instead of "
-    "MoCo v2's one direction (keras_fmicl.methods.MoCoV2(symmetric=True)); needed by --online_weight.",
-)
-flags.DEFINE_enum(
-    "encoder", None, ("resnet18", "small_cnn", "resnet50", "vit_small"),
-    "Encoder (default: the preset's: small_cnn for 28x28/8x8 data, resnet50 for tiny_imagenet and "
-    "--preset paper stl10, vit_small for imagenet, resnet18 otherwise).",
-)
-flags.DEFINE_enum(
-    "preset", None, ("paper",),
-    "paper: the paper's setting of --dataset (examples/paper_presets.py, docs/paper-experiments.md): "
-    "800 epochs on CIFAR; ResNet-50 on STL-10's train+unlabelled images, streamed from disk.",
-)
-flags.DEFINE_integer(
-    "image_size", None,
-    "Side of the square views of the data sets streamed from disk (default: the preset's, 96 for STL-10, "
-    "64 for Tiny ImageNet, 224 for ImageNet); smaller for smoke runs and small GPUs.",
-)
-flags.DEFINE_integer("patch_size", None, "vit_small: the side of a patch (default: 16).")
-flags.DEFINE_integer("depth", None, "vit_small: Transformer blocks (default: 12); --width is its token size (384).")
-flags.DEFINE_integer("width", None, "Encoder width (ResNet: 64 is the standard ResNet-18).")
-flags.DEFINE_integer("projection_dim", None, "Output dimension of the projection head.")
-flags.DEFINE_integer(
-    "epochs", None,
-    "Pretraining epochs (default: the dataset's preset; cifar10, cifar100, stl10: 200, the length of the "
-    "paper's alpha ablation; --epochs 800 is the paper's setting of its main results).",
-)
-flags.DEFINE_integer("batch_size", None, "Batch size (samples; each has 2 views).")
-flags.DEFINE_float("learning_rate", None, "Peak learning rate, after a linear warmup, then cosine decay to 0.")
-flags.DEFINE_float("warmup_epochs", None, "Epochs of linear learning-rate warmup.")
-flags.DEFINE_float("weight_decay", None, "Decoupled weight decay.")
-flags.DEFINE_integer("max_train_samples", None, "Use only the first N training images (quick runs).")
-flags.DEFINE_integer("max_test_samples", None, "Use only the first N test images (quick runs).")
-flags.DEFINE_integer("knn_every", None, "Log kNN accuracy on a subset every N epochs (0: only at the end).")
-flags.DEFINE_integer("linear_epochs", None, "Epochs of the linear evaluation.")
-flags.DEFINE_integer("knn_k", None, "Neighbours of the weighted kNN evaluation (default: 200, the paper's).")
-flags.DEFINE_list(
-    "few_label", [],
-    "Also report few-label linear top-1: a probe trained on these fractions of the training labels "
-    "(class-balanced subsets), e.g. 0.01,0.1.",
-)
-flags.DEFINE_integer("few_label_draws", 3, "Subsets drawn per --few_label fraction (their mean is reported).")
-flags.DEFINE_bool("save_features", False, "Also write features.npz (train/test encoder features and labels).")
-flags.DEFINE_enum("evaluate_on", "test", ("test", "validation"), "Evaluate on the test split, or on a validation split held out from the end of the training split (for tuning; never the test split).")
-flags.DEFINE_integer("validation_samples", 10000, "Size of the validation split held out of the training split (with --evaluate_on validation).")
-flags.DEFINE_integer("seed", 0, "Random seed (weights, augmentations, data order).")
-flags.DEFINE_string("output_dir", None, "Where results go (default: runs/<dataset>_<loss>_<mode>_<backend>).")
-flags.DEFINE_string("data_dir", None, "Dataset directory (tensorflow-datasets data_dir, or the Fashion-MNIST IDX files).")
-flags.DEFINE_enum(
-    "pipeline", "tf_data", ("tf_data", "model"),
-    "Where the views are drawn: a tf.data pipeline (CPU, overlapped with training), or inside the "
-    "model on the accelerator (no TensorFlow needed).",
-)
-flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
-flags.DEFINE_bool(
-    "debug", False,
-    "Show TensorFlow/XLA's C++ logging (CUDA probing, oneDNN notices, device placement), "
-    "hidden by default.",
-)
-flags.DEFINE_integer(
-    "embedding_points", 2000,
-    "Test images drawn in embedding.png (t-SNE on at most this many; 0: no embedding.png).",
-)
-flags.DEFINE_bool(
-    "distribute", False,
-    "Data-parallel training with the backend's engine: tf.distribute (MirroredStrategy over the GPUs, "
-    "TPUStrategy on a TPU, MultiWorkerMirroredStrategy when TF_CONFIG is set), keras.distribution.DataParallel "
-    "(JAX, every device; multi-host via KERAS_DISTRIBUTION_* variables), or torch.distributed (launch with "
-    "torchrun). --batch_size is the global batch; negatives come from the global batch.",
-)
-
-FLAGS = flags.FLAGS
 
 # The paper's vision setting (Lu et al., TMLR 2023, arXiv 2402.10150,
 # "Experimental setup" table), which the cifar10, cifar100 and stl10 presets
@@ -220,6 +144,117 @@ PRESETS["stl10"] = dict(PRESETS["cifar10"], batch_size=256)
 paper_presets.apply_preset(PRESETS, "stl10", None)  # tiny_imagenet, imagenet
 
 
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "digits", "synthetic_cifar", "tiny_imagenet", "imagenet")
+
+flags.DEFINE_enum("backend", None, BACKENDS, "Keras backend (default: $KERAS_BACKEND, else tensorflow).")
+flags.DEFINE_enum("dataset", "fashion_mnist", DATASETS, "Dataset to pretrain and evaluate on.")
+flags.DEFINE_enum("loss", "fmicl", ("fmicl", "infonce"), "f-MICL, or the InfoNCE baseline.")
+flags.DEFINE_enum("divergence", "kl", DIVERGENCES, "f-divergence of f-MICL.")
+flags.DEFINE_float("tsallis_order", 1.5, "Order of the Tsallis divergence.")
+flags.DEFINE_enum("similarity", None, SIMILARITIES, "Similarity (default: gaussian for f-MICL, cosine for InfoNCE).")
+flags.DEFINE_float(
+    "sigma", None,
+    "Bandwidth of the f-Gaussian similarity (default: the package's, 2**-0.5 ~ 0.707, the paper's vision setting).",
+)
+flags.DEFINE_float("temperature", None, "Temperature of the cosine similarity (default: the package's).")
+flags.DEFINE_float(
+    "alpha", None, "Weight of the negative term of f-MICL (default: the package's, 40, the paper's vision setting)."
+)
+flags.DEFINE_enum("mode", "simclr", ("simclr", "moco", "mocov3"), "Training method: simclr, moco (MoCo v2) or mocov3 (keras_fmicl.methods.SimCLR, MoCoV2, MoCoV3).")
+flags.DEFINE_float("momentum", 0.99, "Base EMA momentum of the key encoder (moco, mocov3); rises to 1 (cosine).")
+flags.DEFINE_float("online_weight", 0.0, "moco, mocov3: weight in [0, 1] of the contrast of the online embeddings among themselves, mixed with the key contrast (keras_fmicl.methods.MomentumMethod).")
+flags.DEFINE_integer("queue_size", None, "MoCo queue size, at least the keys of one batch (default: 16 batches of keys, capped at 8192 or one batch).")
+flags.DEFINE_bool(
+    "moco_symmetric", False,
+    "--mode moco: the symmetric form (every view queries, the keys of both views enqueued) instead of "
+    "MoCo v2's one direction (keras_fmicl.methods.MoCoV2(symmetric=True)); needed by --online_weight.",
+)
+flags.DEFINE_enum(
+    "encoder", None, ("resnet18", "small_cnn", "resnet50", "vit_small"),
+    f"Encoder ({per_dataset_help(PRESETS, 'encoder')}; --preset paper stl10: resnet50).",
+)
+flags.DEFINE_enum(
+    "preset", None, ("paper",),
+    "paper: the paper's setting of --dataset (examples/paper_presets.py, docs/paper-experiments.md): "
+    "800 epochs on CIFAR; ResNet-50 on STL-10's train+unlabelled images, streamed from disk.",
+)
+flags.DEFINE_integer(
+    "image_size", None,
+    "Side of the square views of the data sets streamed from disk (default: the preset's, 96 for STL-10 "
+    "with --preset paper, 64 for Tiny ImageNet, 224 for ImageNet); smaller for smoke runs and small GPUs.",
+)
+flags.DEFINE_integer("patch_size", None, "vit_small: the side of a patch (default: 16).")
+flags.DEFINE_integer("depth", None, "vit_small: Transformer blocks (default: 12); --width is its token size (384).")
+flags.DEFINE_integer("width", None, f"Encoder width (ResNet: 64 is the standard ResNet-18; {per_dataset_help(PRESETS, 'width')}).")
+flags.DEFINE_integer("projection_dim", None, f"Output dimension of the projection head ({per_dataset_help(PRESETS, 'projection_dim')}).")
+flags.DEFINE_integer(
+    "epochs", None,
+    f"Pretraining epochs ({per_dataset_help(PRESETS, 'epochs')}; 200 is the length of the paper's alpha ablation, "
+    "--epochs 800 the paper's setting of its main results).",
+)
+flags.DEFINE_integer("batch_size", None, f"Batch size (samples, at least 2; each has 2 views; {per_dataset_help(PRESETS, 'batch_size')}).")
+flags.DEFINE_float(
+    "learning_rate", None,
+    f"Peak learning rate, after a linear warmup, then cosine decay to 0 ({per_dataset_help(PRESETS, 'learning_rate')}; "
+    "None: 1.5e-4 x batch size / 256, MoCo v3's linear scaling; "
+    f"optimizer {per_dataset_help(PRESETS, 'optimizer')}).",
+)
+flags.DEFINE_float("warmup_epochs", None, f"Epochs of linear learning-rate warmup ({per_dataset_help(PRESETS, 'warmup_epochs')}).")
+flags.DEFINE_float("weight_decay", None, f"Decoupled weight decay ({per_dataset_help(PRESETS, 'weight_decay')}).")
+flags.DEFINE_integer(
+    "max_train_samples", None,
+    f"Use only the first N >= 2 training images (quick runs; None: all; {per_dataset_help(PRESETS, 'max_train_samples')}).",
+)
+flags.DEFINE_integer("max_test_samples", None, "Use only the first N test images (quick runs).")
+flags.DEFINE_integer("knn_every", None, f"Log kNN accuracy on a subset every N epochs (0: only at the end; {per_dataset_help(PRESETS, 'knn_every')}).")
+flags.DEFINE_integer("linear_epochs", None, f"Epochs of the linear evaluation ({per_dataset_help(PRESETS, 'linear_epochs')}).")
+flags.DEFINE_integer("knn_k", None, f"Neighbours of the weighted kNN evaluation ({per_dataset_help(PRESETS, 'knn_k')}; 200 is the paper's).")
+flags.DEFINE_list(
+    "few_label", [],
+    "Also report few-label linear top-1: a probe trained on these fractions of the training labels "
+    "(class-balanced subsets), e.g. 0.01,0.1.",
+)
+flags.DEFINE_integer("few_label_draws", 3, "Subsets drawn per --few_label fraction (their mean is reported).")
+flags.DEFINE_bool("save_features", False, "Also write features.npz (train/test encoder features and labels).")
+flags.DEFINE_enum("evaluate_on", "test", ("test", "validation"), "Evaluate on the test split, or on a validation split held out from the end of the training split (for tuning; never the test split).")
+flags.DEFINE_integer("validation_samples", 10000, "Size of the validation split held out of the training split (with --evaluate_on validation).")
+flags.DEFINE_integer("seed", 0, "Random seed (weights, augmentations, data order).")
+flags.DEFINE_string(
+    "output_dir", None,
+    "Where the run goes; refused if it holds anything, unless --resume (default: a new "
+    "runs/<dataset>_<mode>_<loss>-<divergence>-<similarity>_<backend>_<N>, N counting up).",
+)
+flags.DEFINE_bool(
+    "resume", False,
+    "Continue the run in --output_dir (default: the last runs/..._<N> of these flags) from its last "
+    "completed epoch (checkpoint/); its flags (flags.json) must be these.",
+)
+flags.DEFINE_string("data_dir", None, "Dataset folder, which must exist (tensorflow-datasets' data_dir, or the folder of the Fashion-MNIST IDX files).")
+flags.DEFINE_enum(
+    "pipeline", "tf_data", ("tf_data", "model"),
+    "Where the views are drawn: a tf.data pipeline (CPU, overlapped with training), or inside the "
+    "model on the accelerator (no TensorFlow needed).",
+)
+flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_bool(
+    "debug", False,
+    "Show TensorFlow/XLA's C++ logging (CUDA probing, oneDNN notices, device placement), "
+    "hidden by default.",
+)
+flags.DEFINE_integer(
+    "embedding_points", 2000,
+    "Test images drawn in embedding.png (t-SNE on at most this many; 0: no embedding.png).",
+)
+flags.DEFINE_bool(
+    "distribute", False,
+    "Data-parallel training with the backend's engine: tf.distribute (MirroredStrategy over the GPUs, "
+    "TPUStrategy on a TPU, MultiWorkerMirroredStrategy when TF_CONFIG is set), keras.distribution.DataParallel "
+    "(JAX, every device; multi-host via KERAS_DISTRIBUTION_* variables), or torch.distributed (launch with "
+    "torchrun). --batch_size is the global batch; negatives come from the global batch.",
+)
+
+FLAGS = flags.FLAGS
+
 def _setting(name):
     value = getattr(FLAGS, name)
     preset = PRESETS[FLAGS.dataset]
@@ -244,13 +279,19 @@ def check_flags():
         if FLAGS[name].present and not streamed:
             raise FlagError(f"--{name} applies to the data sets streamed from disk (tiny_imagenet, imagenet, "
                             f"stl10 with --preset paper), not {FLAGS.dataset}.")
+    if streamed:
+        refuse_in_memory_flags(FLAGS)
     positive = ["image_size", "patch_size", "depth", "sigma", "temperature", "alpha", "learning_rate", "batch_size",
                 "width", "projection_dim", "max_train_samples", "max_test_samples", "linear_epochs",
                 "knn_k", "queue_size"]
-    for name in positive:
-        value = getattr(FLAGS, name)
-        if value is not None and not value > 0:
-            raise FlagError(f"--{name} must be positive, got {value}.")
+    check_positive({name: getattr(FLAGS, name) for name in positive})
+    check_finite({name: getattr(FLAGS, name) for name in _OWN_FLAGS})
+    for name in ("batch_size", "max_train_samples"):
+        if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 2:
+            raise FlagError(
+                f"--{name} must be at least 2 (a batch's other samples are each one's negatives), "
+                f"got {getattr(FLAGS, name)}."
+            )
     for name in ("epochs", "warmup_epochs", "weight_decay", "knn_every"):
         value = getattr(FLAGS, name)
         if value is not None and value < 0:
@@ -290,9 +331,27 @@ def check_flags():
         raise FlagError(f"--embedding_points must be >= 0, got {FLAGS.embedding_points}.")
     if FLAGS.loss == "infonce" and FLAGS.alpha is not None:
         raise FlagError("--alpha weighs the negative term of f-MICL; InfoNCE has none (drop --alpha or use --loss fmicl).")
+    refuse_ignored_flags(FLAGS, ignored_flag_rules())
+    if FLAGS.data_dir is not None and not os.path.isdir(FLAGS.data_dir):
+        raise FlagError(f"--data_dir {FLAGS.data_dir!r} is missing (not a folder); create it or fix the path.")
+
+
+def ignored_flag_rules():
+    """(flag, whether this run uses it, when it is used): see `refuse_ignored_flags`."""
+    return loss_flag_rules(FLAGS) + [
+        ("validation_samples", FLAGS.evaluate_on == "validation", "--evaluate_on validation"),
+        ("few_label_draws", bool(FLAGS.few_label), "--few_label"),
+    ]
 
 
 def load_data(keras_fmicl):
+    try:
+        return load_splits(keras_fmicl)
+    except keras_fmicl.data.DatasetNotAvailableError as error:  # the library names its argument
+        raise FlagError(str(error).replace("`data_dir`", "--data_dir")) from None
+
+
+def load_splits(keras_fmicl):
     name = FLAGS.dataset
     train_x, train_y = keras_fmicl.data.load(name, "train", data_dir=FLAGS.data_dir)
     if FLAGS.evaluate_on == "validation":
@@ -478,45 +537,46 @@ def announce(loss, backend, distribution, train_x, steps_per_epoch):
     )
 
 
-def pretrain(keras, keras_fmicl, model, fit_data, train, test, output_dir, is_chief):
-    """Runs `fit` (nothing with --epochs 0: the random-init floor); the
-    chief also writes history.csv and, every --knn_every epochs, scores
-    kNN on a subset (10,000 training and 2,000 evaluation images at most)."""
+def pretrain(keras, keras_fmicl, model, fit_data, train, test, folder, is_chief):
+    """Runs `fit` from the run folder's start epoch (nothing with --epochs 0:
+    the random-init floor); a non-finite loss stops it (`RunDiverged`).
+
+    The chief also writes history.csv and the checkpoint every epoch and,
+    every --knn_every epochs, scores kNN on a subset (10,000 training and
+    2,000 evaluation images at most)."""
     (train_images, train_y), (test_images, test_y) = train, test
     knn_every = _setting("knn_every")
-    history_csv = HistoryCSV(
-        os.path.join(output_dir, "history.csv"), extra_keys=["knn_accuracy"] if knn_every else []
-    )
-    callbacks = [history_csv.callback(keras)] if is_chief else []
-    monitor = None
+    history_csv = HistoryCSV(folder.file("history.csv"), extra_keys=["knn_accuracy"] if knn_every else [])
+    if folder.log is not None and is_chief:
+        history_csv.restore(folder.log)
+    callbacks = [divergence_check(keras)]  # first: before the monitor works on NaN features
     subset_train = min(len(train_images), 10000)
     subset_test = min(len(test_images), 2000)
     if knn_every and is_chief:
-        monitor = keras_fmicl.KNNMonitor(
+        callbacks.append(keras_fmicl.KNNMonitor(
             (train_images[:subset_train], train_y[:subset_train]),
             (test_images[:subset_test], test_y[:subset_test]),
             every_n_epochs=knn_every,
             k=_setting("knn_k"),
-        )
-        callbacks.insert(0, monitor)
+        ))
+    if is_chief:  # the checkpoint last: it keeps the rows history.csv has by then
+        callbacks += [history_csv.callback(keras), folder.checkpoint.callback(keras, history_csv.state)]
     start = time.time()
     if _setting("epochs") > 0:
-        history = model.fit(
-            **fit_data, epochs=_setting("epochs"), callbacks=callbacks,
+        model.fit(
+            **fit_data, epochs=_setting("epochs"), initial_epoch=folder.start, callbacks=callbacks,
             verbose=FLAGS.verbose if is_chief else 0, shuffle=FLAGS.pipeline == "model",
-        ).history
-    else:  # --epochs 0: evaluate the randomly initialised encoder (a floor)
-        history = {"loss": []}
-    seconds = time.time() - start
-    knn_epochs = sorted(monitor.results) if monitor else []
+        )
+    history = history_csv.history() if _setting("epochs") > 0 else {}
+    knn_rows = [row for row in history_csv.rows if "knn_accuracy" in row]
     return Pretraining(
-        logs={key: [float(v) for v in values] for key, values in history.items()},
-        knn_epochs=[e + 1 for e in knn_epochs],
-        knn_curve=[float(monitor.results[e]) for e in knn_epochs],
+        logs={"loss": [], **history},
+        knn_epochs=[row["epoch"] for row in knn_rows],
+        knn_curve=[row["knn_accuracy"] for row in knn_rows],
         knn_train_images=subset_train,
         knn_test_images=subset_test,
         history_path=history_csv.path,
-        seconds=seconds,
+        seconds=time.time() - start,
     )
 
 
@@ -573,50 +633,61 @@ def save_features(np, output_dir, scores, train_y, test_y):
     )
 
 
-def split_name():
-    return "validation" if FLAGS.evaluate_on == "validation" else "test"
+def write_figures(keras_fmicl, output_dir, pretraining, scores, run_title, test_y):
+    """curves.png and embedding.png (unless --embedding_points 0), each
+    drawn or skipped with a warning line: a figure never loses a run.
 
-
-def write_model_and_figures(keras_fmicl, model, output_dir, pretraining, scores, run_title, test_y):
-    """encoder.keras, curves.png and embedding.png (unless --embedding_points 0).
-
-    Returns the outputs written (name -> path), the embedding's method
+    Returns the figures written (name -> path), the embedding's method
     (t-SNE or PCA; None without embedding.png) and the embedding's seconds.
     """
-    encoder_path = os.path.join(output_dir, "encoder.keras")
-    model.encoder.save(encoder_path)
     curves_path = os.path.join(output_dir, "curves.png")
-    plot_curves(
-        pretraining.logs,
-        dict(epochs=pretraining.knn_epochs, accuracy=pretraining.knn_curve,
-             test_images=pretraining.knn_test_images, train_images=pretraining.knn_train_images,
-             final=float(scores.knn), final_images=len(test_y), split=split_name()),
-        run_title, curves_path,
-    )
-    outputs = {"encoder": encoder_path, "curves": curves_path, "history": pretraining.history_path}
+    knn = dict(epochs=pretraining.knn_epochs, accuracy=pretraining.knn_curve,
+               test_images=pretraining.knn_test_images, train_images=pretraining.knn_train_images,
+               final=float(scores.knn), final_images=len(test_y), split=FLAGS.evaluate_on)
+    plot_safely("curves.png", lambda: plot_curves(pretraining.logs, knn, run_title, curves_path))
+    outputs = {"curves": curves_path} if os.path.exists(curves_path) else {}
     embedding_method = None
     start = time.time()
     if FLAGS.embedding_points:
         embedding_path = os.path.join(output_dir, "embedding.png")
-        embedding_method = plot_embedding(
+        embedding_method = plot_safely("embedding.png", lambda: plot_embedding(
             scores.test_features, test_y, keras_fmicl.data.CLASS_NAMES.get(FLAGS.dataset), run_title,
-            f"kNN top-1 {100 * scores.knn:.2f} % on all {len(test_y):,} {split_name()} images",
+            f"kNN top-1 {100 * scores.knn:.2f} % on all {len(test_y):,} {FLAGS.evaluate_on} images",
             embedding_path, FLAGS.embedding_points, FLAGS.seed,
-        )
+        ))
         if embedding_method:
             outputs["embedding"] = embedding_path
     return outputs, embedding_method, time.time() - start
 
 
-def run_in(backend, output_dir):
+def run_description(keras, keras_fmicl, np, backend, distribution, loss, model):
+    """What results.json says of the run whatever its end: flags, settings, method, versions, device."""
+    backend_version, device = backend_version_and_device(backend)
+    return {
+        "flags": {name: getattr(FLAGS, name) for name in FLAGS if name in _OWN_FLAGS},
+        "settings": dict(
+            {name: _setting(name) for name in ("encoder", "width", "projection_dim", "epochs", "batch_size", "learning_rate", "weight_decay", "max_train_samples", "knn_every", "linear_epochs", "knn_k")},
+            warmup_epochs=warmup_epochs(),
+        ),
+        "backend": backend,
+        "device": device,
+        "distribution": distribution.description,
+        "loss": loss.get_config(),
+        "mode": FLAGS.mode,
+        "method": keras.saving.serialize_keras_object(model.method),
+        "evaluate_on": FLAGS.evaluate_on,
+        "versions": {"keras": keras.__version__, "keras_fmicl": keras_fmicl.__version__, "numpy": np.__version__,
+                     backend: backend_version},
+    }
+
+
+def run_in(backend, folder):
     """Pretrains, evaluates and writes the outputs (--distribute: only the
     chief process evaluates and writes; the others return None)."""
     if paper_presets.streams(FLAGS.dataset, FLAGS.preset):  # views drawn in tf.data from disk
-        return run_streamed(sys.modules[__name__], backend, output_dir)
-    keras, np, keras_fmicl = import_frameworks(  # the backend is set first
-        FLAGS.debug, tensorflow=backend == "tensorflow" or FLAGS.pipeline == "tf_data"
-    )
-    keras.utils.set_random_seed(FLAGS.seed)
+        return run_streamed(sys.modules[__name__], backend, folder)
+    keras, np, keras_fmicl = import_frameworks(FLAGS.debug, FLAGS.seed)  # the backend is set first
+    output_dir = folder.path
 
     distribution = Distribution()
     if FLAGS.distribute:
@@ -624,6 +695,7 @@ def run_in(backend, output_dir):
     loss = build_loss(keras_fmicl)
     (train_x, train_y), (test_x, test_y) = load_data(keras_fmicl)
     num_classes = keras_fmicl.data.NUM_CLASSES[FLAGS.dataset]
+    check_batch(_setting("batch_size"), len(train_x), f"{FLAGS.dataset} training images")
     batch_size = min(_setting("batch_size"), len(train_x))
     steps_per_epoch = len(train_x) // batch_size
     augmenter = build_augmenter(keras_fmicl, train_x.shape[1:])
@@ -634,39 +706,59 @@ def run_in(backend, output_dir):
             augmenter=augmenter if FLAGS.pipeline == "model" else None,
         )
         model.compile(optimizer=build_optimizer(keras, steps_per_epoch), loss=loss)
+        folder.checkpoint.restore(keras, model, fit_data["x"])  # a resumed run's last epoch, if any
     is_chief = distribution.rank == 0
 
     train = (train_x.astype("float32") / 255.0, train_y)
     test = (test_x.astype("float32") / 255.0, test_y)
     announce(loss, backend, distribution, train_x, steps_per_epoch)
-    pretraining = pretrain(keras, keras_fmicl, model, fit_data, train, test, output_dir, is_chief)
+    results = dict(run_description(keras, keras_fmicl, np, backend, distribution, loss, model),
+                   train_samples=int(len(train_x)), test_samples=int(len(test_x)), resumed_from_epoch=folder.start)
+    pretraining = pretrain_recording_divergence(
+        results, folder, is_chief, lambda: pretrain(keras, keras_fmicl, model, fit_data, train, test, folder, is_chief)
+    )
     if not is_chief:  # the chief process evaluates and writes the outputs
         return None
 
     scores = evaluate(keras_fmicl, model.encoder, train, test, num_classes)
     if FLAGS.save_features:
         save_features(np, output_dir, scores, train_y, test_y)
-    run_title = (
+    write_outputs(keras_fmicl, model, folder, results, pretraining, scores, test_y,
+                  describe_run(loss, backend, len(train_x)))
+    print_results_table(summary_rows(results, loss, steps_per_epoch, batch_size, output_dir))
+    return results
+
+
+def pretrain_recording_divergence(results, folder, is_chief, pretraining):
+    """`pretraining()`; a run it stops with `RunDiverged` leaves results.json
+    (`results`, "diverged": true, the history of its last checkpoint)."""
+    try:
+        return pretraining()
+    except RunDiverged as error:
+        if is_chief:
+            history = HistoryCSV(folder.file("history.csv"))
+            if folder.checkpoint.state() is not None:
+                history.restore(folder.checkpoint.state()["log"])
+            write_json(folder.file("results.json"), dict(results, diverged=True, diverged_at=str(error),
+                                                         history=history.history()))
+        raise
+
+
+def describe_run(loss, backend, images):
+    """The figures' title: data set, loss, mode, backend, epochs and images."""
+    return (
         f"{FLAGS.dataset}: {describe_loss(loss)}, {FLAGS.mode} mode, {backend} backend, "
-        f"{_setting('epochs')} epoch{'' if _setting('epochs') == 1 else 's'} on {len(train_x):,} images"
+        f"{_setting('epochs')} epoch{'' if _setting('epochs') == 1 else 's'} on {images:,} images"
     )
-    outputs, embedding_method, embedding_seconds = write_model_and_figures(
-        keras_fmicl, model, output_dir, pretraining, scores, run_title, test_y
-    )
-    results = {
-        "flags": {name: getattr(FLAGS, name) for name in FLAGS if name in _OWN_FLAGS},
-        "settings": dict(
-            {name: _setting(name) for name in ("encoder", "width", "projection_dim", "epochs", "batch_size", "learning_rate", "weight_decay", "max_train_samples", "knn_every", "linear_epochs", "knn_k")},
-            warmup_epochs=warmup_epochs(),
-        ),
-        "backend": backend,
-        "distribution": distribution.description,
-        "loss": loss.get_config(),
-        "mode": FLAGS.mode,
-        "method": keras.saving.serialize_keras_object(model.method),
-        "evaluate_on": FLAGS.evaluate_on,
-        "train_samples": int(len(train_x)),
-        "test_samples": int(len(test_x)),
+
+
+def write_outputs(keras_fmicl, model, folder, results, pretraining, scores, test_y, run_title):
+    """encoder.keras, then results.json (`results` updated with the scores),
+    then the figures, then results.json again with them."""
+    encoder_path = folder.file("encoder.keras")
+    model.encoder.save(encoder_path)
+    results.update({
+        "diverged": False,
         "history": pretraining.logs,
         "knn_curve": {"epochs": pretraining.knn_epochs, "accuracy": pretraining.knn_curve},
         "knn_top1": float(scores.knn),
@@ -675,15 +767,16 @@ def run_in(backend, output_dir):
         "few_label": scores.few_label,
         "pretrain_seconds": pretraining.seconds,
         "evaluation_seconds": scores.seconds,
-        "embedding_seconds": embedding_seconds,
-        "versions": {"keras": keras.__version__, "keras_fmicl": keras_fmicl.__version__, "numpy": np.__version__},
-        "embedding_method": embedding_method,
-        "outputs": outputs,
-    }
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    print_results_table(summary_rows(results, loss, steps_per_epoch, batch_size, output_dir))
-    return results
+        "outputs": {"encoder": encoder_path, "history": pretraining.history_path},
+    })
+    results_path = folder.file("results.json")
+    write_json(results_path, dict(results, embedding_method=None, embedding_seconds=0.0))  # before the figures
+    figures, embedding_method, embedding_seconds = write_figures(
+        keras_fmicl, folder.path, pretraining, scores, run_title, test_y
+    )
+    results["outputs"].update(figures)
+    results.update(embedding_method=embedding_method, embedding_seconds=embedding_seconds)
+    write_json(results_path, results)
 
 
 def summary_rows(results, loss, steps_per_epoch, batch_size, output_dir):
@@ -728,7 +821,8 @@ _OWN_FLAGS = (
     "weight_decay", "max_train_samples", "max_test_samples", "knn_every", "linear_epochs", "knn_k",
     "few_label", "few_label_draws", "save_features",
     "evaluate_on", "validation_samples", "seed", "output_dir", "data_dir", "verbose", "distribute",
-    "pipeline", "debug", "embedding_points", "preset", "image_size", "patch_size", "depth",
+    "pipeline", "debug", "embedding_points", "online_weight", "resume", "preset", "image_size", "patch_size",
+    "depth",
 )
 
 # what examples/_streaming.py reads of this script
@@ -739,8 +833,15 @@ OWN_FLAGS = _OWN_FLAGS
 def run():
     check_flags()
     backend = select_backend(FLAGS.backend, FLAGS.debug)
-    output_dir = FLAGS.output_dir or default_output_dir(FLAGS.dataset, FLAGS.loss, FLAGS.mode, backend)
-    return run_in_output_dir(output_dir, lambda folder: run_in(backend, folder))
+    run_flags = dict({name: getattr(FLAGS, name) for name in _OWN_FLAGS}, backend=backend)
+    prefix = default_output_dir(
+        FLAGS.dataset, FLAGS.mode,
+        loss_tag(FLAGS.loss, FLAGS.divergence, FLAGS.similarity, FLAGS.tsallis_order), backend,
+    )
+    # under torchrun, only the chief process (RANK 0) makes the folder and writes in it
+    writer = not (FLAGS.distribute and backend == "torch") or os.environ.get("RANK", "0") == "0"
+    folder = open_run_folder(FLAGS.output_dir, prefix, FLAGS.resume, run_flags, writer=writer)
+    return run_in_folder(folder, lambda folder: run_in(backend, folder))
 
 
 def run_and_finish():

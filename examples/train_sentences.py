@@ -33,10 +33,20 @@ f-MICL. With a keras-hub preset name (`bert_base_en_uncased`,
 `roberta_base_en`, ...) the weights are downloaded once; without network
 the run stops with one sentence saying so.
 
-Outputs in `--output_dir` (default `runs/sentences_<backbone>_<loss>_<method>_<backend>/`):
+Outputs in `--output_dir` (default a new
+`runs/sentences_<backbone>_<method>_<loss>_<backend>_<N>/`, e.g.
+`runs/sentences_tiny_simcse_fmicl-kl-gaussian_jax_1/`, N counting up; an
+explicit `--output_dir` must be empty or new):
 
+    flags.json      the run's flags (what --resume must repeat)
+    checkpoint/     the weights (optimizer state included) and the logs of the
+                    last completed epoch: a killed run continues from there
+                    when started again with the same flags and --resume
     results.json    flags, settings, per-step history, STS table (or the
-                    held-out metrics), timings, versions
+                    held-out metrics), timings, versions (backend's too),
+                    device; written before the figure. A run whose loss
+                    turns non-finite stops (exit status 1) and writes it with
+                    "diverged": true
     curves.png      loss, alignment, uniformity and mi_estimate per step
                     (the running means of the epoch that `fit` prints)
     encoder.keras   the trained `keras_fmicl.SentenceEncoder` (without
@@ -49,7 +59,6 @@ Outputs in `--output_dir` (default `runs/sentences_<backbone>_<loss>_<method>_<b
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -62,16 +71,28 @@ from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # examples/_common.py
 from _common import FlagError  # noqa: E402
+from _common import RunDiverged  # noqa: E402
+from _common import backend_version_and_device  # noqa: E402
+from _common import check_batch  # noqa: E402
+from _common import check_finite  # noqa: E402
+from _common import check_positive  # noqa: E402
 from _common import default_output_dir  # noqa: E402
 from _common import describe_loss as describe_any_loss  # noqa: E402
+from _common import divergence_check  # noqa: E402
 from _common import exit_code  # noqa: E402
 from _common import import_frameworks  # noqa: E402
+from _common import loss_flag_rules  # noqa: E402
+from _common import loss_tag  # noqa: E402
+from _common import open_run_folder  # noqa: E402
 from _common import print_results_table  # noqa: E402
-from _common import pyplot  # noqa: E402
 from _common import quiet_native_logging  # noqa: E402
-from _common import run_in_output_dir  # noqa: E402
-from _common import save_figure  # noqa: E402
+from _common import refuse_ignored_flags  # noqa: E402
+from _common import run_in_folder  # noqa: E402
 from _common import select_backend  # noqa: E402
+from _common import write_json  # noqa: E402
+from _figures import plot_safely  # noqa: E402
+from _figures import pyplot  # noqa: E402
+from _figures import save_figure  # noqa: E402
 from registry_names import BACKENDS  # noqa: E402
 from registry_names import DIVERGENCES  # noqa: E402
 from registry_names import SIMILARITIES  # noqa: E402
@@ -125,13 +146,22 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_bool("symmetric", False, "Let every view anchor (SimCLR's pairs) instead of SimCSE's first pass only.")
 flags.DEFINE_integer("sequence_length", 32, "Tokens per sentence, [CLS] and [SEP] included (SimCSE: 32).")
-flags.DEFINE_integer("batch_size", 64, "Sentences (or sentence tuples) per batch.")
+flags.DEFINE_integer("batch_size", 64, "Sentences (or sentence tuples) per batch, at least 2 (the others are the negatives).")
 flags.DEFINE_float("learning_rate", 3e-5, "Initial learning rate of Adam, decaying linearly to 0.")
 flags.DEFINE_integer("epochs", 1, "Passes over the corpus.")
 flags.DEFINE_integer("max_steps", None, "Stop after this many training steps (quick runs).")
 flags.DEFINE_integer("max_sentences", None, "Use only the first N sentences (or tuples) of the corpus.")
 flags.DEFINE_integer("seed", 0, "Random seed (weights, dropout, data order).")
-flags.DEFINE_string("output_dir", None, "Where results go (default: runs/sentences_<backbone>_<loss>_<method>_<backend>).")
+flags.DEFINE_string(
+    "output_dir", None,
+    "Where the run goes; refused if it holds anything, unless --resume (default: a new "
+    "runs/sentences_<backbone>_<method>_<loss>-<divergence>-<similarity>_<backend>_<N>, N counting up).",
+)
+flags.DEFINE_bool(
+    "resume", False,
+    "Continue the run in --output_dir (default: the last runs/sentences_..._<N> of these flags) from its "
+    "last completed epoch (checkpoint/); its flags (flags.json) must be these.",
+)
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 flags.DEFINE_bool("debug", False, "Show TensorFlow/XLA's C++ start-up logging, hidden by default.")
 
@@ -140,11 +170,15 @@ FLAGS = flags.FLAGS
 
 def check_flags():
     """Checks the values absl cannot: one sentence per problem."""
-    for name in ("sigma", "temperature", "alpha", "learning_rate", "batch_size", "epochs",
-                 "max_steps", "max_sentences"):
-        value = getattr(FLAGS, name)
-        if value is not None and not value > 0:
-            raise FlagError(f"--{name} must be positive, got {value}.")
+    check_positive({name: getattr(FLAGS, name) for name in (
+        "sigma", "temperature", "alpha", "learning_rate", "batch_size", "epochs", "max_steps", "max_sentences")})
+    check_finite({name: getattr(FLAGS, name) for name in _OWN_FLAGS})
+    for name in ("batch_size", "max_sentences"):
+        if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 2:
+            raise FlagError(
+                f"--{name} must be at least 2 (a batch's other sentences are each one's negatives), "
+                f"got {getattr(FLAGS, name)}."
+            )
     if FLAGS.sequence_length < 2:
         raise FlagError(f"--sequence_length must be at least 2 ([CLS] and [SEP]), got {FLAGS.sequence_length}.")
     if FLAGS.divergence == "tsallis" and (FLAGS.tsallis_order <= 0 or FLAGS.tsallis_order == 1):
@@ -173,6 +207,7 @@ def check_flags():
             f"--sts_dir {FLAGS.sts_dir!r} is not a folder; pass SentEval's data folder (SentEval/data, "
             "filled by SentEval/data/downstream/download_dataset.sh)."
         )
+    refuse_ignored_flags(FLAGS, loss_flag_rules(FLAGS) + [("sts_tasks", FLAGS.sts_dir is not None, "--sts_dir")])
 
 
 def synthetic_corpus(count=2048, seed=0):
@@ -276,11 +311,19 @@ def describe_loss(loss):
 
 
 class StepHistory:
-    """The logs `fit` reports after every step (running means of the epoch)."""
+    """The logs `fit` reports after every step (running means of the epoch)
+    and at every epoch's end; `state`/`restore` carry them over a resume."""
 
     def __init__(self):
         self.steps = []
         self.logs = {}
+        self.epoch_logs = {}
+
+    def state(self):
+        return {"steps": self.steps, "logs": self.logs, "epoch_logs": self.epoch_logs}
+
+    def restore(self, state):
+        self.steps, self.logs, self.epoch_logs = state["steps"], state["logs"], state["epoch_logs"]
 
     def callback(self, keras):
         history = self
@@ -290,6 +333,10 @@ class StepHistory:
                 history.steps.append(len(history.steps) + 1)
                 for key, value in (logs or {}).items():
                     history.logs.setdefault(key, []).append(float(value))
+
+            def on_epoch_end(self, epoch, logs=None):
+                for key, value in (logs or {}).items():
+                    history.epoch_logs.setdefault(key, []).append(float(value))
 
         return _Callback()
 
@@ -354,23 +401,23 @@ def run():
     check_flags()
     backend = select_backend(FLAGS.backend, FLAGS.debug)
     backbone_tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(FLAGS.backbone.rstrip("/")))
-    output_dir = FLAGS.output_dir or default_output_dir(
-        "sentences", backbone_tag, FLAGS.loss, FLAGS.method, backend
+    run_flags = dict({name: getattr(FLAGS, name) for name in _OWN_FLAGS}, backend=backend)
+    prefix = default_output_dir(
+        "sentences", backbone_tag, FLAGS.method,
+        loss_tag(FLAGS.loss, FLAGS.divergence, FLAGS.similarity, FLAGS.tsallis_order), backend,
     )
-    return run_in_output_dir(output_dir, lambda folder: run_in(backend, folder))
+    folder = open_run_folder(FLAGS.output_dir, prefix, FLAGS.resume, run_flags)
+    return run_in_folder(folder, lambda folder: run_in(backend, folder))
 
 
-def run_in(backend, output_dir):
-    keras, np, keras_fmicl = import_frameworks(FLAGS.debug, tensorflow=True)  # the backend is set first
-    keras.utils.set_random_seed(FLAGS.seed)
-    loss = build_loss(keras_fmicl)
-    # the STS files first: a missing one stops the run before any training
-    tasks = None if FLAGS.sts_dir is None else keras_fmicl.data.load_sts_tasks(FLAGS.sts_dir, FLAGS.sts_tasks)
-    train, held_out, corpus_text = load_corpus(keras_fmicl, hold_out=FLAGS.sts_dir is None)
-    supervised = FLAGS.method == "supervised"
+def build(keras, keras_fmicl, train, supervised):
+    """(model, dataset, preprocessor, vocabulary or None, steps per epoch,
+    total steps) of the flags, compiled with Adam, its learning rate
+    decaying linearly to 0 (SimCSE's trainer)."""
     count = len(train[0]) if supervised else len(train)
     if FLAGS.batch_size > count:
         raise FlagError(f"--batch_size ({FLAGS.batch_size}) is larger than the {count} training samples.")
+    check_batch(FLAGS.batch_size, count)
     vocabulary_corpus = [s for column in train for s in column] if supervised else train
     backbone, preprocessor, vocabulary = build_backbone(keras_fmicl, vocabulary_corpus)
     if supervised:
@@ -386,98 +433,127 @@ def run_in(backend, output_dir):
     # The features are taken before BERT's pooler (SimCSE's cls_before_pooler);
     # SentenceEncoder freezes that pooler, which gets no gradient.
     encoder = keras_fmicl.SentenceEncoder(backbone, pooling=FLAGS.pooling)
-    hidden = encoder.output_dim
     # SimCSE's MLP over [CLS]: Dense(F) + tanh; at evaluation dropped
     # (unsupervised, cls_before_pooler) or kept (supervised, cls): --keep_mlp
-    projector = keras.layers.Dense(hidden, activation="tanh", name="simcse_mlp")
-    keep_mlp = supervised if FLAGS.keep_mlp is None else FLAGS.keep_mlp
+    projector = keras.layers.Dense(encoder.output_dim, activation="tanh", name="simcse_mlp")
     model = keras_fmicl.ContrastiveModel(encoder, method=method, projector=projector)
     steps_per_epoch = count // FLAGS.batch_size
     total_steps = FLAGS.epochs * steps_per_epoch
     if FLAGS.max_steps:
         total_steps = min(total_steps, FLAGS.max_steps)
-    # Adam with the learning rate decaying linearly to 0 (SimCSE's trainer)
     schedule = keras.optimizers.schedules.PolynomialDecay(
         FLAGS.learning_rate, decay_steps=max(total_steps, 1), end_learning_rate=0.0, power=1.0
     )
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=build_loss(keras_fmicl))
+    return model, dataset, preprocessor, vocabulary, steps_per_epoch, total_steps
 
+
+def train(keras, model, dataset, folder, steps_per_epoch, total_steps):
+    """Runs `fit` from the run folder's start epoch, checkpointing every
+    epoch; returns the StepHistory. A non-finite loss raises `RunDiverged`."""
     history = StepHistory()
-    callbacks = [history.callback(keras), keras.callbacks.TerminateOnNaN()]
-    print(
-        f"Training {FLAGS.backbone} ({hidden}-d, {FLAGS.pooling} pooling) with {describe_loss(loss)}, "
-        f"{FLAGS.method}, on {corpus_text}; backend {backend}, {total_steps} steps of "
-        f"{FLAGS.batch_size}."
-    )
-    start = time.time()
-    if total_steps < FLAGS.epochs * steps_per_epoch:
-        fit = model.fit(dataset.repeat(), epochs=1, steps_per_epoch=total_steps,
-                        callbacks=callbacks, verbose=FLAGS.verbose, shuffle=False)
+    if folder.log is not None:
+        history.restore(folder.log)
+    folder.checkpoint.restore(keras, model, dataset)
+    callbacks = [divergence_check(keras, every_batch=True), history.callback(keras),
+                 folder.checkpoint.callback(keras, history.state)]
+    if total_steps < FLAGS.epochs * steps_per_epoch:  # --max_steps: one epoch of them
+        model.fit(dataset.repeat(), epochs=1, initial_epoch=folder.start, steps_per_epoch=total_steps,
+                  callbacks=callbacks, verbose=FLAGS.verbose, shuffle=False)
     else:  # the dataset reshuffles every epoch itself
-        fit = model.fit(dataset, epochs=FLAGS.epochs, callbacks=callbacks, verbose=FLAGS.verbose,
-                        shuffle=False)
-    train_seconds = time.time() - start
-    epoch_logs = {key: [float(v) for v in values] for key, values in fit.history.items()}
+        model.fit(dataset, epochs=FLAGS.epochs, initial_epoch=folder.start, callbacks=callbacks,
+                  verbose=FLAGS.verbose, shuffle=False)
+    return history
 
-    start = time.time()
-    sts, held = None, None
+
+def evaluate(keras, keras_fmicl, model, tasks, held_out, preprocessor, keep_mlp):
+    """(STS table or None, held-out metrics or None)."""
+    head = model.projector if keep_mlp else None
     if tasks is not None:
-        sts = keras_fmicl.evaluation.evaluate_sts(
-            model.encoder, tasks, preprocessor, head=model.projector if keep_mlp else None
-        )
-    else:
-        print(
-            "STS: skipped, no --sts_dir (get SentEval's data with SimCSE's "
-            "SentEval/data/downstream/download_dataset.sh and pass --sts_dir SentEval/data); "
-            f"held-out metrics on {len(held_out)} sentences of the corpus instead."
-        )
-        if len(held_out) >= 2:
-            held = held_out_metrics(
-                keras, keras_fmicl, model.encoder, held_out, preprocessor,
-                head=model.projector if keep_mlp else None,
-            )  # fmt: skip
-    evaluation_seconds = time.time() - start
-
-    title = (
-        f"{FLAGS.backbone}, {describe_loss(loss)}, {FLAGS.method}, {backend} backend, "
-        f"{len(history.steps)} steps of {FLAGS.batch_size}"
+        return keras_fmicl.evaluation.evaluate_sts(model.encoder, tasks, preprocessor, head=head), None
+    print(
+        "STS: skipped, no --sts_dir (get SentEval's data with SimCSE's "
+        "SentEval/data/downstream/download_dataset.sh and pass --sts_dir SentEval/data); "
+        f"held-out metrics on {len(held_out)} sentences of the corpus instead."
     )
-    outputs = write_outputs(keras, model, output_dir, vocabulary, keep_mlp, history, title)
+    if len(held_out) < 2:
+        return None, None
+    return None, held_out_metrics(keras, keras_fmicl, model.encoder, held_out, preprocessor, head=head)
+
+
+def run_in(backend, folder):
+    keras, np, keras_fmicl = import_frameworks(FLAGS.debug, FLAGS.seed)  # the backend is set first
+    loss = build_loss(keras_fmicl)
+    # the STS files first: a missing one stops the run before any training
+    tasks = None if FLAGS.sts_dir is None else keras_fmicl.data.load_sts_tasks(FLAGS.sts_dir, FLAGS.sts_tasks)
+    data, held_out, corpus_text = load_corpus(keras_fmicl, hold_out=FLAGS.sts_dir is None)
+    supervised = FLAGS.method == "supervised"
+    model, dataset, preprocessor, vocabulary, steps_per_epoch, total_steps = build(keras, keras_fmicl, data, supervised)
+    keep_mlp = supervised if FLAGS.keep_mlp is None else FLAGS.keep_mlp
+    backend_version, device = backend_version_and_device(backend)
     results = {
         "flags": {name: getattr(FLAGS, name) for name in _OWN_FLAGS},
         "backend": backend,
-        "backbone": {"name": FLAGS.backbone, "hidden_dim": hidden,
-                     "parameters": int(backbone.count_params()), "pretrained": FLAGS.backbone != TINY},
+        "device": device,
+        "backbone": {"name": FLAGS.backbone, "hidden_dim": model.encoder.output_dim,
+                     "parameters": int(model.encoder.backbone.count_params()), "pretrained": FLAGS.backbone != TINY},
         "method": keras.saving.serialize_keras_object(model.method),
         "loss": loss.get_config(),
         "loss_description": describe_loss(loss),
         "evaluated_features": "encoder + MLP (SimCSE's cls)" if keep_mlp else "encoder (SimCSE's cls_before_pooler)",
         "corpus": corpus_text,
-        "train_samples": count,
+        "train_samples": len(data[0]) if supervised else len(data),
+        "resumed_from_epoch": folder.start,
+        "versions": {"keras": keras.__version__, "keras_fmicl": keras_fmicl.__version__,
+                     "numpy": np.__version__, backend: backend_version},
+    }
+    print(
+        f"Training {FLAGS.backbone} ({model.encoder.output_dim}-d, {FLAGS.pooling} pooling) with "
+        f"{describe_loss(loss)}, {FLAGS.method}, on {corpus_text}; backend {backend}, {total_steps} steps of "
+        f"{FLAGS.batch_size}."
+    )
+    start = time.time()
+    try:
+        history = train(keras, model, dataset, folder, steps_per_epoch, total_steps)
+    except RunDiverged as error:
+        state = folder.checkpoint.state()
+        write_json(folder.file("results.json"), dict(results, diverged=True, diverged_at=str(error),
+                                                     epoch_history=state["log"]["epoch_logs"] if state else {}))
+        raise
+    train_seconds = time.time() - start
+
+    start = time.time()
+    sts, held = evaluate(keras, keras_fmicl, model, tasks, held_out, preprocessor, keep_mlp)
+    results.update({
+        "diverged": False,
         "steps": len(history.steps),
         "history": {"step": history.steps, **history.logs},
-        "epoch_history": epoch_logs,
+        "epoch_history": history.epoch_logs,
         "sts": sts,
         "sts_skipped": None if sts is not None else "no --sts_dir",
         "held_out": held,
         "train_seconds": train_seconds,
-        "evaluation_seconds": evaluation_seconds,
-        "versions": {"keras": keras.__version__, "keras_fmicl": keras_fmicl.__version__,
-                     "numpy": np.__version__},
-        "outputs": outputs,
-    }
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-
-    print_results_table(summary_rows(results, history, output_dir))
+        "evaluation_seconds": time.time() - start,
+        "outputs": write_models(keras, model, folder.path, vocabulary, keep_mlp),
+    })
+    write_json(folder.file("results.json"), results)  # before the figure: a failed plot loses nothing
+    title = (
+        f"{FLAGS.backbone}, {describe_loss(loss)}, {FLAGS.method}, {backend} backend, "
+        f"{len(history.steps)} steps of {FLAGS.batch_size}"
+    )
+    curves = plot_safely("curves.png", lambda: plot_curves(history, title, folder.file("curves.png")))
+    if curves:
+        results["outputs"]["curves"] = curves
+        write_json(folder.file("results.json"), results)
+    print_results_table(summary_rows(results, history, folder.path))
     if sts is not None:
         print("\n" + keras_fmicl.evaluation.sts_table(sts))
     return results
 
 
-def write_outputs(keras, model, output_dir, vocabulary, keep_mlp, history, title):
-    """encoder.keras, mlp.keras (when evaluated through), vocabulary.txt
-    (--backbone tiny) and curves.png; returns them, name -> path."""
+def write_models(keras, model, output_dir, vocabulary, keep_mlp):
+    """encoder.keras, mlp.keras (when evaluated through) and vocabulary.txt
+    (--backbone tiny); returns them, name -> path."""
     encoder_path = os.path.join(output_dir, "encoder.keras")
     model.encoder.save(encoder_path)
     outputs = {"encoder": encoder_path}
@@ -488,9 +564,6 @@ def write_outputs(keras, model, output_dir, vocabulary, keep_mlp, history, title
         outputs["vocabulary"] = os.path.join(output_dir, "vocabulary.txt")
         with open(outputs["vocabulary"], "w", encoding="utf-8") as f:
             f.write("\n".join(vocabulary) + "\n")
-    curves = plot_curves(history, title, os.path.join(output_dir, "curves.png"))
-    if curves:
-        outputs["curves"] = curves
     return outputs
 
 
@@ -523,7 +596,7 @@ def summary_rows(results, history, output_dir):
 _OWN_FLAGS = (
     "backend", "backbone", "corpus", "sts_dir", "sts_tasks", "method", "loss", "divergence", "tsallis_order",
     "similarity", "sigma", "alpha", "temperature", "pooling", "keep_mlp", "symmetric", "sequence_length", "batch_size",
-    "learning_rate", "epochs", "max_steps", "max_sentences", "seed", "output_dir", "verbose", "debug",
+    "learning_rate", "epochs", "max_steps", "max_sentences", "seed", "output_dir", "verbose", "debug", "resume",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Any
 from typing import Callable
@@ -16,10 +17,47 @@ from keras_fmicl.utils.checks import check_sentences
 from keras_fmicl.utils.imports import import_tensorflow
 
 
+def read_text(path: str, argument: str = "path") -> str:
+    """The text of the UTF-8 file `path` (a byte-order mark dropped).
+
+    A missing file, a directory, a binary file (a NUL byte) or bytes that
+    are not UTF-8 raise `files.text_lines`' `ValueError`, which names the
+    file and the line.
+    """
+    if os.path.isfile(path):
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        if b"\x00" not in raw:
+            try:
+                return raw.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                pass
+    text_lines(path, argument)  # raises the error naming the file and the line
+    raise ValueError(f"`{argument}` must be a UTF-8 text file. Received: {argument}={path!r}")
+
+
+def split_lines(text: str) -> list[str]:
+    """`text` split at line ends `\\n`, `\\r\\n` and `\\r` only.
+
+    Not `str.splitlines`, which also splits at U+2028, U+2029, U+0085,
+    `\\f`, `\\v` and the separators U+001C-U+001E: characters that occur
+    inside sentences of real corpora (Wikipedia text holds U+2028).
+
+    Example:
+
+    >>> split_lines("a\\u2028b\\r\\nc\\rd\\n")
+    ['a\\u2028b', 'c', 'd']
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def load_sentences(path: str | os.PathLike) -> list[str]:
     """The sentences of a corpus file, one a line (SimCSE's wiki1m format).
 
-    Lines are stripped of surrounding white space; empty lines are skipped.
+    Lines end at `\\n`, `\\r\\n` or `\\r` only (a U+2028, U+0085, `\\f`
+    or `\\v` inside a sentence does not split it); they are stripped of
+    surrounding white space, and empty lines are skipped.
 
     Args:
         path: a UTF-8 text file, e.g. `wiki1m_for_simcse.txt` (10^6 English
@@ -39,7 +77,7 @@ def load_sentences(path: str | os.PathLike) -> list[str]:
     1000000
     """
     path = check_path(path)
-    sentences = [line.strip() for line in text_lines(path)]
+    sentences = [line.strip() for line in split_lines(read_text(path))]
     sentences = [sentence for sentence in sentences if sentence]
     if not sentences:
         raise ValueError(
@@ -226,7 +264,9 @@ def load_sentence_tuples(
     `nli_for_simcse.csv` (SNLI + MNLI, 275,601 triples) has the header
     `sent0,sent1,hard_neg`, which is skipped. Fields are stripped of
     surrounding white space; empty lines are skipped; quoting is the `csv`
-    module's.
+    module's: a quoted field may hold the delimiter and line breaks, which
+    it keeps (lines end at `\\n`, `\\r\\n` or `\\r` only). An error names
+    the line on which the faulty row ends.
 
     Args:
         path: a UTF-8 text file.
@@ -255,10 +295,10 @@ def load_sentence_tuples(
         raise ValueError(
             f"`delimiter` must be one character. Received: delimiter={delimiter!r}"
         )
-    lines = text_lines(path)
     rows = []
-    reader = csv.reader(lines, delimiter=delimiter)
-    for number, row in enumerate(reader, start=1):
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    for row in reader:
+        number = reader.line_num
         fields = [field.strip() for field in row]
         if not any(fields):
             continue

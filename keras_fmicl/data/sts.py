@@ -9,7 +9,8 @@ from typing import NamedTuple
 import numpy as np
 
 from keras_fmicl.data.files import check_path
-from keras_fmicl.data.files import text_lines
+from keras_fmicl.data.sentences import read_text
+from keras_fmicl.data.sentences import split_lines
 from keras_fmicl.data.sources import prepare_tfds
 from keras_fmicl.data.sources import tfds_load_errors
 from keras_fmicl.utils.errors import DatasetNotAvailableError
@@ -74,6 +75,10 @@ _SENTEVAL_HINT = (
 )
 
 GLUE_STSB_SPLITS = ("train", "validation")
+
+STS_SCORE_RANGE = (0.0, 5.0)
+"""The scale of the gold scores `load_sts` accepts (STS: 0-5, SICK-R: 1-5);
+a score outside it is refused, naming the file and the line."""
 
 
 class STSPairs(NamedTuple):
@@ -145,7 +150,21 @@ def _score(text: str, path: str, number: int) -> float:
             f"Line {number} of {path!r} must hold a finite gold score. "
             f"Received: {text!r:.80}"
         )
+    if not STS_SCORE_RANGE[0] <= value <= STS_SCORE_RANGE[1]:
+        raise ValueError(
+            f"Line {number} of {path!r} must hold a gold score in "
+            f"[{STS_SCORE_RANGE[0]}, {STS_SCORE_RANGE[1]}] (the STS scale). "
+            f"Received: {text!r:.80}"
+        )
     return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _normalise(sentence: str) -> str:
@@ -166,8 +185,8 @@ def _fields(line: str, path: str, number: int, count: int) -> list[str]:
 def _load_sts_subset(directory: str, task: str, subset: str) -> tuple:
     input_path = _sts_file(directory, f"STS.input.{subset}.txt", task)
     gold_path = _sts_file(directory, f"STS.gs.{subset}.txt", task)
-    pairs = text_lines(input_path, "data_dir")
-    gold = text_lines(gold_path, "data_dir")
+    pairs = split_lines(read_text(input_path, "data_dir"))
+    gold = split_lines(read_text(gold_path, "data_dir"))
     if len(pairs) != len(gold):
         raise ValueError(
             f"{task}: {input_path!r} and {gold_path!r} must have one line per "
@@ -185,13 +204,20 @@ def _load_sts_subset(directory: str, task: str, subset: str) -> tuple:
 
 
 def _load_sts_table(path: str, columns: tuple[int, int, int], header: bool) -> tuple:
-    lines = text_lines(path, "data_dir")
+    """The pairs of a tab-separated table. With `header`, the first non-empty
+    line is skipped only when its score column is not a number (SICK's
+    `relatedness_score`): a file without its header keeps its first pair."""
+    lines = split_lines(read_text(path, "data_dir"))
     a, b, scores = [], [], []
     first, second, score = columns
     for number, line in enumerate(lines, start=1):
-        if (header and number == 1) or not line.strip():
+        if not line.strip():
             continue
         fields = _fields(line, path, number, max(columns) + 1)
+        if header:
+            header = False
+            if not _is_number(fields[score].strip()):
+                continue
         a.append(_normalise(fields[first]))
         b.append(_normalise(fields[second]))
         scores.append(_score(fields[score].strip(), path, number))
@@ -207,7 +233,7 @@ def load_sts(task: str, data_dir: str | os.PathLike, split: str = "test") -> STS
     |-------------------|-----------------------------------------------------------|
     | `STS12`..`STS16`  | `STS/STS1x-en-test/STS.input.<subset>.txt`, `STS.gs.<subset>.txt` |
     | `STSBenchmark`    | `STS/STSBenchmark/sts-{train,dev,test}.csv` (tab-separated: score in column 5, sentences in 6 and 7) |
-    | `SICKRelatedness` | `SICK/SICK_{train,trial,test_annotated}.txt` (a header line; sentences in columns 2 and 3, score in 4) |
+    | `SICKRelatedness` | `SICK/SICK_{train,trial,test_annotated}.txt` (a header line, skipped when its score column is not a number: a file without it keeps its first pair; sentences in columns 2 and 3, score in 4) |
 
     `data_dir` may also be the `downstream` folder or the task's own folder.
     As SentEval does, STS12-16 concatenate their subsets in the order of
@@ -228,7 +254,8 @@ def load_sts(task: str, data_dir: str | os.PathLike, split: str = "test") -> STS
         DatasetNotAvailableError: the task's folder or a file is missing (the
             message says how to get them).
         ValueError: a bad argument, or a malformed file (the message names
-            the file and the line).
+            the file and the line), e.g. a gold score outside
+            `STS_SCORE_RANGE` (0-5).
 
     Example:
 

@@ -81,7 +81,7 @@ def concrete_value(x: Any) -> np.ndarray | None:
         return None
 
 
-def check_finite(x: Any, subject: str) -> None:
+def check_finite(x: Any, subject: str, hint: str = "") -> None:
     """Rejects rows of `x` (rank 2) holding NaN or +-Inf with a `ValueError`.
 
     One bad feature would otherwise corrupt a whole evaluation without an
@@ -94,6 +94,7 @@ def check_finite(x: Any, subject: str) -> None:
     Args:
         x: `(N, F)` numpy array or backend tensor.
         subject: how the error names `x`, e.g. "`train_features`".
+        hint: a sentence of advice appended to the message.
     """
     if isinstance(x, np.ndarray):
         row_is_finite = np.all(np.isfinite(x), axis=-1)
@@ -106,7 +107,7 @@ def check_finite(x: Any, subject: str) -> None:
         raise ValueError(
             f"{subject[:1].upper()}{subject[1:]} must be finite; rows "
             f"{row_list(bad_rows)} ({bad_rows.size} of {row_is_finite.shape[0]}) "
-            f"hold NaN or Inf. Received: {bad_rows.size} non-finite rows in an "
+            f"hold NaN or Inf{hint}. Received: {bad_rows.size} non-finite rows in an "
             f"array of shape {tuple(x.shape)}"
         )
 
@@ -191,6 +192,45 @@ def resolve_num_classes(num_classes: int | None, **label_sets: np.ndarray) -> in
                 f"{labels[too_large[0]]} in {argument}"
             )
     return num_classes
+
+
+def check_not_empty(x: Any, argument: str) -> int:
+    """The number of rows of `x`, a `ValueError` naming `argument` if none."""
+    count = int(x.shape[0])
+    if count == 0:
+        raise ValueError(
+            f"`{argument}` must hold at least one sample. "
+            f"Received: {argument}.shape={tuple(x.shape)}"
+        )
+    return count
+
+
+def check_same_width(test: Any, train: Any) -> None:
+    """`test_features` and `train_features` must have as many features."""
+    if test.shape[1] != train.shape[1]:
+        raise ValueError(
+            "`test_features` and `train_features` must have the same number of "
+            f"features. Received: test_features.shape={tuple(test.shape)}, "
+            f"train_features.shape={tuple(train.shape)}"
+        )
+
+
+def compact_labels(*label_sets: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The distinct labels of all `label_sets` and each set mapped onto `0..C-1`.
+
+    `classes[i]` is the label that index `i` stands for; the order of the
+    labels is kept (`np.unique` sorts), so labels already `0..C-1` (all
+    present) map to themselves. The classifiers work on the indices: their
+    vote and output arrays have `C` columns, not `max(label) + 1`.
+
+    Example:
+
+    >>> classes, (train, test) = compact_labels(np.array([5, 20]), np.array([10, 5]))
+    >>> classes.tolist(), train.tolist(), test.tolist()
+    ([5, 10, 20], [0, 2], [1, 0])
+    """
+    classes = np.unique(np.concatenate(label_sets))
+    return classes, [np.searchsorted(classes, labels) for labels in label_sets]
 
 
 def row_block(x: Any, start: int, size: int) -> Any:

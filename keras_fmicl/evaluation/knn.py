@@ -11,7 +11,10 @@ from keras import ops
 from keras_fmicl.evaluation.arrays import as_features
 from keras_fmicl.evaluation.arrays import as_labels
 from keras_fmicl.evaluation.arrays import check_finite
+from keras_fmicl.evaluation.arrays import check_not_empty
 from keras_fmicl.evaluation.arrays import check_positive_float
+from keras_fmicl.evaluation.arrays import check_same_width
+from keras_fmicl.evaluation.arrays import compact_labels
 from keras_fmicl.evaluation.arrays import num_rows
 from keras_fmicl.evaluation.arrays import resolve_num_classes
 from keras_fmicl.evaluation.arrays import row_block
@@ -52,7 +55,9 @@ def knn_predict(
 
     The test set is processed `batch_size` rows at a time: memory peaks at a
     `(batch_size, num_train)` similarity matrix plus the normalised training
-    features.
+    features. The votes go to the `C` distinct training labels (mapped onto
+    `0..C-1` in their order, then back), so sparse labels such as
+    `{0, 1, 10**6}` cost a 3-column vote, not `10**6 + 1` columns.
 
     Args:
         train_features: `(N, F)` training (memory bank) features.
@@ -64,7 +69,8 @@ def knn_predict(
             `None`.
         batch_size: number of test rows handled at once.
         return_scores: also return the `(M, num_classes)` vote shares (class
-            weights normalised to sum to 1 per test point).
+            weights normalised to sum to 1 per test point; column `c` is
+            label `c`, zero for labels absent from `train_labels`).
 
     Returns:
         `(M,)` int64 numpy array of predicted labels, and with
@@ -87,21 +93,12 @@ def knn_predict(
     temperature = check_positive_float("temperature", temperature)
     batch_size = check_positive_integer("batch_size", batch_size)
     train = as_features(train_features, "train_features")
-    num_train = num_rows(train)
-    if num_train == 0:
-        raise ValueError(
-            "`train_features` must hold at least one sample. "
-            f"Received: train_features.shape={tuple(train.shape)}"
-        )
+    num_train = check_not_empty(train, "train_features")
     labels = as_labels(train_labels, "train_labels", num_train)
     num_classes = resolve_num_classes(num_classes, train_labels=labels)
+    classes, (labels,) = compact_labels(labels)
     test = as_features(test_features, "test_features")
-    if test.shape[1] != train.shape[1]:
-        raise ValueError(
-            "`test_features` and `train_features` must have the same number of "
-            f"features. Received: test_features.shape={tuple(test.shape)}, "
-            f"train_features.shape={tuple(train.shape)}"
-        )
+    check_same_width(test, train)
     check_finite(train, "`train_features`")
     check_finite(test, "`test_features`")
     num_test = num_rows(test)
@@ -120,20 +117,20 @@ def knn_predict(
         # and no weight overflows, even for a tiny temperature.
         weights = ops.exp((top_similarity - top_similarity[:, :1]) / temperature)
         neighbour_labels = ops.take(bank_labels, top_index)  # (B, k)
-        slots = ops.arange(rows, dtype="int32")[:, None] * num_classes + neighbour_labels
+        slots = ops.arange(rows, dtype="int32")[:, None] * classes.size + neighbour_labels
         votes = ops.segment_sum(
             ops.reshape(weights, (-1,)),
             ops.reshape(slots, (-1,)),
-            num_segments=rows * num_classes,
+            num_segments=rows * classes.size,
         )
-        scores.append(to_numpy(ops.reshape(votes, (rows, num_classes))))
-    if scores:
-        scores = np.concatenate(scores, axis=0).astype(np.float64)
-    else:
-        scores = np.zeros((0, num_classes))
-    predictions = np.argmax(scores, axis=1).astype(np.int64)
+        scores.append(to_numpy(ops.reshape(votes, (rows, classes.size))))
+    scores = np.concatenate(scores, axis=0) if scores else np.zeros((0, classes.size))
+    scores = scores.astype(np.float64)
+    predictions = classes[np.argmax(scores, axis=1)].astype(np.int64)
     if return_scores:
-        return predictions, scores / np.sum(scores, axis=1, keepdims=True)
+        shares = np.zeros((num_test, num_classes))
+        shares[:, classes] = scores / np.sum(scores, axis=1, keepdims=True)
+        return predictions, shares
     return predictions
 
 
@@ -177,12 +174,7 @@ def knn_accuracy(
         Discrimination", CVPR 2018.
     """
     test_features = as_features(test_features, "test_features")
-    num_test = num_rows(test_features)
-    if num_test == 0:
-        raise ValueError(
-            "`test_features` must hold at least one sample. "
-            f"Received: test_features.shape={tuple(test_features.shape)}"
-        )
+    num_test = check_not_empty(test_features, "test_features")
     test_labels = as_labels(test_labels, "test_labels", num_test)
     if num_classes is not None:
         num_classes = resolve_num_classes(num_classes, test_labels=test_labels)
@@ -294,10 +286,13 @@ class KNNMonitor(keras.callbacks.Callback):
     def evaluate(self) -> float:
         """kNN accuracy of the current features (usable outside `fit`)."""
         extractor = self._extractor()
-        train_features = extract_features(extractor, self.train_data[0], self.batch_size)
-        check_finite(train_features, "the features of the `train_data` images")
-        test_features = extract_features(extractor, self.test_data[0], self.batch_size)
-        check_finite(test_features, "the features of the `test_data` images")
+        train_features, test_features = (
+            extract_features(
+                extractor, data[0], self.batch_size,
+                subject=f"the encoder's features of the `{split}` images",
+            )
+            for split, data in (("train_data", self.train_data), ("test_data", self.test_data))
+        )
         return knn_accuracy(
             train_features,
             self._train_labels,

@@ -10,6 +10,9 @@ import numpy as np
 from keras_fmicl.evaluation.arrays import as_features
 from keras_fmicl.evaluation.arrays import as_labels
 from keras_fmicl.evaluation.arrays import check_finite
+from keras_fmicl.evaluation.arrays import check_not_empty
+from keras_fmicl.evaluation.arrays import check_same_width
+from keras_fmicl.evaluation.arrays import compact_labels
 from keras_fmicl.evaluation.arrays import check_non_negative_float
 from keras_fmicl.evaluation.arrays import check_non_negative_int
 from keras_fmicl.evaluation.arrays import check_positive_float
@@ -25,11 +28,7 @@ from keras_fmicl.utils.checks import check_positive_integer
 def _probe_features(features: Any, argument: str) -> np.ndarray:
     """Non-empty, finite `(N, F)` float32 numpy features for the linear probe."""
     features = to_numpy(as_features(features, argument))
-    if features.shape[0] == 0:
-        raise ValueError(
-            f"`{argument}` must hold at least one sample. "
-            f"Received: {argument}.shape={features.shape}"
-        )
+    check_not_empty(features, argument)
     check_finite(features, f"`{argument}`")
     single = features.astype(np.float32)
     overflow = np.flatnonzero(~np.all(np.isfinite(single), axis=-1))
@@ -48,41 +47,106 @@ def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nd
     return (train - mean) / std, (test - mean) / std
 
 
+DEFAULT_PROBE_STEPS = 1000
+"""Optimisation steps of the linear probes when neither `steps` nor `epochs`
+is given: the same number whatever the size of the training set, so a set
+of 150 samples trains as long as one of 60,000 (100 epochs of a small set
+in batches of 256 would be 100 steps, too few for Adam at 1e-3)."""
+
+
+def _probe_schedule(epochs: Any, steps: Any) -> tuple[int | None, int | None]:
+    """`(epochs, steps)` checked: at most one given; neither means
+    `steps=DEFAULT_PROBE_STEPS`."""
+    if epochs is not None and steps is not None:
+        raise ValueError(
+            "`epochs` and `steps` are two ways of giving the training length: "
+            f"pass one of them. Received: epochs={epochs!r}, steps={steps!r}"
+        )
+    if epochs is not None:
+        return check_positive_integer("epochs", epochs), None
+    if steps is None:
+        return None, DEFAULT_PROBE_STEPS
+    return None, check_positive_integer("steps", steps)
+
+
+class _ShuffledBatches(keras.utils.PyDataset):
+    """`steps` batches of `(features, labels)` drawn from an endless stream
+    of shuffled passes over the training set (pass `p` is the permutation
+    of a numpy generator seeded with `(seed, p)`: random access, no state).
+    Every batch holds `min(batch_size, N)` samples: one compiled shape."""
+
+    def __init__(self, features, labels, batch_size: int, steps: int, seed: int):
+        super().__init__()
+        self.features, self.labels = features, labels
+        self.batch_size = min(batch_size, len(labels))
+        self.steps, self.seed = steps, seed
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int):
+        count = len(self.labels)
+        positions = np.arange(index * self.batch_size, (index + 1) * self.batch_size)
+        passes = positions // count
+        rows = np.empty_like(positions)
+        for number in np.unique(passes):
+            permutation = np.random.default_rng([self.seed, int(number)]).permutation(count)
+            chosen = passes == number
+            rows[chosen] = permutation[positions[chosen] % count]
+        return self.features[rows], self.labels[rows]
+
+
 def linear_probe_accuracy(
     train_features: Any,
     train_labels: Any,
     test_features: Any,
     test_labels: Any,
     num_classes: int | None = None,
-    epochs: int = 100,
+    epochs: int | None = None,
     batch_size: int = 256,
     learning_rate: float = 1e-3,
     weight_decay: float = 0.0,
     standardize: bool = True,
     seed: int | None = None,
     verbose: int = 0,
+    steps: int | None = None,
 ) -> dict[str, float]:
     """Accuracy of a linear softmax classifier trained on fixed features.
 
-    A single `Dense(num_classes)` layer is trained with softmax
-    cross-entropy and Adam (decoupled weight decay on the kernel when
-    `weight_decay > 0`, never on the bias). With `standardize=True` every
-    feature is first centred and scaled by the training-set mean and
-    standard deviation (the test set uses the training statistics).
+    A single `Dense(C)` layer is trained with softmax cross-entropy and
+    Adam (decoupled weight decay on the kernel when `weight_decay > 0`,
+    never on the bias). `C` is the number of distinct labels of the train
+    and test sets: the labels are mapped onto `0..C-1` in their order
+    (`np.unique`), so labels `{5, 10, 20}` train the same classifier as
+    `{0, 1, 2}`, and labels already `0..C-1` are unchanged. With
+    `standardize=True` every feature is first centred and scaled by the
+    training-set mean and standard deviation (the test set uses the
+    training statistics).
+
+    The training length is `steps` optimisation steps, by default
+    `DEFAULT_PROBE_STEPS` (1000) whatever the size of the set: batches of
+    `min(batch_size, N)` samples from successive shuffled passes over the
+    training set. Giving `epochs` instead trains that many passes (the last
+    batch of each may be smaller), as `keras.Model.fit` does.
 
     Args:
         train_features: `(N, F)` training features.
         train_labels: `(N,)` integer training labels.
         test_features: `(M, F)` test features.
         test_labels: `(M,)` integer test labels.
-        num_classes: number of classes; inferred from the labels if `None`.
-        epochs: training epochs.
+        num_classes: an upper bound checked against the labels (every
+            label must be below it), or `None`.
+        epochs: training epochs, or `None` (the default) to train `steps`
+            steps. Not with `steps`.
         batch_size: mini-batch size.
         learning_rate: Adam learning rate.
         weight_decay: decoupled weight decay of the kernel, `>= 0`.
         standardize: standardise features with training statistics.
-        seed: seed of the classifier's initial weights (`None`: random).
+        seed: seed of the classifier's initial weights and of the batch
+            order (`None`: random).
         verbose: verbosity of `fit` (0 = silent).
+        steps: optimisation steps; `None` for `DEFAULT_PROBE_STEPS` unless
+            `epochs` is given.
 
     Returns:
         `{"train_accuracy": float, "test_accuracy": float}`, top-1.
@@ -92,17 +156,18 @@ def linear_probe_accuracy(
             argument and lists the offending rows: one bad row would
             otherwise drive every vote or the whole probe), for labels that
             are not non-negative integers (NaN, Inf, fractions, negatives)
-            or not below `num_classes`, and for empty sets (or
-            features beyond float32), all before the classifier is built.
+            or not below `num_classes`, for empty sets (or features beyond
+            float32), and for both `epochs` and `steps`, all before the
+            classifier is built.
 
     Example:
 
     >>> x = np.random.normal(size=(64, 8)).astype("float32")
     >>> y = (x[:, 0] > 0).astype("int64")
-    >>> linear_probe_accuracy(x, y, x, y, epochs=20)["train_accuracy"] > 0.9
+    >>> linear_probe_accuracy(x, y, x, y)["train_accuracy"] > 0.9
     True
     """
-    epochs = check_positive_integer("epochs", epochs)
+    epochs, steps = _probe_schedule(epochs, steps)
     batch_size = check_positive_integer("batch_size", batch_size)
     learning_rate = check_positive_float("learning_rate", learning_rate)
     weight_decay = check_non_negative_float("weight_decay", weight_decay)
@@ -110,23 +175,17 @@ def linear_probe_accuracy(
         seed = check_non_negative_int("seed", seed)
     train = _probe_features(train_features, "train_features")
     test = _probe_features(test_features, "test_features")
-    if train.shape[1] != test.shape[1]:
-        raise ValueError(
-            "`test_features` and `train_features` must have the same number of "
-            f"features. Received: test_features.shape={test.shape}, "
-            f"train_features.shape={train.shape}"
-        )
+    check_same_width(test, train)
     train_labels = as_labels(train_labels, "train_labels", train.shape[0])
     test_labels = as_labels(test_labels, "test_labels", test.shape[0])
-    num_classes = resolve_num_classes(
-        num_classes, train_labels=train_labels, test_labels=test_labels
-    )
+    resolve_num_classes(num_classes, train_labels=train_labels, test_labels=test_labels)
+    classes, (train_labels, test_labels) = compact_labels(train_labels, test_labels)
     if standardize:
         train, test = _standardize(train, test)
 
     inputs = keras.Input(shape=(train.shape[1],), name="features")
     logits = keras.layers.Dense(
-        num_classes,
+        classes.size,
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
         dtype="float32",
         name="linear_classifier",
@@ -141,9 +200,15 @@ def linear_probe_accuracy(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    classifier.fit(
-        train, train_labels, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=verbose
-    )
+    if steps is None:
+        classifier.fit(
+            train, train_labels, epochs=epochs, batch_size=batch_size, shuffle=True,
+            verbose=verbose,
+        )
+    else:
+        order_seed = int(np.random.default_rng().integers(2**31)) if seed is None else seed
+        batches = _ShuffledBatches(train, train_labels, batch_size, steps, order_seed)
+        classifier.fit(batches, epochs=1, shuffle=False, verbose=verbose)
 
     def accuracy(features: np.ndarray, labels: np.ndarray) -> float:
         scores = classifier.predict(features, batch_size=max(batch_size, 1024), verbose=0)
@@ -206,7 +271,7 @@ def few_label_accuracy(
     fraction: float,
     draws: int = 3,
     num_classes: int | None = None,
-    epochs: int = 100,
+    epochs: int | None = None,
     seed: int = 0,
     **probe_kwargs,
 ) -> dict[str, Any]:
@@ -226,9 +291,12 @@ def few_label_accuracy(
         fraction: share of the training labels used, in `(0, 1]`.
         draws: number of subsets, `>= 1`.
         num_classes: number of classes; inferred from the labels if `None`.
-        epochs: training epochs of each classifier.
+        epochs: training epochs of each classifier, or `None` (the
+            default) for `steps` steps (`DEFAULT_PROBE_STEPS` unless given
+            in `probe_kwargs`): a 1 % subset trains as long as the full set.
         seed: seed of the first subset and of the classifiers' weights.
-        **probe_kwargs: other `linear_probe_accuracy` arguments.
+        **probe_kwargs: other `linear_probe_accuracy` arguments (`steps`,
+            `batch_size`, `learning_rate`, ...).
 
     Returns:
         `{"fraction", "labels_per_draw", "accuracies" (one per draw),
@@ -250,6 +318,7 @@ def few_label_accuracy(
     if fraction > 1:
         raise ValueError(f"`fraction` must be in (0, 1]. Received: fraction={fraction}")
     seed = check_non_negative_int("seed", seed)
+    _probe_schedule(epochs, probe_kwargs.get("steps"))
     # Every check runs on the full sets before the first draw: a bad row
     # outside the first subset must not pass unnoticed, and the rows named
     # in the errors are rows of the arrays the caller passed.
@@ -282,7 +351,7 @@ def linear_evaluation(
     train_data: tuple[Any, Any],
     test_data: tuple[Any, Any],
     num_classes: int | None = None,
-    epochs: int = 100,
+    epochs: int | None = None,
     batch_size: int = 256,
     learning_rate: float = 1e-3,
     weight_decay: float = 0.0,
@@ -290,6 +359,7 @@ def linear_evaluation(
     feature_batch_size: int = 256,
     seed: int | None = None,
     verbose: int = 0,
+    steps: int | None = None,
 ) -> dict[str, float]:
     """Linear evaluation of a frozen encoder.
 
@@ -303,7 +373,8 @@ def linear_evaluation(
         train_data: `(images, labels)` of the training split.
         test_data: `(images, labels)` of the test split.
         num_classes: number of classes; inferred from the labels if `None`.
-        epochs: training epochs of the classifier.
+        epochs: training epochs of the classifier, or `None` (the default)
+            for `steps` steps. Not with `steps`.
         batch_size: mini-batch size of the classifier.
         learning_rate: Adam learning rate.
         weight_decay: decoupled weight decay of the classifier's kernel.
@@ -311,6 +382,8 @@ def linear_evaluation(
         feature_batch_size: batch size of the encoder's forward passes.
         seed: seed of the classifier's initial weights.
         verbose: verbosity of `fit` (0 = silent).
+        steps: optimisation steps of the classifier; `None` for
+            `DEFAULT_PROBE_STEPS` (1000) unless `epochs` is given.
 
     Returns:
         `{"train_accuracy": float, "test_accuracy": float}`, top-1.
@@ -338,8 +411,8 @@ def linear_evaluation(
     num_classes = resolve_num_classes(
         num_classes, **{"train_data[1]": train_labels, "test_data[1]": test_labels}
     )
+    _probe_schedule(epochs, steps)
     for name, value, check in (
-        ("epochs", epochs, check_positive_integer),
         ("batch_size", batch_size, check_positive_integer),
         ("feature_batch_size", feature_batch_size, check_positive_integer),
         ("learning_rate", learning_rate, check_positive_float),
@@ -348,10 +421,13 @@ def linear_evaluation(
         check(name, value)
     if seed is not None:
         check_non_negative_int("seed", seed)
-    train_features = extract_features(encoder, train_images, batch_size=feature_batch_size)
-    check_finite(train_features, "the encoder's features of the `train_data` images")
-    test_features = extract_features(encoder, test_images, batch_size=feature_batch_size)
-    check_finite(test_features, "the encoder's features of the `test_data` images")
+    train_features, test_features = (
+        extract_features(
+            encoder, images, batch_size=feature_batch_size,
+            subject=f"the encoder's features of the `{split}` images",
+        )
+        for split, images in (("train_data", train_images), ("test_data", test_images))
+    )
     return linear_probe_accuracy(
         train_features,
         train_labels,
@@ -365,4 +441,5 @@ def linear_evaluation(
         standardize=standardize,
         seed=seed,
         verbose=verbose,
+        steps=steps,
     )

@@ -20,6 +20,10 @@ from keras_fmicl.utils.checks import check_positive_integer
 # Semantic textual similarity (STS): Spearman correlation of cosine scores
 # --------------------------------------------------------------------------
 
+TIE_TOLERANCE = 1e-6
+"""Spread of the cosine similarities at or below which `sts_correlation`
+takes them as constant and returns NaN."""
+
 STS_AVERAGE = "average"
 """The key of `evaluate_sts`'s average over the tasks (SimCSE's "Avg.")."""
 
@@ -79,8 +83,11 @@ def sts_correlation(embeddings_a: Any, embeddings_b: Any, gold_scores: Any) -> f
     pair's embeddings, ranked against the gold scores. Ties get the average
     of their ranks (as `scipy.stats.spearmanr`); computed in float64 on the
     host, without scipy. When all similarities are equal (a collapsed
-    encoder) the correlation is undefined and the result is NaN, as scipy
-    gives.
+    encoder, or `embeddings_a` equal to `embeddings_b`) the correlation is
+    undefined and the result is NaN, as scipy gives: similarities within
+    `TIE_TOLERANCE` (1e-6) of each other count as equal, since rounding
+    makes the cosines of equal directions differ in their last bits (a
+    float32 cosine by about 6e-8) and their ranks would be noise.
 
     Args:
         embeddings_a: `(N, F)` embeddings of the first sentences (numpy or
@@ -89,7 +96,7 @@ def sts_correlation(embeddings_a: Any, embeddings_b: Any, gold_scores: Any) -> f
         gold_scores: `(N,)` gold similarity scores, not all equal.
 
     Returns:
-        A Python float in [-100, 100].
+        A Python float in [-100, 100], or NaN for constant similarities.
 
     Raises:
         ValueError: shapes that differ or are not `(N, F)` / `(N,)`, fewer
@@ -143,6 +150,8 @@ def sts_correlation(embeddings_a: Any, embeddings_b: Any, gold_scores: Any) -> f
             f"constant is undefined). Received: {gold.size} scores all {gold[0]!r}"
         )
     similarities = _cosine_rows(a, b)
+    if np.ptp(similarities) <= TIE_TOLERANCE:
+        return float("nan")  # constant predictions: the ranks would be rounding noise
     return 100.0 * _pearson(average_ranks(similarities), average_ranks(gold))
 
 

@@ -160,13 +160,7 @@ class PredictionHead(ProjectionHead):
     """
 
     def __init__(
-        self,
-        hidden_dim: int,
-        output_dim: int,
-        num_layers: int = 2,
-        batch_norm: bool = True,
-        synchronized: bool = True,
-        **kwargs,
+        self, hidden_dim: int, output_dim: int, num_layers: int = 2, batch_norm: bool = True, **kwargs
     ):
         # MoCo v3's predictor ends in a plain dense layer; False is accepted
         # (a ProjectionHead config), True is not silently dropped
@@ -177,15 +171,8 @@ class PredictionHead(ProjectionHead):
                 "ends in a plain dense layer; the projector's may have one). "
                 f"Received: output_batch_norm={output_batch_norm!r}"
             )
-        super().__init__(
-            hidden_dim=hidden_dim,
-            output_dim=output_dim,
-            num_layers=num_layers,
-            batch_norm=batch_norm,
-            output_batch_norm=False,
-            synchronized=synchronized,
-            **kwargs,
-        )
+        # `synchronized` and the base Layer's arguments pass through kwargs
+        super().__init__(hidden_dim, output_dim, num_layers, batch_norm, output_batch_norm=False, **kwargs)
 
     def get_config(self):
         config = super().get_config()

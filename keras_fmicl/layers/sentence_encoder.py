@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from keras_fmicl.utils.checks import check_choice
+from keras_fmicl.utils.checks import concrete_values
 from keras_fmicl.utils.imports import import_keras_hub
 from keras_fmicl.utils.registry import PACKAGE
 
@@ -80,6 +81,16 @@ class SentenceEncoder(keras.Model):
     `keras.callbacks.TerminateOnNaN` stops the run) rather than a silent
     finite number. keras-hub preprocessors always keep `[CLS]` and `[SEP]`.
 
+    Token ids must lie in `[0, vocabulary_size)`. Concrete (eager) inputs
+    are checked and an id outside raises a `ValueError`. Inside a compiled
+    step (`fit`, `predict`, `jax.jit`, `tf.function`) the ids have no value
+    to check, and the backends differ: TensorFlow raises its own
+    `InvalidArgumentError`, PyTorch an `IndexError`, and JAX gives NaN
+    features for an id beyond the vocabulary (so a NaN loss, which
+    `keras.callbacks.TerminateOnNaN` stops) and silently clamps a negative
+    one. keras-hub tokenizers and preprocessors only produce valid ids; ids
+    made otherwise should be checked in the data pipeline.
+
     Args:
         backbone: a keras-hub text backbone, e.g.
             `keras_hub.models.BertBackbone` or `RobertaBackbone`: a Keras
@@ -145,6 +156,7 @@ class SentenceEncoder(keras.Model):
                 "float would corrupt large ids. Received: token_ids with "
                 f"dtype {keras.backend.standardize_dtype(token_ids.dtype)}"
             )
+        self._check_token_range(token_ids)
         needs_mask = self.pooling == "mean" or PADDING_MASK in self._backbone_inputs
         if needs_mask and PADDING_MASK not in inputs:
             raise ValueError(
@@ -167,6 +179,35 @@ class SentenceEncoder(keras.Model):
                     f"with keys {sorted(inputs)}"
                 )
         return call_inputs
+
+    @property
+    def vocabulary_size(self) -> int | None:
+        """The backbone's vocabulary size (`None` where it does not say)."""
+        size = getattr(self.backbone, "vocabulary_size", None)
+        return int(size) if size is not None else None
+
+    def _check_token_range(self, token_ids: Any) -> None:
+        """Concrete ids outside `[0, vocabulary_size)` raise a `ValueError`.
+
+        Only the two extremes leave the device. Traced ids (inside a
+        compiled `fit`/`predict` step) have no value: see the class
+        docstring.
+        """
+        if any(dim == 0 for dim in token_ids.shape):
+            return  # no id (min and max of nothing are undefined)
+        extremes = concrete_values(ops.stack([ops.min(token_ids), ops.max(token_ids)]))
+        if extremes is None:
+            return
+        low, high = int(extremes[0]), int(extremes[1])
+        size = self.vocabulary_size
+        if low < 0 or (size is not None and high >= size):
+            bound = f"[0, {size})" if size is not None else "[0, vocabulary_size)"
+            raise ValueError(
+                f"`token_ids` must be vocabulary indices in {bound} (the backbone's "
+                "`vocabulary_size`): an id outside gives features of no token "
+                "(NaN on JAX, an error or garbage elsewhere). Received: token_ids "
+                f"from {low} to {high}"
+            )
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         call_inputs = self._backbone_call_inputs(inputs)

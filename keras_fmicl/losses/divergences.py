@@ -33,6 +33,22 @@ def capped_exp(x: Any) -> Any:
     return ops.exp(ops.where(x < cap, x, cap)) * (1.0 + ops.relu(x - cap))
 
 
+def bounded_exp(x: Any) -> Any:
+    """`exp(x)` continued on both sides so that `exp(x)`, `1 / exp(x)` and their gradients stay finite.
+
+    Between `-c / 2` and `c` (`c = max_exponent(dtype)`: 44.4 in float32)
+    the result is exactly `exp(x)`; above `c` it is `capped_exp`'s tangent;
+    below `-c / 2` it is `exp(-c/2) / (1 + (-c/2 - x))`, positive and
+    decreasing, so that `1 / u` grows linearly and `1 / u^2` (the
+    derivative of a generator's `f'(u) = -1/u`, reverse KL) stays below
+    `exp(c)`: the default scores of a divergence given by `f` and `f'` alone
+    keep finite values and gradients.
+    """
+    x = ops.convert_to_tensor(x)
+    floor = -0.5 * max_exponent(keras.backend.standardize_dtype(x.dtype))
+    return capped_exp(ops.where(x > floor, x, floor)) / (1.0 + ops.relu(floor - x))
+
+
 def max_exponent(dtype: str = "float32") -> float:
     """The exponent above which `capped_exp` continues linearly."""
     return 0.5 * math.log(float(_finfo_max(keras.backend.standardize_dtype(dtype))))
@@ -154,11 +170,11 @@ class Divergence(ConfigEquality):
 
     def positive_score(self, log_ratio: Any) -> Any:
         """`f'(e^l)`: the critic of a positive pair with log ratio `l`."""
-        return self.f_prime(capped_exp(ops.convert_to_tensor(log_ratio)))
+        return self.f_prime(bounded_exp(ops.convert_to_tensor(log_ratio)))
 
     def negative_score(self, log_ratio: Any) -> Any:
         """`f*(f'(e^l)) = e^l f'(e^l) - f(e^l)`: the score of a negative pair."""
-        u = capped_exp(log_ratio)
+        u = bounded_exp(log_ratio)
         return u * self.f_prime(u) - self.f(u)
 
 

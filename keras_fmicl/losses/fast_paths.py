@@ -15,6 +15,7 @@ from keras_fmicl.losses import pair_sums
 from keras_fmicl.losses import pairs
 from keras_fmicl.losses import similarities as losses_similarities
 from keras_fmicl.utils import backend_ops as utils_backend_ops
+from keras_fmicl.utils.checks import is_real
 
 # Largest argument of `math.exp` below float64 overflow.
 _EXP_OVERFLOW = 709.0
@@ -437,14 +438,28 @@ def largest_exponent(divergence: losses_divergences.Divergence, similarity: loss
     return max([k * low for k in exponents] + [k * high for k in exponents] + [0.0])
 
 
+def _parameter_bound(similarity: losses_similarities.Similarity, ratio: float) -> str:
+    """`", e.g. sigma >= 0.3"`: the parameter value that scales `l` by `1 / ratio`, or ``."""
+    parameter = getattr(similarity, "parameter", None)
+    value = getattr(similarity, parameter, None) if parameter else None
+    if not is_real(value):
+        return ""
+    # l scales as 1/temperature (cosine) and 1/sigma^2 (Gaussian).
+    bound = value * (ratio if parameter == "temperature" else math.sqrt(ratio))
+    return f" ({parameter} >= {bound:.3g})"
+
+
 def warn_if_beyond_exact_range(
     divergence: losses_divergences.Divergence, similarity: losses_similarities.Similarity, stacklevel: int = 2
 ) -> None:
     """Warns when the scores can need exponents beyond float32's exact range.
 
     Past `divergences.max_exponent("float32")` (44.4) `capped_exp`
-    continues linearly: finite, but no longer the exact divergence.
-    `stacklevel` counts from the caller of this function.
+    continues linearly: values and gradients stay finite, but no longer the
+    exact divergence, and they can be large enough (up to about `e^44`
+    times the exponent) that an optimizer's statistics overflow (Adam's
+    squared gradients pass float32's maximum beyond `1.8e19`) and the
+    weights turn NaN. `stacklevel` counts from the caller of this function.
     """
     largest = largest_exponent(divergence, similarity)
     cap = _float32_cap()
@@ -452,7 +467,66 @@ def warn_if_beyond_exact_range(
         warnings.warn(
             f"With {similarity!r} the {divergence.name} scores can reach "
             f"exp({largest:.0f}), beyond float32's exact range exp({cap:.1f}): "
-            "past it they are continued linearly (finite, but no longer the "
-            "exact divergence). A larger sigma or temperature avoids this.",
+            "past it they are continued linearly, finite but no longer the "
+            "exact divergence, and large enough (about 1e19 and more) that "
+            "training can diverge on the first steps (the optimizer's "
+            "squared gradients overflow). A larger sigma or temperature"
+            f"{_parameter_bound(similarity, largest / cap)} avoids this.",
+            stacklevel=stacklevel + 1,
+        )
+
+
+# log of float32's smallest subnormal, 2**-149: exp underflows to 0 below it.
+_FLOAT32_LOG_SMALLEST = -149 * math.log(2.0)
+
+# The cosine of the pairs at which `warn_if_scores_saturate` looks: about 26
+# degrees apart, closer than augmented views of one image at initialisation.
+SATURATION_COSINE = 0.9
+
+
+def scores_saturate(
+    divergence: losses_divergences.Divergence, similarity: losses_similarities.Similarity
+) -> bool:
+    """Whether an exponential of the scores underflows at cosine `SATURATION_COSINE`.
+
+    True when `k l < log(float32's smallest subnormal)` (-103.3) for a
+    positive `k` of `divergence.exponents` or of its `negative_form`
+    (`softplus(k l)` and `sigmoid(k l)^2` decay as `e^(k l)` and
+    `e^(2 k l)`), `l` the log ratio of pairs at
+    cosine 0.9: `e^(k l)` is then exactly 0, so its term gives every pair at
+    least that far apart exactly zero gradient (for KL and JS the negatives' push
+    apart, for Pearson, Tsallis and Vincze-Le Cam all of it). False where
+    `l` cannot be evaluated (a similarity without `log_ratio_from_cosine`,
+    or while tracing).
+    """
+    try:
+        log_ratio = float(
+            ops.convert_to_numpy(similarity.log_ratio_from_cosine(ops.convert_to_tensor(SATURATION_COSINE)))
+        )
+    except (NotImplementedError, TypeError, ValueError):
+        return False
+    rates = list(divergence.exponents)
+    form = negative_form(divergence)
+    if form is not None:
+        # softplus(k l) ~ e^(k l) and sigmoid(k l)^2 ~ e^(2 k l) as l -> -inf
+        rates.append(form.k * (2.0 if form.core == "sigmoid_squared" else 1.0))
+    return any(k > 0 and k * log_ratio < _FLOAT32_LOG_SMALLEST for k in rates)
+
+
+def warn_if_scores_saturate(
+    divergence: losses_divergences.Divergence, similarity: losses_similarities.Similarity, stacklevel: int = 2
+) -> None:
+    """Warns when `scores_saturate`: pairs 26 degrees apart get no gradient.
+
+    `stacklevel` counts from the caller of this function.
+    """
+    if scores_saturate(divergence, similarity):
+        warnings.warn(
+            f"With {similarity!r} an exponential of the {divergence.name} scores "
+            f"underflows to 0 in float32 for pairs at cosine {SATURATION_COSINE} "
+            "(about 26 degrees apart): its term gives such pairs, and every "
+            "pair farther apart, exactly zero gradient (for Pearson, Tsallis "
+            "and Vincze-Le Cam a flat loss; for KL and JS no push apart of "
+            "the negatives). A larger sigma or temperature avoids this.",
             stacklevel=stacklevel + 1,
         )

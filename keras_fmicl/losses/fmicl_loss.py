@@ -15,17 +15,22 @@ from keras_fmicl.losses import similarities as losses_similarities
 from keras_fmicl.losses.contrastive_loss import ContrastiveLoss
 from keras_fmicl.losses.contrastive_loss import functional_loss
 from keras_fmicl.utils.checks import check_positive_number
+from keras_fmicl.utils.checks import float32_max
 from keras_fmicl.utils.registry import PACKAGE
 
-# alpha = 40: the paper's vision setting (Lu et al., TMLR 2023, arXiv
-# 2402.10150, "Experimental setup" table: alpha = 40 for every vision data
-# set, with mu = 1 and (2 sigma^2)^-1 = 1, i.e. `similarities.DEFAULT_SIGMA`).
-# Confirmed by the validation sweep of benchmarks/results/quality_alpha
-# (Fashion-MNIST, SimCLR mode, KL and JS, 2 seeds: no alpha in 1-160 beats
-# 40 by more than its 95 % CI; 20-80 is a plateau, alpha 1 falls below the
-# random-init encoder). It was 4.0 before issue 14 (the earlier sweep at
-# sigma 1, which stopped at alpha 8).
+# The paper's vision setting; its provenance: docs/fmicl-math.md, section 8.
 DEFAULT_ALPHA = 40.0
+
+
+def check_alpha(alpha: Any) -> float:
+    """`alpha` as a float if it is positive and finite in float32, else `ValueError`."""
+    alpha = check_positive_number("alpha", alpha)
+    if alpha > float32_max():
+        raise ValueError(
+            "`alpha` must be finite in float32, in which the loss is computed "
+            f"(at most {float32_max():.4g}). Received: alpha={alpha!r}"
+        )
+    return alpha
 
 
 def _fmicl_anchor_losses(
@@ -109,7 +114,7 @@ def fmicl(
     """
     divergence = losses_divergences.get(divergence)
     similarity = losses_similarities.get(similarity, sigma=sigma, temperature=temperature, stacklevel=3)
-    alpha = check_positive_number("alpha", alpha)
+    alpha = check_alpha(alpha)
     plan = losses_fast_paths.score_plan(similarity, divergence)
     pairs = (keys, queue, queue_mask, in_batch_negatives, global_negatives, key_views)
     return functional_loss(plan, y_true, y_pred, pairs, _fmicl_anchor_losses, divergence, alpha)
@@ -119,67 +124,47 @@ def fmicl(
 class FMICLLoss(ContrastiveLoss):
     """f-MICL: contrastive learning with an f-mutual information bound.
 
-    For anchor `a` with positives `P(a)`, negatives `N(a)` and log density
-    ratio `l` given by the similarity:
+    Formula, for anchor `a` with positives `P(a)`, negatives `N(a)` and the
+    log density ratio `l` of the similarity:
 
-        loss(a) = - mean_{p in P(a)} f'(e^l(a,p))
-                  + alpha * mean_{n in N(a)} f*(f'(e^l(a,n)))
+    ```
+    loss(a) = - mean_{p in P(a)} f'(e^l(a,p)) + alpha * mean_{n in N(a)} f*(f'(e^l(a,n)))
+    ```
 
-    A sample's loss is the mean over its views; the default reduction is the
-    mean over samples. With `alpha = 1` the negated loss is a lower-bound
-    estimate of the f-mutual information `I_f` in nats. The definitions are
-    those of `docs/fmicl-math.md`, section 4.
+    A sample's loss is the mean over its views, reduced over samples as the
+    `reduction` says. With `alpha = 1` the negated loss is a lower bound of
+    the f-mutual information `I_f` in nats (`docs/fmicl-math.md`, section 4;
+    the defaults and where they come from: section 8).
 
-    Inputs: `y_pred` of shape `(N, V, d)`, `V >= 2`, `d >= 1`; `y_true`
-    `None` or non-negative integer labels of shape `(N,)` or `(N, 1)`
-    (integer-valued floats such as `3.0` are accepted); `sample_weight` a
-    scalar, `(N,)` or `(N, 1)`. Anything else raises a `ValueError`, but
-    invalid labels seen only inside a traced function (`tf.function`,
-    `jax.jit`), which make every per-sample loss NaN. A NaN or an infinity
-    anywhere in the embeddings (or keys, or queue) makes every per-sample
-    loss NaN too, on purpose: every anchor contrasts with every embedding,
-    and `keras.callbacks.TerminateOnNaN` then stops the training instead of
-    it going on with a meaningless finite number. The embeddings are
-    normalised scale-invariantly (`similarities.l2_normalize`): `z * c`
-    gives the loss of `z` and `1 / c` times its gradient for any finite
-    `c > 0` (`1e-30` to `1e30`); a zero embedding is orthogonal to all.
+    Contract: `y_pred` is `(N, V, d)` with `V >= 2`; `y_true` is `None` or
+    `(N,)` / `(N, 1)` non-negative integer labels (supervised f-MICL). A NaN
+    or an infinity anywhere in the embeddings makes every per-sample loss
+    NaN (section 7.2); embeddings are normalised scale-invariantly and a
+    zero embedding is orthogonal to all (section 7.1).
 
     Args:
-        divergence: `"kl"`, `"js"`, `"pearson"`, `"squared_hellinger"`,
-            `"tsallis"`, `"vlc"` (or an alias such as `"chi2"`,
-            `"hellinger"`, `"jensen_shannon"`), or a
-            `keras_fmicl.Divergence` instance such as
-            `keras_fmicl.Tsallis(order=2.0)` or a user-defined subclass.
-            Defaults to `"kl"`.
-        similarity: `"gaussian"` (the f-Gaussian similarity,
-            `l = -||z^_a - z^_b||^2 / (2 sigma^2)`), `"cosine"`
-            (`l = cos / temperature`), or a `keras_fmicl.Similarity`
-            instance. Defaults to `"gaussian"`.
-        sigma: Gaussian bandwidth, `> 0`; defaults to `2 ** -0.5`
-            (about 0.707, i.e. `(2 sigma^2)^-1 = 1`, the paper's vision
-            setting). Used with `similarity="gaussian"`.
-        temperature: cosine temperature, `> 0`; defaults to 1.0 (the
-            best of 0.1, 0.2, 0.5 and 1.0 for f-MICL at alpha 40,
-            `benchmarks/results/quality_temperature`). Used with
-            `similarity="cosine"`.
-        alpha: weight of the negative (uniformity) term, `> 0`. Defaults
-            to 40.0, the paper's vision setting (its ablation on CIFAR-10:
-            KL 77.6 / 83.5 / 84.2 / 82.8 kNN top-1 at alpha 1 / 10 / 40 /
-            50), confirmed on a Fashion-MNIST validation split
-            (`benchmarks/results/quality_alpha`). The paper's text setting
-            is `alpha=409600` with `sigma=40 ** -0.5`. With `alpha = 1`
-            the loss is the negated f-MI bound; the `mi_estimate` metric
-            is the bound whatever `alpha` is.
-        global_negatives: under data parallelism (`tf.distribute`,
-            torch.distributed), contrast every anchor with the whole global
-            batch, gathered from all replicas (the gradient flows back to
-            each replica's embeddings). False keeps each replica's shard.
-            JAX's `keras.distribution` always sees the global batch.
-            Defaults to True.
-        reduction: Keras reduction; `None` returns the `(N,)` vector.
+        divergence: a name (`"kl"`, `"js"`, `"pearson"`,
+            `"squared_hellinger"`, `"tsallis"`, `"vlc"` or an alias) or a
+            `keras_fmicl.Divergence`. Defaults to `"kl"`.
+        similarity: `"gaussian"` (`l = -||z^_a - z^_b||^2 / (2 sigma^2)`),
+            `"cosine"` (`l = cos / temperature`) or a
+            `keras_fmicl.Similarity`. Defaults to `"gaussian"`.
+        sigma: Gaussian bandwidth, `> 0`. Defaults to `2 ** -0.5`, the
+            paper's vision setting.
+        temperature: cosine temperature, `> 0`. Defaults to 1.0.
+        alpha: weight of the negative (uniformity) term, `> 0` and finite
+            in float32. Defaults to 40.0, the paper's vision setting (text:
+            `alpha=409600`, `sigma=40 ** -0.5`).
+        global_negatives: under data parallelism, contrast with the whole
+            global batch gathered from all replicas (section 6). Defaults
+            to True.
+        reduction: Keras reduction; `None` gives the `(N,)` losses.
         name: name of the loss.
-        dtype: dtype of the computation; defaults to `keras.backend.floatx()`
-            (float32 under mixed precision policies).
+        dtype: compute dtype; defaults to `keras.backend.floatx()`.
+
+    Raises:
+        ValueError: for an unknown divergence or similarity, a parameter out
+            of range, or inputs of the wrong shape or labels.
 
     Example:
 
@@ -187,7 +172,6 @@ class FMICLLoss(ContrastiveLoss):
     loss = keras_fmicl.FMICLLoss("js", sigma=0.5)
     y_pred = keras.random.normal((8, 2, 16))  # 8 samples, 2 views, d = 16
     value = loss(None, y_pred)                # self-supervised
-    value = loss(labels, y_pred)              # supervised f-MICL
     ```
 
     Reference:
@@ -207,19 +191,13 @@ class FMICLLoss(ContrastiveLoss):
         name: str | None = "fmicl",
         dtype: Any = None,
     ):
-        super().__init__(
-            similarity=similarity,
-            sigma=sigma,
-            temperature=temperature,
-            global_negatives=global_negatives,
-            name=name,
-            reduction=reduction,
-            dtype=dtype,
-        )
+        # ContrastiveLoss's arguments, in its order
+        super().__init__(similarity, sigma, temperature, global_negatives, name, reduction, dtype)
         self.divergence = losses_divergences.get(divergence)
-        self.alpha = check_positive_number("alpha", alpha)
-        # stacklevel 2: the warning points at the user's FMICLLoss(...) call.
+        self.alpha = check_alpha(alpha)
+        # stacklevel 2: the warnings point at the user's FMICLLoss(...) call.
         losses_fast_paths.warn_if_beyond_exact_range(self.divergence, self.similarity, stacklevel=2)
+        losses_fast_paths.warn_if_scores_saturate(self.divergence, self.similarity, stacklevel=2)
 
     def anchor_losses(self, batch):
         return _fmicl_anchor_losses(batch, self.score_plan(), self.divergence, self.alpha)

@@ -16,11 +16,7 @@ from keras_fmicl.losses.contrastive_loss import functional_loss
 from keras_fmicl.utils.checks import check_choice
 from keras_fmicl.utils.registry import PACKAGE
 
-# InfoNCE's temperature: the best of 0.1, 0.2 and 0.5 in the earlier sweep
-# on a Fashion-MNIST validation split (benchmarks/README.md, "The earlier
-# benchmark"), confirmed by the temperature suite (2 seeds, kNN 77.78 vs
-# 77.00 / 76.94 / 75.97 at 0.2 / 0.5 / 1.0;
-# benchmarks/results/quality_temperature).
+# InfoNCE's cosine temperature; its provenance: docs/fmicl-math.md, section 8.
 DEFAULT_INFONCE_TEMPERATURE = 0.1
 
 # The two forms of supervised InfoNCE (`docs/fmicl-math.md`, section 5.3).
@@ -178,15 +174,8 @@ class InfoNCELoss(ContrastiveLoss):
         self.supervised_form = check_choice("supervised_form", supervised_form, SUPERVISED_FORMS)
         if temperature is None and _is_cosine_name(similarity):
             temperature = DEFAULT_INFONCE_TEMPERATURE
-        super().__init__(
-            similarity=similarity,
-            sigma=sigma,
-            temperature=temperature,
-            global_negatives=global_negatives,
-            name=name,
-            reduction=reduction,
-            dtype=dtype,
-        )
+        # ContrastiveLoss's arguments, in its order
+        super().__init__(similarity, sigma, temperature, global_negatives, name, reduction, dtype)
 
     def anchor_losses(self, batch):
         return _info_nce_anchor_losses(batch, self.score_plan(), self.supervised_form)

@@ -19,6 +19,13 @@ from keras_fmicl.utils.registry import Registry
 # finite (about 3e3 times the upstream one, finite in float16 too).
 _NORM_EPSILON = 1e-7
 
+# float32's smallest normal number, 2**-126 (about 1.18e-38). A row whose
+# largest absolute entry is below it counts as a zero row on every backend:
+# XLA (TensorFlow, JAX) flushes subnormal floats to zero on CPU, PyTorch
+# does not, so without one rule a row of 1e-40 was a zero vector on two
+# backends and a unit vector on the third.
+_SMALLEST_NORMAL = 2.0**-126
+
 # sigma = 2 ** -0.5 (about 0.707), i.e. (2 sigma^2)^-1 = 1: the paper's
 # vision setting (Lu et al., TMLR 2023, arXiv 2402.10150, "Experimental
 # setup" table: mu = 1, (2 sigma^2)^-1 = 1, alpha = 40 for every vision data
@@ -53,7 +60,13 @@ def l2_normalize(x: Any, axis: int = -1) -> Any:
     times that at `x`: nonzero and finite over the whole float range.
 
     A zero row stays zero (orthogonal to everything): its squared norm is
-    floored at `_NORM_EPSILON` and its prescale taken as 1. A row holding a
+    floored at `_NORM_EPSILON` and its prescale taken as 1. So is, on every
+    backend and in every dtype, a row whose largest absolute entry is below
+    `_SMALLEST_NORMAL` (`2**-126`, float32's smallest normal number, about
+    1.18e-38): a row of subnormal floats such as `1e-40` is a zero row (its
+    output, at most `3.2e3` times its entries, is below `1e-34`), since XLA
+    flushes subnormals to zero on CPU and PyTorch does not. The scale
+    invariance holds for rows above that threshold. A row holding a
     NaN or an infinity comes out NaN (`inf / inf`): the losses then return
     NaN, on purpose.
 
@@ -74,7 +87,10 @@ def l2_normalize(x: Any, axis: int = -1) -> Any:
     x = ops.convert_to_tensor(x)
     # amax, not max: Keras' torch `max` breaks torch.compile graphs.
     largest = ops.stop_gradient(ops.amax(ops.abs(x), axis=axis, keepdims=True))
-    largest = ops.where(largest > 0, largest, ops.ones_like(largest))
+    # Compared in float32 (2**-126 is 0 in float16): a subnormal maximum is
+    # below the threshold whether the backend flushes it to 0 or not.
+    is_normal = ops.cast(largest, "float32") >= _SMALLEST_NORMAL
+    largest = ops.where(is_normal, largest, ops.ones_like(largest))
     # x / largest as two products by largest^(-1/2), which is a normal float
     # over the whole range: XLA turns a division into a product by the
     # reciprocal, which is subnormal (flushed to 0) for largest > 8.5e37.

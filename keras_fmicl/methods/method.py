@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 from typing import ClassVar
 
@@ -41,6 +42,27 @@ class Method(keras.layers.Layer):
     def __init__(self, **kwargs):
         kwargs.setdefault("name", self.mode)
         super().__init__(**kwargs)
+        self._owner = None
+
+    def attach(self, model: Any) -> None:
+        """Records `model` as the one model of this method; `ValueError` if
+        another model holds it already.
+
+        A method holds state of its model (a key network's copies of the
+        model's weights, a queue), so one object cannot serve two models.
+        Pass a new method to each model, e.g. `MoCoV2.from_config(
+        method.get_config())`.
+        """
+        owner = None if self._owner is None else self._owner()
+        if (owner is not None and owner is not model) or (owner is None and self.built):
+            raise ValueError(
+                f"A method object belongs to one model, and this {type(self).__name__} "
+                f"already belongs to {getattr(owner, 'name', 'another model')!r}: pass a new "
+                f"one to each model, e.g. {type(self).__name__}.from_config(method.get_config()). "
+                f"Received: method={self.name!r}"
+            )
+        # a weak reference: the model is not one of the method's sublayers
+        object.__setattr__(self, "_owner", weakref.ref(model))
 
     @classmethod
     def from_config(cls, config: dict) -> "Method":
@@ -165,6 +187,19 @@ class Method(keras.layers.Layer):
     def check_batch_size(self, model: Any, batch_size: int) -> None:
         """Raises a `ValueError` if batches of `batch_size` samples cannot train."""
         del model, batch_size
+
+    def check_inputs(self, model: Any, inputs: Any) -> None:
+        """Raises a `ValueError` if a batch of `inputs` cannot be used.
+
+        Called with the (possibly symbolic) batch before the training or
+        evaluation step branches on its size, so the error is not wrapped
+        in the backend's conditional. Only shapes and structure are read.
+        """
+        del model, inputs
+
+    def check_jit_compile(self, jit_compile: Any) -> None:
+        """Raises a `ValueError` if the method cannot train with `compile(jit_compile=...)`."""
+        del jit_compile
 
     def check_loss(self, loss: Any) -> Any:
         """The loss `compile` receives, checked; `ValueError` if unsuitable."""

@@ -20,6 +20,7 @@ from keras_fmicl.methods.views import select_views
 from keras_fmicl.methods.views import standardize_over_batch
 from keras_fmicl.utils import distributed as utils_distributed
 from keras_fmicl.utils import keras_private
+from keras_fmicl.utils.backend_ops import jit_recompiles_stateful_steps
 from keras_fmicl.utils.backend_ops import nan_unless
 from keras_fmicl.utils.checks import check_bool
 from keras_fmicl.utils.checks import check_choice
@@ -204,6 +205,22 @@ class MomentumMethod(Method):
             raise ValueError(
                 "The online contrast (`online_weight` > 0) needs at least 2 samples "
                 f"per batch. Received: batch_size={batch_size}"
+            )
+
+    def check_jit_compile(self, jit_compile: Any) -> None:
+        """`ValueError` for `jit_compile=True` under PyTorch.
+
+        `torch.compile` recompiles the step, which assigns every key-network
+        copy, at each call until its recompile limit (minutes per step);
+        train eagerly (`jit_compile=False` or `"auto"`).
+        """
+        if jit_compile is True and jit_recompiles_stateful_steps():
+            raise ValueError(
+                f"{type(self).__name__} cannot train with jit_compile=True under "
+                "PyTorch: torch.compile recompiles the training step, which updates "
+                "every key-network copy, at each step until its recompile limit "
+                "(minutes per step). Compile with jit_compile=False (or \"auto\"). "
+                "Received: jit_compile=True"
             )
 
     # -------------------------------------------------------- key network
@@ -473,6 +490,7 @@ class MoCoV2(MomentumMethod):
         self.queue_size = check_integer("queue_size", queue_size, 1)
         self.symmetric = check_bool("symmetric", symmetric)
         self.initial_queue = check_choice("initial_queue", initial_queue, ("random", "empty"))
+        self._load_error = None
         if not self.symmetric and self.online_weight > 0.0:
             raise ValueError(
                 "`online_weight` > 0 contrasts the queries of every view among "
@@ -506,6 +524,29 @@ class MoCoV2(MomentumMethod):
             trainable=False,
             name="queue_count",
         )
+
+    def load_own_variables(self, store: Any) -> None:
+        """Loads the key network and the queue; `ValueError` naming
+        `queue_size` when the saved queue has another size."""
+        index = str(len(self.key_variables))  # the queue follows the key copies
+        keys = list(store.keys()) if store is not None else []
+        if not keys and self._load_error is not None:
+            # Keras tries the method's other (empty) path after a failure:
+            # keep the message of the first
+            raise self._load_error
+        self._load_error = None
+        if index in keys:
+            saved = tuple(store[index].shape)
+            if saved != tuple(self.queue.shape):
+                self._load_error = ValueError(
+                    f"The saved {type(self).__name__} has a queue of shape {saved}, "
+                    f"this one of shape {tuple(self.queue.shape)} (queue_size, embedding "
+                    "size): build the model with the queue_size (and projector) it was "
+                    f"saved with, queue_size={saved[0] if saved else None}. Received: "
+                    f"queue_size={self.queue_size}"
+                )
+                raise self._load_error
+        super().load_own_variables(store)
 
     def key_contrast(self, model: Any, outputs: dict) -> tuple[Any, dict]:
         per_sample, metrics = contrastive_loss(model).contrast(
@@ -641,8 +682,22 @@ class MoCoV3(MomentumMethod):
         self.predictor = predictor
 
     def build(self, model: Any, embedding_shape: tuple) -> None:
-        if self.predictor is not None and not self.predictor.built:
-            self.predictor.build(embedding_shape)
+        if self.predictor is not None:
+            if not self.predictor.built:
+                self.predictor.build(embedding_shape)
+            shape = tuple(
+                self.predictor.compute_output_spec(keras.KerasTensor(embedding_shape)).shape
+            )
+            if shape[1:] != tuple(embedding_shape)[1:]:
+                raise ValueError(
+                    "The `predictor` must map the projector's embeddings to queries of "
+                    "the same size, which are contrasted with the keys (embeddings of "
+                    f"the key network): projector output size {embedding_shape[-1]}, "
+                    f"predictor output size {shape[-1]}. Give the predictor "
+                    f"{embedding_shape[-1]} outputs, e.g. keras_fmicl.PredictionHead("
+                    f"hidden_dim, {embedding_shape[-1]}). Received: predictor output "
+                    f"shape {shape} for embeddings of shape {tuple(embedding_shape)}"
+                )
         super().build(model, embedding_shape)
 
     def predict_queries(self, embeddings: Any, training: bool) -> Any:

@@ -77,6 +77,10 @@ class SimCSE(SimCLR):
                 f"{getattr(model.augmenter, 'name', model.augmenter)!r}"
             )
 
+    def check_inputs(self, model: Any, inputs: Any) -> None:
+        """`ValueError` for an `augmenter` on the model (see `Method.check_inputs`)."""
+        self._refuse_augmenter(model)
+
     def view_shape(self, model: Any, input_shape: Any) -> Any:
         self._refuse_augmenter(model)
         return map_shapes(lambda shape: (None,) + tuple(shape[1:]), input_shape)
@@ -185,6 +189,12 @@ class SupervisedSimCSE(SimCSE):
                 f"columns (axis 1). Received: inputs of shapes {found}"
             )
         return found[0][1]
+
+    def check_inputs(self, model: Any, inputs: Any) -> None:
+        """`ValueError` for an `augmenter`, or inputs not `(N, C, ...)` with
+        `C` in `(num_views, num_views + 1)` (see `Method.check_inputs`)."""
+        self._refuse_augmenter(model)
+        self._num_columns(model, keras.tree.map_structure(lambda x: tuple(x.shape), inputs))
 
     def view_shape(self, model: Any, input_shape: Any) -> Any:
         self._refuse_augmenter(model)

@@ -8,17 +8,21 @@ import warnings
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_fmicl import methods as methods_module
 from keras_fmicl.methods.views import VIEWS_KEY
+from keras_fmicl.methods.views import holds_views
+from keras_fmicl.models import safeguards
 from keras_fmicl.models.diagnostics import PositivesDriftMonitor
 from keras_fmicl.utils import distributed as utils_distributed
 from keras_fmicl.utils import keras_private
+from keras_fmicl.utils.backend_ops import jit_needs_state_before_tracing
 from keras_fmicl.utils.backend_ops import nan_unless
 from keras_fmicl.utils.checks import check_bool
+from keras_fmicl.utils.checks import check_images_in_value_range
 from keras_fmicl.utils.checks import check_integer
+from keras_fmicl.utils.checks import check_sample_weight
 from keras_fmicl.utils.registry import PACKAGE
 
 # arguments of the 0.x releases before `method=`: a pointer to the new form
@@ -36,17 +40,6 @@ def _all_finite(tensors: list) -> Any:
     if not checks:
         return ops.convert_to_tensor(True)
     return ops.all(ops.stack(checks))
-
-
-def _array_leaves(data: Any) -> list | None:
-    """The arrays of in-memory data (arrays, tensors, lists/dicts of them);
-    `None` for a dataset, a `PyDataset` or a generator."""
-    if data is None:
-        return None
-    leaves = keras.tree.flatten(data)
-    if not leaves or not all(hasattr(leaf, "shape") and hasattr(leaf, "__array__") for leaf in leaves):
-        return None
-    return leaves
 
 
 def _callback_items(callbacks: Any) -> list:
@@ -92,9 +85,26 @@ class ContrastiveModel(keras.Model):
     * NaN: a NaN or infinite input, weight, key-network copy or queue entry
       makes the reported loss NaN (never a finite number while the weights
       turn NaN), so `keras.callbacks.TerminateOnNaN` stops the training.
+      A step whose gradients are not all finite (even with a finite loss)
+      updates nothing: the optimizer skips it (weights and optimizer state
+      unchanged; the forward pass's own updates, a key network's EMA and
+      queue, batch norm statistics, still happen) and `fit` warns once.
+      Under mixed precision Keras' `LossScaleOptimizer` does this itself.
     * A batch of a single sample (the remainder of `2k + 1` samples in
       batches of `k`) has no negatives: it is skipped with a warning,
-      without any update of the weights, metrics or optimizer.
+      without any update of the weights, metrics or optimizer (its loss is
+      left out of the reported mean). An epoch, or an evaluation, whose
+      every batch holds a single sample raises a `ValueError` (it has no
+      loss to report: never 0.0).
+    * The loss's `reduction` is honoured: `"sum_over_batch_size"` (the
+      default) and `"mean"` train on `sum_i w_i l_i / N`, `"sum"` on
+      `sum_i w_i l_i`, `"mean_with_sample_weight"` on `sum_i w_i l_i /
+      sum_i w_i`, with `w_i` the `sample_weight` (1 without; also without
+      labels, which Keras alone would drop); `reduction=None` is refused.
+    * Raw images must lie in the augmenter's `value_range` (which it
+      clips to): the first batch is checked before training and
+      evaluation (ValueError), as `keras_fmicl.data.multiview_dataset`
+      does.
     * The method checks the batch size before training where it can (MoCo
       v2: the queue must hold the keys of a batch; see
       `keras_fmicl.methods.MoCoV2`).
@@ -171,11 +181,7 @@ class ContrastiveModel(keras.Model):
         super().__init__(**kwargs)
         self.encoder = _check_layer("encoder", encoder, required=True)
         method = methods_module.SimCLR() if method is None else methods_module.get(method)
-        if method.built:
-            raise ValueError(
-                "A method object belongs to one model, and this one is already "
-                f"built for another: pass a new one. Received: method={method.name!r}"
-            )
+        method.attach(self)
         self.method = method
         self.projector = _check_layer("projector", projector)
         self.augmenter = _check_layer("augmenter", augmenter)
@@ -291,6 +297,8 @@ class ContrastiveModel(keras.Model):
         `loss_weights` are not taken: the model reports its own metrics.
         """
         loss = self.method.check_loss(loss)
+        safeguards.check_training_reduction(loss)
+        self.method.check_jit_compile(kwargs.get("jit_compile", "auto"))
         for argument in ("loss_weights", "metrics", "weighted_metrics"):
             if kwargs.get(argument) is not None:
                 raise ValueError(
@@ -303,7 +311,10 @@ class ContrastiveModel(keras.Model):
             utils_distributed.patch_keras_multi_worker_fit()
         super().compile(optimizer=optimizer, loss=None, **kwargs)
         self.loss = loss
-        # torch.distributed: average the gradients of the processes
+        # an update with non-finite gradients is skipped (see the class)
+        safeguards.guard_optimizer(self.optimizer)
+        # torch.distributed: average the gradients of the processes (wraps
+        # the guard: the processes check the same averaged gradients)
         utils_distributed.synchronize_optimizer(self.optimizer)
         # Saved with the model, so that `load_model` compiles it again.
         self._compile_config.config["loss"] = loss
@@ -322,8 +333,10 @@ class ContrastiveModel(keras.Model):
             warnings.warn(message, stacklevel=3)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if safeguards.is_no_labels(y):
+            y = None  # the stand-in that keeps `sample_weight` (see `fit`)
         per_sample, metrics = self.method.loss(self, y_pred)
-        total = self._weighted_mean(per_sample, sample_weight)
+        total = self._reduce(per_sample, sample_weight)
         for name, tracker in (
             ("alignment", self.alignment_tracker),
             ("uniformity", self.uniformity_tracker),
@@ -351,12 +364,10 @@ class ContrastiveModel(keras.Model):
         # under tf.distribute the replicas' gradients are summed
         return utils_distributed.scale_loss(total)
 
-    @staticmethod
-    def _weighted_mean(per_sample: Any, sample_weight: Any) -> Any:
-        if sample_weight is None:
-            return ops.mean(per_sample)
-        weights = ops.cast(ops.reshape(sample_weight, (-1,)), per_sample.dtype)
-        return ops.sum(per_sample * weights) / ops.cast(ops.shape(per_sample)[0], per_sample.dtype)
+    def _reduce(self, per_sample: Any, sample_weight: Any) -> Any:
+        """Per-sample losses reduced as the compiled loss's `reduction` says."""
+        reduction = getattr(self.loss, "reduction", "sum_over_batch_size")
+        return safeguards.reduce_per_sample(per_sample, sample_weight, reduction)
 
     def _probe_loss(self, labels: Any, features: Any, sample_weight: Any) -> Any:
         if self.probe is None:
@@ -395,7 +406,7 @@ class ContrastiveModel(keras.Model):
         logits = ops.cast(self.probe(flat), "float32")
         per_view = keras.losses.sparse_categorical_crossentropy(view_labels, logits, from_logits=True)
         per_sample = ops.mean(ops.reshape(per_view, (-1, num_views)), axis=1)
-        probe_loss = self._weighted_mean(per_sample, sample_weight) + nan_unless(ops.all(valid))
+        probe_loss = self._reduce(per_sample, sample_weight) + nan_unless(ops.all(valid))
         self.probe_loss_tracker.update_state(probe_loss)
         self.probe_accuracy.update_state(view_labels, logits)
         return probe_loss
@@ -404,30 +415,11 @@ class ContrastiveModel(keras.Model):
 
     def _check_probe_labels(self, y: Any, argument: str = "y"):
         """ValueError for concrete probe labels outside [0, num_classes)."""
-        if self.probe is None or _array_leaves(y) is None:
-            return
-        try:
-            labels = np.asarray(y).reshape(-1)
-        except (TypeError, ValueError, RuntimeError):
-            return  # e.g. a tensor on an accelerator: checked in the step
-        if labels.dtype.kind not in "biuf":
-            raise ValueError(
-                f"`{argument}` must hold integer class labels in [0, num_classes="
-                f"{self.num_classes}) for the online probe. Received: "
-                f"{argument} of dtype {labels.dtype}"
-            )
-        with np.errstate(invalid="ignore"):
-            bad = ~((labels >= 0) & (labels < self.num_classes) & (labels == np.floor(labels)))
-        if bad.any():
-            index = int(np.argmax(bad))
-            raise ValueError(
-                f"`{argument}` must hold integer class labels in [0, num_classes="
-                f"{self.num_classes}) for the online probe. Received: "
-                f"{argument}[{index}]={labels[index].item()!r}"
-                + (f" ({int(bad.sum())} invalid labels in all)" if bad.sum() > 1 else "")
-            )
+        if self.probe is not None:
+            safeguards.check_probe_labels(y, self.num_classes, argument)
 
-    def _warn_single_sample_batch(self):
+    def warn_single_sample_batch(self):
+        """Warns once that batches of a single sample are skipped."""
         self.warn_once(
             "single_sample_batch",
             "A batch of a single sample cannot be contrasted (the sample has no "
@@ -440,7 +432,7 @@ class ContrastiveModel(keras.Model):
     def _check_fit_data(self, x: Any, y: Any, batch_size: Any, validation_split: float,
                         shuffle: Any, callbacks: Any, steps_per_epoch: Any):
         self._check_probe_labels(y)
-        leaves = _array_leaves(x)
+        leaves = safeguards.array_leaves(x)
         if leaves is None:
             return
         if shuffle and any(isinstance(c, keras.callbacks.BackupAndRestore) for c in _callback_items(callbacks)):
@@ -478,7 +470,7 @@ class ContrastiveModel(keras.Model):
         # the batches hold at most `batch_size` samples: checked above
         self.batch_size_checked = True
         if steps_per_epoch is None and num_samples % batch_size == 1:
-            self._warn_single_sample_batch()
+            self.warn_single_sample_batch()
 
     def fit(
         self,
@@ -529,10 +521,18 @@ class ContrastiveModel(keras.Model):
         """
         if check_bool("drift_warning", drift_warning):
             callbacks = self._with_drift_monitor(callbacks)
+        callbacks = self._with_step_audit(callbacks)
         self.batch_size_checked = False
         self._check_fit_data(x, y, batch_size, validation_split, shuffle, callbacks, steps_per_epoch)
+        y = self._labels_keeping_weights(x, y, sample_weight)
+        self._prepare_inputs(x, batch_size)
         if isinstance(validation_data, (list, tuple)) and len(validation_data) >= 2:
             self._check_probe_labels(validation_data[1], "validation_data")
+            if len(validation_data) == 3:
+                val_x, val_y, val_weight = validation_data
+                val_y = self._labels_keeping_weights(val_x, val_y, val_weight)
+                validation_data = (val_x, val_y, val_weight)
+            self._prepare_inputs(validation_data[0], validation_batch_size or batch_size, "validation_data")
         try:
             return super().fit(
                 x=x,
@@ -567,26 +567,85 @@ class ContrastiveModel(keras.Model):
             return callbacks
         return list(callbacks or []) + [monitor]
 
-    def evaluate(self, x=None, y=None, batch_size=None, *args, **kwargs):
-        """`keras.Model.evaluate`, checking concrete probe labels first.
+    def _with_step_audit(self, callbacks: Any) -> Any:
+        """`callbacks` with a `safeguards.StepAudit` first (it may raise
+        before another callback reads the epoch's logs)."""
+        if any(isinstance(c, safeguards.StepAudit) for c in _callback_items(callbacks)):
+            return callbacks
+        audit = safeguards.StepAudit()
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            audit.set_model(self)
+            callbacks.callbacks.insert(0, audit)
+            return callbacks
+        return [audit] + list(callbacks or [])
 
-        As in `fit`, a batch of a single sample is skipped with a warning.
+    def _labels_keeping_weights(self, x: Any, y: Any, sample_weight: Any) -> Any:
+        """`y`, or with `sample_weight` and no labels the stand-in for "no
+        labels" that Keras does not drop (it drops `sample_weight` when `y`
+        is None). Checks the weights' shape."""
+        leaves = safeguards.array_leaves(x)
+        if sample_weight is None or leaves is None:
+            return y
+        num_samples = leaves[0].shape[0]
+        check_sample_weight(sample_weight, None if num_samples is None else int(num_samples))
+        if y is not None or num_samples is None:
+            return y
+        return safeguards.no_labels(int(num_samples))
+
+    def _prepare_inputs(self, x: Any, batch_size: Any, argument: str = "x") -> None:
+        """Before training or evaluating on `x`: the raw images of its first
+        batch must lie in the augmenter's `value_range`; under TensorFlow
+        with `jit_compile=True` an unbuilt model is built eagerly (XLA cannot
+        initialise variables inside the compiled step)."""
+        if self.augmenter is not None:
+            images = safeguards.first_inputs(x, batch_size)
+            if hasattr(images, "shape") and not holds_views(self, tuple(images.shape)):
+                check_images_in_value_range(self.augmenter, images, argument)
+        if not self.built and self.compiled and self.jit_compile and jit_needs_state_before_tracing():
+            shapes = safeguards.input_shapes(x)
+            if shapes is not None:
+                self.build(shapes)
+                if self.optimizer is not None and not self.optimizer.built:
+                    self.optimizer.build(self.trainable_variables)
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 steps=None, callbacks=None, return_dict=False, **kwargs):
+        """`keras.Model.evaluate`, checking the data first (as `fit`).
+
+        A batch of a single sample is skipped with a warning; when every
+        batch holds a single sample there is no loss to report, and a
+        `ValueError` is raised (never a loss of 0.0). `sample_weight`
+        without `y` weights the per-sample losses (Keras would drop it).
         """
         self._check_probe_labels(y)
-        leaves = _array_leaves(x)
+        y = self._labels_keeping_weights(x, y, sample_weight)
+        self._prepare_inputs(x, batch_size)
+        leaves = safeguards.array_leaves(x)
         if leaves is not None and leaves[0].shape[0] is not None:
-            if kwargs.get("steps") is None and leaves[0].shape[0] % (batch_size or 32) == 1:
-                self._warn_single_sample_batch()
-        return super().evaluate(x, y, batch_size, *args, **kwargs)
+            if steps is None and leaves[0].shape[0] % (batch_size or 32) == 1:
+                self.warn_single_sample_batch()
+        logs = super().evaluate(
+            x, y, batch_size, verbose=verbose, sample_weight=sample_weight, steps=steps,
+            callbacks=callbacks, return_dict=return_dict, **kwargs,
+        )  # fmt: skip
+        if int(ops.convert_to_numpy(self.alignment_tracker.count)) == 0:
+            raise ValueError(
+                "Every batch of the evaluation data held a single sample, which "
+                "cannot be contrasted (it has no negatives): there is no loss "
+                "to report. Evaluate on batches of at least 2 samples."
+            )
+        return logs
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
-        """`keras.Model.train_on_batch`, checking concrete probe labels first."""
+        """`keras.Model.train_on_batch`, checking the data first (as `fit`)."""
         self._check_probe_labels(y)
+        self._prepare_inputs(x, None)
         return super().train_on_batch(x, y, *args, **kwargs)
 
     def test_on_batch(self, x, y=None, *args, **kwargs):
-        """`keras.Model.test_on_batch`, checking concrete probe labels first."""
+        """`keras.Model.test_on_batch`, checking the data first (as `fit`)."""
         self._check_probe_labels(y)
+        self._prepare_inputs(x, None)
         return super().test_on_batch(x, y, *args, **kwargs)
 
     def _skipped_step(self, *args) -> Any:
@@ -614,12 +673,14 @@ class ContrastiveModel(keras.Model):
         if utils_distributed.num_replicas() > 1:
             return step(*args)
         x, _, _ = keras.utils.unpack_x_y_sample_weight(args[-1])
+        # a ValueError about the inputs is raised here, not inside `ops.cond`
+        self.method.check_inputs(self, x)
         first = keras.tree.flatten(x)[0]
         size = first.shape[0]
         if size is not None:
             if size >= 2:
                 return step(*args)
-            self._warn_single_sample_batch()
+            self.warn_single_sample_batch()
             return self._skipped_step(*args)
         return ops.cond(
             ops.shape(first)[0] >= 2,

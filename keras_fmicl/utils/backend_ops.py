@@ -94,3 +94,26 @@ def all_finite(x: Any) -> Any:
 def nan_unless(condition: Any) -> Any:
     """`0.0` where `condition` holds, else NaN (added to a loss to poison it)."""
     return ops.where(condition, 0.0, float("nan"))
+
+
+def jit_needs_state_before_tracing() -> bool:
+    """Whether a jit-compiled step fails on variables that `fit` builds symbolically.
+
+    True on TensorFlow: the variables a model creates while `fit` builds it
+    symbolically are initialised at their first use, inside the traced
+    step, and XLA cannot lift that out of a `jit_compile=True` function.
+    Building the model eagerly before `fit` avoids it. JAX passes the state
+    into its compiled step; PyTorch compiles after the first eager run.
+    """
+    return backend() == "tensorflow"
+
+
+def jit_recompiles_stateful_steps() -> bool:
+    """Whether `jit_compile=True` recompiles a step that assigns many variables.
+
+    True on PyTorch: `torch.compile` (dynamo) guards on the variables a step
+    assigns outside autograd (a key network's EMA, a queue) and recompiles
+    until its recompile limit, taking minutes per step. XLA (TensorFlow,
+    JAX) compiles such a step once.
+    """
+    return backend() == "torch"

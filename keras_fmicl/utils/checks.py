@@ -9,6 +9,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_fmicl.utils import keras_private
+
 
 def is_real(value: Any) -> bool:
     """Whether `value` is a real number (a Python or numpy one), not a bool."""
@@ -45,6 +47,11 @@ def check_positive_number(name: str, value: Any) -> float:
             f"`{name}` must be a positive number. Received: {name}={value!r}"
         )
     return float(value)
+
+
+def float32_max() -> float:
+    """The largest finite float32, `3.4028235e38`."""
+    return float(np.finfo("float32").max)
 
 
 def check_integer(
@@ -237,3 +244,71 @@ def check_image_shape(input_shape: Any, min_size: int = 1, allow_unknown: bool =
     if not is_integer(channels) or channels < 1:
         raise ValueError(message)
     return tuple(None if s is None else int(s) for s in input_shape)
+
+
+def _value_range_layers(augmenter: Any) -> list:
+    """`(layer, (low, high))` of the layers of `augmenter` with a `value_range`
+    (a layer with one handles its own sublayers)."""
+    found, layers = [], [augmenter]
+    while layers:
+        layer = layers.pop()
+        value_range = getattr(layer, "value_range", None)
+        if (
+            isinstance(value_range, (tuple, list))
+            and len(value_range) == 2
+            and all(is_real(v) for v in value_range)
+        ):
+            found.append((layer, (float(value_range[0]), float(value_range[1]))))
+        elif isinstance(layer, keras.layers.Layer):
+            layers.extend(keras_private.sublayers(layer, include_self=False, recursive=False))
+    return found
+
+
+def check_images_in_value_range(augmenter: Any, images: Any, argument: str = "x") -> None:
+    """`ValueError` if `images` lie outside the `value_range` of a layer of `augmenter`.
+
+    The layers checked are those with a `value_range` attribute
+    (`SimCLRAugmentation`, Keras' colour layers); they clip their output to
+    it. `uint8` images need `value_range=(0, 255)` (they are cast to
+    float without rescaling); other images must lie within the range (a
+    tolerance of 1e-3 of its width). Only concrete values are checked
+    (`concrete_values`); non-finite pixels are left to the NaN guard.
+
+    Args:
+        augmenter: a Keras layer, or `None` (nothing to check).
+        images: a batch of images, e.g. the first batch of the data.
+        argument: the argument's name, for the message.
+
+    Example:
+
+    ```python
+    augmenter = keras_fmicl.SimCLRAugmentation(28, value_range=(0, 1))
+    check_images_in_value_range(augmenter, np.full((2, 28, 28, 1), 255, "uint8"))  # ValueError
+    ```
+    """
+    if augmenter is None:
+        return
+    values = concrete_values(images)
+    if values is None or values.size == 0 or values.dtype.kind not in "biuf":
+        return
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    if finite.size == 0:
+        return
+    low, high = float(finite.min()), float(finite.max())
+    for layer, (range_low, range_high) in _value_range_layers(augmenter):
+        owner = "augmenter" if layer is augmenter else f"augmenter layer {layer.name!r}"
+        tolerance = 1e-3 * (range_high - range_low)
+        if values.dtype == np.uint8:
+            bad = not np.allclose((range_low, range_high), (0.0, 255.0), rtol=1e-6, atol=0.0)
+        else:
+            bad = low < range_low - tolerance or high > range_high + tolerance
+        if bad:
+            raise ValueError(
+                f"The {owner} expects pixels in value_range=({range_low:g}, {range_high:g}) "
+                f"and clips to it, but the images `{argument}` ({values.dtype}) lie in "
+                f"[{low:g}, {high:g}]"
+                + (" (uint8 images are not rescaled)" if values.dtype == np.uint8 else "")
+                + ": rescale the images (e.g. x / 255 for value_range=(0, 1)) or set "
+                "the augmenter's value_range to their scale. Received: "
+                f"{argument} in [{low:g}, {high:g}], value_range=({range_low:g}, {range_high:g})"
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from typing import Callable
 
 import keras
 
@@ -126,31 +127,28 @@ def all_gather(x: Any) -> Any:
     the replicas' losses, so each embedding gets the gradient of all the
     anchors it was a negative of. The identity on a single device.
     """
-    backend = backend_ops.backend()
-    if backend == "tensorflow":
-        context = _tf_replica_context()
-        return x if context is None else context.all_gather(x, axis=0)
-    if backend == "torch":
-        if torch_world() is None:
-            return x
-        return _torch_functions()["all_gather"](x)
-    return x
+    return _across_replicas(x, lambda context: context.all_gather(x, axis=0), "all_gather")
 
 
 def cross_replica_sum(x: Any) -> Any:
     """Sum of `x` over the replicas (differentiable); the identity alone."""
-    backend = backend_ops.backend()
-    if backend == "tensorflow":
-        context = _tf_replica_context()
-        if context is None:
-            return x
+
+    def tf_sum(context):
         import tensorflow as tf
 
         return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
-    if backend == "torch":
-        if torch_world() is None:
-            return x
-        return _torch_functions()["all_reduce_sum"](x)
+
+    return _across_replicas(x, tf_sum, "all_reduce_sum")
+
+
+def _across_replicas(x: Any, tf_op: Callable[[Any], Any], torch_function: str) -> Any:
+    """`tf_op(replica context)` or the named torch collective of `x`; `x` on one device or JAX."""
+    backend = backend_ops.backend()
+    if backend == "tensorflow":
+        context = _tf_replica_context()
+        return x if context is None else tf_op(context)
+    if backend == "torch" and torch_world() is not None:
+        return _torch_functions()[torch_function](x)
     return x
 
 

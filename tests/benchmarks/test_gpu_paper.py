@@ -1,15 +1,18 @@
-"""`benchmarks/gpu.sh --paper`: every experiment of the paper listed, and every command run at tiny size.
+"""`benchmarks/gpu.sh --paper`: every experiment of the paper listed, every command checked, some run at tiny size.
 
 `gpu.sh --paper --dry-run` prints, per experiment, a comment (what to download,
-where) and one command per loss. Each command is rewritten to a tiny size (one
-epoch on a few images, small views and encoders) on data the test writes
-itself (JPEG folders in the Tiny ImageNet and ImageNet layouts, a corpus and
-SentEval files) or mocks (tensorflow-datasets' `mock_data` for CIFAR and
-STL-10), then run. To keep it cheap, all the commands of one script run in
-one subprocess (this file, run as a script: the example imported once, its
-flags re-parsed per command), under one backend per test run: the
-backend-independent test runs under TensorFlow and picks the backend of the
-runs by a daily rotation (`FMICL_PAPER_BACKEND=jax` chooses it).
+where) and one command per loss. Every printed command, at its full size, is
+checked by its script's own flag checks (`check_flags`: what a real run checks
+before it imports Keras) on data the test writes itself (JPEG folders in the
+Tiny ImageNet and ImageNet layouts, a corpus and SentEval files) or mocks
+(tensorflow-datasets' `mock_data` for CIFAR and STL-10). Then one command per
+experiment is trained at tiny size (one epoch on 16 images, 32x32 views,
+small encoders): InfoNCE for three experiments and f-MICL for the other
+three, alternating daily, the f-MICL divergence rotating daily too
+(`FMICL_PAPER_ALL=1` trains all of them). All the commands of one script run
+in one subprocess (this file, run as a script: the example imported once, its
+flags re-parsed per command), under PyTorch (the fastest on a CPU: no
+compilation; `FMICL_PAPER_BACKEND=jax` chooses another backend).
 """
 
 import copy
@@ -24,14 +27,15 @@ import time
 
 import pytest
 
+from tests.helpers import backend_independent
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GPU_SCRIPT = os.path.join(ROOT, "benchmarks", "gpu.sh")
 EXPERIMENTS = ("cifar10", "cifar100", "stl10", "tiny_imagenet", "imagenet", "sts")
-BACKENDS = ("tensorflow", "jax", "torch")
 # the paper's f-Gaussian settings, written out independently of the package
 VISION = {"sigma": 0.5**0.5, "alpha": 40.0}  # (2 sigma^2)^-1 = 1
 TEXT = {"sigma": (1 / 40) ** 0.5, "alpha": 409600.0}  # (2 sigma^2)^-1 = 20
-MOCK_EXAMPLES = 12
+TINY_IMAGES = 16  # training images of a tiny run (and of every mocked split)
 WNIDS = ("n001", "n002", "n003")
 
 
@@ -150,60 +154,104 @@ def write_text_data(root):
     return corpus, sts_dir
 
 
-def tiny_argv(argv, name, root, out):
-    """The command at tiny size on the test's data: (script, argv after the script)."""
+def local_argv(argv, name, root, out):
+    """The command as printed, on the test's data and folders: (script, argv after the script)."""
     script = argv[3]
     values = flag_values(argv)
     values.pop("backend")
     values["output_dir"] = os.path.join(out, os.path.basename(values["output_dir"]))
     if name == "sts":
-        values.update(backbone="tiny", corpus=os.path.join(root, "wiki1m_for_simcse.txt"),
-                      sts_dir=os.path.join(root, "SentEval", "data"), max_steps="2", batch_size="8", verbose="0")
+        values.update(corpus=os.path.join(root, "wiki1m_for_simcse.txt"), sts_dir=os.path.join(root, "SentEval", "data"))
     else:
-        values.update(epochs="1", warmup_epochs="0", batch_size="8", max_train_samples="24", max_test_samples="8",
-                      knn_k="5", linear_epochs="1", embedding_points="0", verbose="0", projection_dim="16")
         values["data_dir"] = {"tiny_imagenet": root, "imagenet": os.path.join(root, "imagenet")}.get(name, root)
+    return script, values
+
+
+def tiny_argv(argv, name, root, out):
+    """The command at tiny size on the test's data: (script, argv after the script)."""
+    script, values = local_argv(argv, name, root, out)
+    if name == "sts":
+        values.update(backbone="tiny", max_steps="2", batch_size="8", verbose="0")
+    else:
+        values.update(epochs="1", warmup_epochs="0", batch_size="8", max_train_samples=str(TINY_IMAGES),
+                      max_test_samples="8", knn_k="5", linear_epochs="1", embedding_points="0", verbose="0",
+                      projection_dim="16")
         if values["encoder"] == "resnet18":
             values["width"] = "8"
         if "image_size" in values:
             values["image_size"] = "32"
         if values["encoder"] == "vit_small":
             values.update(patch_size="8", depth="1", width="32")
-    return script, [script] + [f"--{key}={value}" for key, value in values.items()]
+    return script, as_argv(script, values)
 
 
-def rotated_backend():
-    chosen = os.environ.get("FMICL_PAPER_BACKEND")
-    return chosen or BACKENDS[datetime.date.today().toordinal() % len(BACKENDS)]
+def as_argv(script, values):
+    return [script] + [f"--{key}={value}" for key, value in values.items()]
+
+
+def trained_commands(listed, day):
+    """{experiment: index of the command trained}: InfoNCE (the first
+    command) for every other experiment, an f-MICL command for the rest,
+    alternating with `day`; every command with FMICL_PAPER_ALL=1."""
+    if os.environ.get("FMICL_PAPER_ALL") == "1":
+        return {name: range(len(commands)) for name, (_, commands) in listed.items()}
+    chosen = {}
+    for position, (name, (_, commands)) in enumerate(listed.items()):
+        fmicl = len(commands) - 1  # the commands after InfoNCE's
+        chosen[name] = [0] if (position + day) % 2 == 0 else [1 + (day // 2) % fmicl]  # its f-MICL days: every other
+    return chosen
+
+
+@backend_independent
+def test_trained_commands_alternate_infonce_and_fmicl():
+    listed = {name: ("", [["infonce"], ["kl"], ["js"]]) for name in EXPERIMENTS}
+    for day in (0, 1, 2):
+        chosen = trained_commands(listed, day)
+        assert sorted(len(indices) for indices in chosen.values()) == [1] * 6
+        assert sum(chosen[name][0] == 0 for name in EXPERIMENTS) == 3  # InfoNCE for three, f-MICL for three
+    assert [trained_commands(listed, day)["cifar10"] for day in range(5)] == [[0], [1], [0], [2], [0]]
+    assert [trained_commands(listed, day)["cifar100"] for day in range(4)] == [[1], [0], [2], [0]]
+
+
+def paper_backend():
+    return os.environ.get("FMICL_PAPER_BACKEND", "torch")
 
 
 @pytest.mark.skipif(
     os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
-    reason="backend-independent: runs once, under KERAS_BACKEND=tensorflow (its runs rotate backends)",
+    reason="backend-independent: runs once, under KERAS_BACKEND=tensorflow (its runs use FMICL_PAPER_BACKEND, torch)",
 )
-def test_every_printed_command_runs_at_tiny_size(tmp_path):
+def test_every_printed_command_is_checked_and_some_run_at_tiny_size(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     pytest.importorskip("keras_hub")
-    backend = rotated_backend()
+    backend = paper_backend()
     root, out = str(tmp_path / "data"), str(tmp_path / "runs")
     write_image_folders(root)
     write_text_data(root)
+    listed = experiments(dry_run(BACKENDS=backend))
+    chosen = trained_commands(listed, datetime.date.today().toordinal())
     by_script = {}
-    for name, (_, commands) in experiments(dry_run(BACKENDS=backend)).items():
-        for argv in commands:
-            script, tiny = tiny_argv(argv, name, root, out)
-            by_script.setdefault(script, []).append(tiny)
-    for script, argvs in by_script.items():
+    trained = 0
+    for name, (_, commands) in listed.items():
+        for index, argv in enumerate(commands):
+            script, values = local_argv(argv, name, root, out)
+            by_script.setdefault(script, []).append({"argv": as_argv(script, values), "train": False})
+            if index in chosen[name]:
+                by_script[script].append({"argv": tiny_argv(argv, name, root, out)[1], "train": True})
+                trained += 1
+    for script, runs in by_script.items():
         start = time.time()
         result = subprocess.run(
-            [sys.executable, __file__, script, json.dumps(argvs)], capture_output=True, text=True, timeout=2400,
+            [sys.executable, __file__, script, json.dumps(runs)], capture_output=True, text=True, timeout=1800,
             env=dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")),
             cwd=ROOT,
         )
         assert result.returncode == 0, (script, result.stdout[-3000:], result.stderr[-5000:])
-        print(f"{script}: {len(argvs)} runs under {backend} in {time.time() - start:.0f} s")
+        assert result.stdout.count("checked ") == sum(not run["train"] for run in runs), result.stdout
+        print(f"{script}: {sum(run['train'] for run in runs)} of {len(runs)} trained under {backend} "
+              f"in {time.time() - start:.0f} s")
     runs = sorted(os.listdir(out))
-    assert len(runs) == sum(len(argvs) for argvs in by_script.values())
+    assert len(runs) == trained and trained >= len(EXPERIMENTS)
     for run in runs:
         with open(os.path.join(out, run, "results.json")) as f:
             results = json.load(f)
@@ -217,8 +265,9 @@ def test_every_printed_command_runs_at_tiny_size(tmp_path):
 # --------------------------------------------------------------------------- the runner (a subprocess)
 
 
-def run_commands(script, argvs):
-    """Runs examples/<script> once per argv in this process (tfds mocked)."""
+def run_commands(script, runs):
+    """Runs examples/<script> once per {"argv", "train"} in this process (tfds
+    mocked); "train": false only checks the flags."""
     import tensorflow_datasets as tfds
     from absl import flags
 
@@ -240,18 +289,24 @@ def run_commands(script, argvs):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     presets = copy.deepcopy(getattr(module, "PRESETS", {}))
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-        for argv in argvs:
-            print("running", " ".join(argv), flush=True)
+    with tfds.testing.mock_data(num_examples=TINY_IMAGES):
+        for run in runs:
             start = time.time()
             flags.FLAGS.unparse_flags()
-            code = module.main(flags.FLAGS(argv))
-            if code:
-                sys.exit(code)
+            argv = flags.FLAGS(run["argv"])
+            if run["train"]:
+                print("running", " ".join(run["argv"]), flush=True)
+                code = module.main(argv)
+                if code:
+                    sys.exit(code)
+            else:  # what a run checks before it imports Keras
+                module.check_flags()
+                print("checked", " ".join(run["argv"]), flush=True)
             if presets:
                 module.PRESETS.clear()
                 module.PRESETS.update(copy.deepcopy(presets))
-            print(f"  {time.time() - start:.0f} s", flush=True)
+            if run["train"]:
+                print(f"  {time.time() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,24 @@ def test_load_sentences_skips_empty_lines_and_strips(tmp_path):
     assert data.load_sentences(str(path)) == data.load_sentences(path)
 
 
+def test_load_sentences_splits_only_at_line_ends(tmp_path):
+    """U+2028, U+0085, \\f and \\v are characters of a sentence, not line
+    ends; \\n, \\r\\n and \\r are."""
+    lines = ["one\u2028two", "three\x85four", "five\x0csix", "seven\x0beight", "nine"]
+    path = tmp_path / "corpus.txt"
+    path.write_bytes("\n".join(lines[:3]).encode() + b"\r\n" + lines[3].encode() + b"\r" + lines[4].encode())
+    assert data.load_sentences(path) == lines
+
+
+def test_load_sentence_tuples_keeps_line_breaks_of_quoted_fields(tmp_path):
+    path = tmp_path / "nli.csv"
+    path.write_bytes(b'sent0,sent1,hard_neg\r\n"two\nlines",b,"c, with comma"\r\nd,e,f\r\n')
+    assert data.load_sentence_tuples(path) == (["two\nlines", "d"], ["b", "e"], ["c, with comma", "f"])
+    path.write_bytes(b'a,"b\nc"\nd,e,f\n')  # the bad row ends on line 3
+    with pytest.raises(ValueError, match="line 3 of"):
+        data.load_sentence_tuples(path)
+
+
 def test_load_sentences_bad_files(tmp_path):
     with pytest.raises(ValueError, match="no such file") as info:
         data.load_sentences(tmp_path / "absent.txt")
@@ -171,7 +189,7 @@ def write_sts_task(root, task, empty_gold=False):
             os.path.join(folder, f"STS.input.{subset}.txt"),
             [f"{subset} one\tthe  first {k}", f"{subset} two\tsecond {k}"],
         )
-        write(os.path.join(folder, f"STS.gs.{subset}.txt"), [f"{k}.5", "" if empty_gold else "4"])
+        write(os.path.join(folder, f"STS.gs.{subset}.txt"), [f"{k * 0.5 + 0.25}", "" if empty_gold else "4"])
     return folder
 
 
@@ -188,14 +206,17 @@ def write_stsb(root):
     return folder
 
 
+SICK_HEADER = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment"
+
+
 def write_sick(root):
     folder = os.path.join(root, "downstream", "SICK")
-    header = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment"
+    header = SICK_HEADER
     for name, score in (("train", "4.5"), ("trial", "3.6"), ("test_annotated", "1.2")):
         write(
             os.path.join(folder, f"SICK_{name}.txt"),
             [header, f"1\tA boy plays\tA kid plays\t{score}\tENTAILMENT",
-             f"2\tA cat sleeps\tA man runs\t1\tNEUTRAL"],
+             "2\tA cat sleeps\tA man runs\t1\tNEUTRAL"],
         )
     return folder
 
@@ -207,7 +228,7 @@ def test_load_sts_senteval_years(tmp_path, task):
     subsets = data.STS_SUBSETS[task]
     assert len(pairs.sentences_a) == len(pairs.sentences_b) == len(pairs.scores) == 2 * len(subsets)
     assert pairs.scores.dtype == np.float64
-    np.testing.assert_array_equal(pairs.scores[::2], [k + 0.5 for k in range(len(subsets))])
+    np.testing.assert_array_equal(pairs.scores[::2], [k * 0.5 + 0.25 for k in range(len(subsets))])
     assert pairs.sentences_a[0] == f"{subsets[0]} one"
     assert pairs.sentences_b[0] == "the first 0"  # white space collapsed
     assert list(pairs.subsets[::2]) == list(subsets)
@@ -268,6 +289,46 @@ def test_load_sts_malformed_files(tmp_path):
     write(os.path.join(folder, "STS.input.belief.txt"), ["caf\u00e9\tb", "a\tb"], encoding="latin-1")
     with pytest.raises(ValueError, match="line 1 of .* not valid UTF-8"):
         data.load_sts("STS15", tmp_path)
+
+
+def test_load_sts_refuses_scores_outside_the_scale(tmp_path):
+    folder = write_sts_task(str(tmp_path), "STS15")
+    for score in ("5.5", "-0.1"):
+        write(os.path.join(folder, "STS.gs.belief.txt"), ["1.0", score])
+        with pytest.raises(ValueError, match=r"Line 2 of .*STS.gs.belief.txt.* in \[0.0, 5.0\]"):
+            data.load_sts("STS15", tmp_path)
+    write(os.path.join(folder, "STS.gs.belief.txt"), ["0", "5"])  # the ends are valid
+    assert len(data.load_sts("STS15", tmp_path).scores) == 10
+    stsb = write_stsb(str(tmp_path))
+    write(os.path.join(stsb, "sts-test.csv"), ["g\tc\ty\t0001\t7.0\ta\tb"])
+    with pytest.raises(ValueError, match=r"Line 1 of .*sts-test.csv.* in \[0.0, 5.0\]"):
+        data.load_sts("STSBenchmark", tmp_path)
+
+
+def test_load_sick_without_its_header_keeps_the_first_pair(tmp_path):
+    folder = write_sick(str(tmp_path))
+    rows = ["1\tA boy plays\tA kid plays\t4.5\tENTAILMENT", "2\tA cat sleeps\tA man runs\t1\tNEUTRAL"]
+    write(os.path.join(folder, "SICK_test_annotated.txt"), rows)
+    sick = data.load_sts("SICK-R", tmp_path)
+    assert sick.sentences_a == ["A boy plays", "A cat sleeps"]
+    np.testing.assert_array_equal(sick.scores, [4.5, 1.0])
+    # with the header (after an empty line), the header alone is skipped
+    write(os.path.join(folder, "SICK_test_annotated.txt"), ["", SICK_HEADER] + rows)
+    assert data.load_sts("SICK-R", tmp_path).sentences_a == ["A boy plays", "A cat sleeps"]
+
+
+def test_sts_lines_split_only_at_line_ends(tmp_path):
+    """A U+2028 or \\f inside a sentence neither splits it nor shifts the
+    gold scores of the following pairs."""
+    folder = write_sts_task(str(tmp_path), "STS15")
+    write(os.path.join(folder, "STS.input.belief.txt"), ["a\u2028b\tc\x0cd", "e\tf"])
+    write(os.path.join(folder, "STS.gs.belief.txt"), ["1.0", "2.0"])
+    pairs = data.load_sts("STS15", tmp_path)
+    belief = [i for i, name in enumerate(pairs.subsets) if name == "belief"]
+    # one pair, its white space collapsed as SentEval's split() does
+    assert [pairs.sentences_a[i] for i in belief] == ["a b", "e"]
+    assert [pairs.sentences_b[i] for i in belief] == ["c d", "f"]
+    np.testing.assert_array_equal(pairs.scores[belief], [1.0, 2.0])
 
 
 def test_load_sts_bad_arguments(tmp_path):

@@ -93,6 +93,28 @@ def test_constant_similarities_give_nan():
     assert np.isnan(evaluation.sts_correlation(a, a, [1.0, 2.0, 3.0, 4.0]))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_identical_pairs_give_nan_not_rank_noise(dtype):
+    """cos(a_i, a_i) = 1 for every pair, up to rounding in the last bits:
+    ranking that rounding gave 11.46 instead of the documented NaN."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(200, 16)).astype(dtype)
+    gold = rng.uniform(0, 5, size=200)
+    assert np.isnan(evaluation.sts_correlation(a, a, gold))
+    assert np.isnan(evaluation.sts_correlation(a, a * 3.0, gold))  # same directions
+
+
+def test_small_but_real_spread_of_similarities_is_ranked():
+    """Cosines spread by 1e-3 (far above rounding) are scored as usual."""
+    angles = np.array([0.0, 0.01, 0.02, 0.03, 0.045])
+    a = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    b = np.tile([[1.0, 0.0]], (5, 1))
+    gold = [5.0, 4.0, 3.5, 2.0, 1.0]
+    np.testing.assert_allclose(
+        evaluation.sts_correlation(a, b, gold), reference_spearman(np.cos(angles), gold)
+    )
+
+
 @pytest.mark.parametrize(
     "a, b, gold, match",
     [

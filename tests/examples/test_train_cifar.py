@@ -1,6 +1,7 @@
 """The example end to end, as a user runs it: a subprocess per run."""
 
 import csv
+import glob
 import json
 import os
 import socket
@@ -16,6 +17,7 @@ from tests.examples.example_module import load_example
 from tests.examples.scripts import NATIVE_NOISE
 from tests.examples.scripts import ROOT
 from tests.examples.scripts import error_lines
+from tests.examples.scripts import kill_after_first_epoch
 from tests.examples.scripts import run_script
 from tests.examples.scripts import script_path
 from tests.helpers import backend_independent
@@ -43,16 +45,43 @@ NO_EMBEDDING = ["--embedding_points=0"]
 
 
 
-def test_tiny_run_writes_every_output(tmp_path):
-    # as a user runs it: without the TF_CPP_MIN_LOG_LEVEL=3 of tests/conftest.py
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    result = run_example(*TINY, f"--output_dir={tmp_path}", env=env)
+# the shared tiny run: MoCo (a queue and a momentum encoder to checkpoint),
+# the views drawn in the model (no tf.data: TensorFlow is imported by Keras
+# itself, issue 27 item 11)
+TINY_MOCO = [*TINY, "--mode=moco", "--pipeline=model"]
+
+
+def user_env():
+    """As a user runs it: without the TF_CPP_MIN_LOG_LEVEL=3 of tests/conftest.py."""
+    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+def no_native_noise(stderr):
+    """Issue 13 item 15, issue 27 item 11: no native start-up lines (cuInit, oneDNN, absl)."""
+    noisy = [line for line in stderr.splitlines()
+             if line.startswith(("WARNING: All log messages before absl", "I0000")) or "cpu_feature_guard" in line]
+    return not noisy and not NATIVE_NOISE.findall(stderr)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(completed process, output folder) of one uninterrupted TINY_MOCO run."""
+    output_dir = tmp_path_factory.mktemp("tiny_run")
+    return run_example(*TINY_MOCO, f"--output_dir={output_dir}", env=user_env()), output_dir
+
+
+def test_tiny_run_writes_every_output(tiny_run):
+    result, tmp_path = tiny_run
     assert result.returncode == 0, result.stderr[-3000:]
-    # issue 13 item 15: no native start-up logging (cuInit errors, oneDNN notices)
-    assert not NATIVE_NOISE.findall(result.stderr), result.stderr[-3000:]
+    assert no_native_noise(result.stderr), result.stderr[-3000:]
     assert "kNN top-1 (k=200)" in result.stdout and "linear top-1" in result.stdout
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
+    # issue 27 item 12: the backend's version and the device
+    backend = keras.backend.backend()
+    assert results["versions"][backend] == __import__(backend).__version__
+    assert results["device"] == "cpu" or results["device"].startswith(("cpu:", "gpu:", "cuda:"))
+    assert results["diverged"] is False and results["resumed_from_epoch"] == 0
     assert results["backend"] == keras.backend.backend()
     assert results["train_samples"] == 256 and results["test_samples"] == 96
     for key in ["loss", "alignment", "uniformity", "mi_estimate", "probe_accuracy"]:
@@ -60,7 +89,9 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert results["knn_curve"]["epochs"] == [1, 2]
     assert 0.0 <= results["knn_top1"] <= 1.0 and 0.0 <= results["linear_top1"] <= 1.0
     assert results["loss"]["divergence"] == "kl"
-    assert results["mode"] == "simclr" and results["method"]["class_name"] == "SimCLR"
+    check_mode(results, "moco")
+    with open(tmp_path / "flags.json") as f:
+        assert json.load(f)["backend"] == backend
     for name in ("curves.png", "embedding.png"):  # issue 13 item 18: embedding.png
         assert os.path.getsize(tmp_path / name) > 10_000, name
         with open(tmp_path / name, "rb") as f:
@@ -82,6 +113,44 @@ def test_tiny_run_writes_every_output(tmp_path):
     encoder = keras.models.load_model(tmp_path / "encoder.keras")
     features = keras.ops.convert_to_numpy(encoder(np.zeros((2, 8, 8, 1), "float32")))
     assert features.shape == (2, 64)  # small_cnn width 16: 4 * 16 features
+
+
+def test_killed_run_resumes_to_the_same_results(tiny_run, tmp_path):
+    """Issue 26 item 4: a run SIGKILLed after its first epoch, started again
+    with --resume, ends with the results of an uninterrupted run: the same
+    keys and epochs, the first epoch's logs exactly (kept in the checkpoint),
+    the second's close (the optimizer, MoCo's key encoder and queue and the
+    learning-rate step are restored; the data order and augmentations of the
+    resumed epoch are drawn afresh)."""
+    reference_run, reference_dir = tiny_run
+    assert reference_run.returncode == 0, reference_run.stderr[-3000:]
+    output_dir = tmp_path / "run"
+    args = [*TINY_MOCO, f"--output_dir={output_dir}"]
+    state = kill_after_first_epoch(SCRIPT, *args, output_dir=str(output_dir))
+    assert state["epoch"] == 1 and not os.path.exists(output_dir / "results.json")
+    refused = run_example(*args, timeout=120)  # not resumed: the folder is not empty
+    assert refused.returncode == 2 and "is not empty" in error_lines(refused.stderr)[0]
+    differing = run_example(*args, "--resume", "--epochs=3", "--seed=1", timeout=120)
+    assert differing.returncode == 2, differing.stderr[-2000:]
+    assert "these differ: --epochs (run: 2, now: 3), --seed (run: 0, now: 1)" in error_lines(differing.stderr)[0]
+    resumed = run_example(*args, "--resume", env=user_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming" in resumed.stdout and no_native_noise(resumed.stderr), resumed.stderr[-3000:]
+    with open(reference_dir / "results.json") as f:
+        reference = json.load(f)
+    with open(output_dir / "results.json") as f:
+        results = json.load(f)
+    assert sorted(results) == sorted(reference) and results["resumed_from_epoch"] == 1
+    assert sorted(results["history"]) == sorted(reference["history"])
+    for key, values in reference["history"].items():
+        assert len(results["history"][key]) == len(values) == 2, key
+        assert results["history"][key][0] == pytest.approx(values[0], rel=1e-5, abs=1e-6), key
+    assert results["history"]["loss"][1] == pytest.approx(reference["history"]["loss"][1], rel=0.02)
+    assert results["knn_curve"]["epochs"] == reference["knn_curve"]["epochs"] == [1, 2]
+    with open(output_dir / "history.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
+    again = run_example(*args, "--resume", timeout=120)
+    assert again.returncode == 0 and "is complete (finished" in again.stdout, again.stdout[-2000:]
 
 
 def check_mode(results, mode):
@@ -127,6 +196,22 @@ def test_mocov3_mode_with_tsallis_and_cosine_runs(tmp_path):
          "--queue_size must hold the keys of a batch (2 views x batch size 64 = 128), got 100."),
         (["--mode=moco", "--online_weight=0.5"], "it needs --moco_symmetric"),
         (["--mode=mocov3", "--moco_symmetric"], "--moco_symmetric applies to --mode moco, not mocov3."),
+        # issue 27 item 8: non-finite numbers are no settings
+        (["--learning_rate=inf"], "--learning_rate must be a finite number, got inf."),
+        (["--weight_decay=nan"], "--weight_decay must be a finite number, got nan."),
+        # issue 27 item 4: a batch of one has no negatives
+        (["--batch_size=1"], "--batch_size must be at least 2"),
+        (["--max_train_samples=1"], "--max_train_samples must be at least 2"),
+        # issue 27 item 6: a flag the run would ignore
+        (["--loss=infonce", "--divergence=js"], "--divergence is ignored by this run: it applies only with --loss fmicl"),
+        (["--temperature=0.2"], "--temperature is ignored by this run: it applies only with --similarity cosine"),
+        (["--loss=infonce", "--sigma=0.5"], "--sigma is ignored by this run"),
+        (["--divergence=js", "--tsallis_order=2"], "--tsallis_order is ignored by this run"),
+        (["--validation_samples=100"], "--validation_samples is ignored by this run"),
+        # issue 27 item 12: a missing --data_dir is said, not downloaded around
+        (["--data_dir=/no/such/folder"], "--data_dir '/no/such/folder' is missing"),
+        # issue 26 item 4: nothing to resume
+        (["--resume", "--output_dir=/no/such/run"], "--resume: '/no/such/run' holds no run to continue"),
     ],
 )
 def test_bad_flags_get_one_clear_sentence(args, message):
@@ -154,8 +239,8 @@ def test_missing_dataset_gives_one_sentence(tmp_path, monkeypatch):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(name, "")
-    default_output = os.path.join(ROOT, "runs", f"fashion_mnist_fmicl_simclr_{keras.backend.backend()}")
-    existed = os.path.exists(default_output)
+    prefix = os.path.join(ROOT, "runs", f"fashion_mnist_simclr_fmicl-kl-gaussian_{keras.backend.backend()}_")
+    existed = set(glob.glob(prefix + "*"))
     result = run_example(
         "--dataset=fashion_mnist", f"--data_dir={tmp_path}", "--epochs=1", "--warmup_epochs=0", timeout=200
     )
@@ -166,7 +251,7 @@ def test_missing_dataset_gives_one_sentence(tmp_path, monkeypatch):
     assert len(lines) == 1, result.stderr
     assert "Fashion-MNIST" in lines[0] or "fashion_mnist" in lines[0]
     # issue 13 item 11: the failed run leaves no empty run folder behind
-    assert existed or not os.path.exists(default_output)
+    assert set(glob.glob(prefix + "*")) == existed
 
 
 @backend_independent
@@ -179,6 +264,7 @@ def test_offline_cifar10_fails_fast_and_leaves_no_folder(tmp_path):
     env = dict(os.environ, HTTPS_PROXY=proxy, HTTP_PROXY=proxy, https_proxy=proxy, http_proxy=proxy,
                NO_PROXY="", no_proxy="")
     output_dir = tmp_path / "runs" / "cifar"
+    (tmp_path / "tfds").mkdir()
     try:
         result = run_example("--dataset=cifar10", f"--data_dir={tmp_path / 'tfds'}",
                              f"--output_dir={output_dir}", timeout=90, env=env)
@@ -188,6 +274,7 @@ def test_offline_cifar10_fails_fast_and_leaves_no_folder(tmp_path):
     lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr
     assert "Could not download 'cifar10'" in lines[0] and "network" in lines[0]
+    assert "`data_dir`" not in lines[0]  # issue 27 item 12: the flag's name
     assert not os.path.exists(tmp_path / "runs")
 
 
@@ -277,3 +364,30 @@ def test_distribute_flag_runs_moco_on_the_backends_engine(tmp_path, monkeypatch)
     assert "supervised_form" in results["loss"]  # the InfoNCE baseline
     assert "it is shortened to 0.1 epochs" in result.stdout
     assert results["settings"]["warmup_epochs"] == pytest.approx(0.1)
+
+
+@backend_independent
+def test_diverged_run_stops_with_one_line_and_marks_results(tmp_path):
+    """Issue 27 item 8: a non-finite loss stops the run (exit status 1, one
+    line) instead of training every epoch on NaN; results.json says so, and
+    --resume says the run is over."""
+    args = [*TINY, "--epochs=2", "--knn_every=0", "--learning_rate=1e30", *NO_EMBEDDING, f"--output_dir={tmp_path}"]
+    result = run_example(*args)
+    assert result.returncode == 1, (result.stdout + result.stderr)[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "training diverged: the loss is" in lines[0], result.stderr[-3000:]
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert results["diverged"] is True and "epoch 1" in results["diverged_at"]
+    assert "knn_top1" not in results
+    again = run_example(*args, "--resume", timeout=120)
+    assert again.returncode == 0 and "is complete (diverged" in again.stdout
+
+
+def test_help_lists_the_per_dataset_defaults():
+    """Issue 27 item 12: --help says each preset's value, not "see PRESETS"."""
+    example = load_example()
+    assert "digits 10" in example.flags.FLAGS["epochs"].help and "fashion_mnist 12" in example.flags.FLAGS["epochs"].help
+    assert "cifar10/cifar100/synthetic_cifar/stl10 0.1" in example.flags.FLAGS["learning_rate"].help
+    for name in ("encoder", "width", "batch_size", "weight_decay", "knn_every", "linear_epochs"):
+        assert "default per --dataset: " in example.flags.FLAGS[name].help, name

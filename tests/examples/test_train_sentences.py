@@ -13,6 +13,7 @@ import pytest
 
 from tests.examples.scripts import NATIVE_NOISE
 from tests.examples.scripts import error_lines
+from tests.examples.scripts import kill_after_first_epoch
 from tests.examples.scripts import run_script
 from tests.examples.scripts import script_path
 from tests.data.test_sentences import write_sick
@@ -42,6 +43,9 @@ def test_tiny_smoke_run_as_printed_writes_every_output(tmp_path):
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     assert results["backend"] == keras.backend.backend()
+    # issue 27 item 12: the backend's version and the device
+    assert results["versions"][keras.backend.backend()] == __import__(keras.backend.backend()).__version__
+    assert results["device"] and results["diverged"] is False
     assert results["steps"] == 5 and results["history"]["step"] == [1, 2, 3, 4, 5]
     for key in ("loss", "alignment", "uniformity", "mi_estimate"):
         assert len(results["history"][key]) == 5 and np.all(np.isfinite(results["history"][key])), key
@@ -136,6 +140,15 @@ def test_missing_sts_task_gives_one_sentence_before_training(tmp_path):
         (["--sts_dir=/no/such/SentEval"], "--sts_dir '/no/such/SentEval' is not a folder"),
         (["--sts_tasks="], "--sts_tasks must name at least one STS task"),
         (["--divergence=tsallis", "--tsallis_order=1"], "--tsallis_order must be positive and not 1"),
+        # issue 27 item 8: non-finite numbers are no settings
+        (["--learning_rate=inf"], "--learning_rate must be a finite number, got inf."),
+        # issue 27 item 4: a batch of one has no negatives (it trained to "final loss 0.0000")
+        (["--batch_size=1"], "--batch_size must be at least 2"),
+        (["--max_sentences=1"], "--max_sentences must be at least 2"),
+        # issue 27 item 6: a flag the run would ignore
+        (["--loss=infonce", "--divergence=js"], "--divergence is ignored by this run: it applies only with --loss fmicl"),
+        (["--temperature=0.1"], "--temperature is ignored by this run: it applies only with --similarity cosine"),
+        (["--sts_tasks=STS12"], "--sts_tasks is ignored by this run: it applies only with --sts_dir"),
     ],
 )
 def test_bad_flags_get_one_clear_sentence(args, message):
@@ -169,3 +182,40 @@ def test_offline_preset_gives_one_sentence_and_no_folder(tmp_path):
     assert len(lines) == 1, result.stderr[-2000:]
     assert "--backbone 'bert_base_en_uncased' could not be loaded" in lines[0] and "network" in lines[0]
     assert not os.path.exists(tmp_path / "run")
+
+
+# a few steps of 8 sentences per epoch, 2 epochs
+TWO_EPOCHS = ["--backbone=tiny", "--epochs=2", "--max_sentences=40", "--batch_size=8", "--sequence_length=16",
+              "--verbose=0"]
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path):
+    """Issue 26 item 4: SIGKILLed after its first epoch and started again
+    with --resume, the run ends as an uninterrupted one does: the same keys,
+    steps and epochs, the first epoch's logs exactly (kept in the
+    checkpoint), the second epoch's loss close (the optimizer state and the
+    learning-rate step are restored; the resumed epoch's order and dropout
+    masks are drawn afresh)."""
+    pytest.importorskip("keras_hub")
+    reference = run_example(*TWO_EPOCHS, f"--output_dir={tmp_path / 'reference'}")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    output_dir = tmp_path / "run"
+    args = [*TWO_EPOCHS, f"--output_dir={output_dir}"]
+    state = kill_after_first_epoch(SCRIPT, *args, output_dir=str(output_dir))
+    assert state["epoch"] == 1 and not os.path.exists(output_dir / "results.json")
+    differing = run_example(*args, "--resume", "--loss=infonce", timeout=120)
+    assert differing.returncode == 2 and "these differ: --loss (run: 'fmicl', now: 'infonce')" in differing.stderr
+    resumed = run_example(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with open(tmp_path / "reference" / "results.json") as f:
+        expected = json.load(f)
+    with open(output_dir / "results.json") as f:
+        results = json.load(f)
+    assert sorted(results) == sorted(expected) and results["resumed_from_epoch"] == 1
+    assert results["steps"] == expected["steps"] == 8 and results["history"]["step"] == list(range(1, 9))
+    for key, values in expected["epoch_history"].items():
+        assert len(results["epoch_history"][key]) == len(values) == 2, key
+        assert results["epoch_history"][key][0] == pytest.approx(values[0], rel=1e-5), key
+    assert results["epoch_history"]["loss"][1] == pytest.approx(expected["epoch_history"]["loss"][1], rel=0.2)
+    again = run_example(*args, "--resume", timeout=120)
+    assert again.returncode == 0 and "is complete (finished" in again.stdout, again.stdout[-2000:]

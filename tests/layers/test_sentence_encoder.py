@@ -5,6 +5,7 @@ import configparser
 import contextlib
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -239,6 +240,26 @@ def test_traced_call_keeps_integer_token_ids(tiny):
     out = traced(fn)(inputs["token_ids"], inputs["padding_mask"], inputs["segment_ids"])
     assert seen and all(dtype == "int32" for dtype in seen)
     np.testing.assert_allclose(to_numpy(out), to_numpy(encoder(inputs)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad_id", ["negative", "vocabulary_size"])
+def test_token_ids_outside_the_vocabulary_are_refused(tiny, bad_id):
+    """Eager ids outside [0, vocabulary_size) raise a clear ValueError (before:
+    features from no token on all backends, NaN on JAX, backend errors)."""
+    backbone, preprocessor = tiny
+    inputs = tokens(preprocessor)
+    inputs["token_ids"] = inputs["token_ids"].copy()
+    size = backbone.vocabulary_size
+    value = -1 if bad_id == "negative" else size
+    inputs["token_ids"][2, 3] = value
+    encoder = keras_fmicl.layers.SentenceEncoder(backbone, pooling="mean")
+    low, high = min(value, 0), max(value, int(np.max(tokens(preprocessor)["token_ids"])))
+    message = f"must be vocabulary indices in [0, {size}) (the backbone's `vocabulary_size`)"
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        encoder(inputs)
+    assert f"Received: token_ids from {low} to {high}" in str(info.value)
+    inputs["token_ids"][2, 3] = size - 1  # the last id is valid
+    assert np.all(np.isfinite(to_numpy(encoder(inputs))))
 
 
 def test_sentence_without_tokens_is_nan_not_a_number(tiny):

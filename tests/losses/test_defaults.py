@@ -232,13 +232,16 @@ def test_readme_documents_the_stl10_deviations():
 
 
 def paper_commands(backends):
+    """The commands of the CIFAR-10 experiment of `gpu.sh --paper` (after its comment line)."""
     result = subprocess.run(
         ["bash", GPU_SCRIPT, "--paper", "--dry-run"],
         capture_output=True, text=True, timeout=60,
-        env=dict(os.environ, BACKENDS=backends, PYTHON="python3"),
+        env=dict(os.environ, BACKENDS=backends, PYTHON="python3", EXPERIMENTS="cifar10"),
     )
     assert result.returncode == 0, result.stderr
-    return [shlex.split(line) for line in result.stdout.splitlines() if line.strip()]
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert lines[0].startswith("# cifar10: ") and "Download first" in lines[0]
+    return [shlex.split(line) for line in lines[1:]]
 
 
 def flag_values(command):

@@ -237,3 +237,58 @@ def test_get_accepts_instances_classes_and_configs():
     assert divergences.get(tsallis) is tsallis
     assert isinstance(divergences.get(keras_fmicl.JensenShannon), keras_fmicl.JensenShannon)
     assert divergences.get(keras.saving.serialize_keras_object(tsallis)) == tsallis
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bounded_exp_is_exact_inside_and_keeps_its_reciprocal_finite(dtype, float64):
+    x = np.array([-1e4, -300.0, -30.0, -10.0, 0.0, 10.0, 40.0, 500.0], dtype=dtype)
+    cap = 0.5 * np.log(np.finfo(dtype).max)
+    floor = -cap / 2
+    y = to_numpy(divergences.bounded_exp(x)).astype("float64")
+    inside = (x >= floor) & (x <= cap)
+    np.testing.assert_allclose(y[inside], np.exp(x[inside].astype("float64")), rtol=1e-6)
+    below = x < floor
+    # exp(floor) / (1 + floor - x): positive, so 1/u = exp(-floor) (1 + floor - x)
+    np.testing.assert_allclose(y[below], np.exp(floor) / (1.0 + floor - x[below]), rtol=1e-5)
+    above = x > cap
+    np.testing.assert_allclose(y[above], np.exp(cap) * (1.0 + x[above] - cap), rtol=1e-5)
+    # 1/u and its gradient (the derivative of f'(u) = -1/u through u) stay finite
+    _, (grad,) = value_and_grad(lambda t: keras.ops.sum(1.0 / divergences.bounded_exp(t)), x)
+    assert np.all(np.isfinite(grad)) and np.all(grad[below] != 0)
+
+
+class GeneratorOnlyReverseKL(keras_fmicl.Divergence):
+    """Reverse KL given by f and f' alone: f(u) = -log u, f'(u) = -1/u."""
+
+    name = "generator_only_reverse_kl"
+
+    def f(self, u):
+        return -keras.ops.log(u)
+
+    def f_prime(self, u):
+        return -1.0 / u
+
+
+def test_a_divergence_given_by_f_and_f_prime_keeps_finite_gradients_far_apart():
+    """Issue 27 item 9: reverse KL at sigma 0.2 had a finite loss and a NaN gradient."""
+    divergence = GeneratorOnlyReverseKL()
+    log_ratio = np.array([-1e5, -400.0, -100.0, -30.0, -5.0, 0.0, 5.0], "float32")
+
+    def total(l):
+        return keras.ops.sum(divergence.positive_score(l)) + keras.ops.sum(divergence.negative_score(l))
+
+    value, (grad,) = value_and_grad(total, log_ratio)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    # inside the exact range the scores are reverse KL's: f'(e^l) = -e^-l, f*(f'(e^l)) = l - 1
+    exact = log_ratio >= -0.25 * np.log(np.finfo("float32").max)
+    np.testing.assert_allclose(
+        to_numpy(divergence.positive_score(log_ratio))[exact], -np.exp(-log_ratio[exact].astype("float64")), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        to_numpy(divergence.negative_score(log_ratio))[exact], log_ratio[exact] - 1.0, rtol=1e-5, atol=1e-5
+    )
+    rng = np.random.default_rng(0)
+    y_pred = rng.normal(size=(16, 2, 8)).astype("float32")
+    loss = keras_fmicl.FMICLLoss(divergence, sigma=0.2)
+    value, (grad,) = value_and_grad(lambda y: loss(None, y), y_pred)
+    assert np.isfinite(value) and np.all(np.isfinite(grad)) and np.any(grad != 0)

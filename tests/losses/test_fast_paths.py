@@ -524,3 +524,50 @@ def test_the_range_warning_counts_every_exponent():
     assert fast_paths.largest_exponent(divergences.get("js"), keras_fmicl.Cosine(0.001)) == 0.0
     with pytest.warns(UserWarning, match=r"exp\(100\)"):
         fast_paths.warn_if_beyond_exact_range(divergences.get("pearson"), keras_fmicl.Cosine(0.02))
+
+
+@pytest.mark.parametrize(
+    "divergence, sigma, saturates",
+    [
+        # l at cosine 0.9 is (0.9 - 1) / sigma^2; e^(k l) underflows below l k = -103.3
+        ("pearson", 1e-3, True),
+        ("tsallis", 1e-3, True),
+        ("vincze_le_cam", 1e-3, True),  # sigmoid(l)^2 ~ e^(2 l)
+        ("kl", 1e-3, True),  # the negatives' e^l
+        ("js", 1e-3, True),  # softplus(l) ~ e^l
+        ("pearson", 0.03, True),  # 2 * -111 < -103.3
+        ("pearson", 0.05, False),  # 2 * -40
+        ("kl", 0.03, True),  # -111
+        ("kl", 0.032, False),  # -97.7
+        ("js", None, False),
+        ("squared_hellinger", 1e-3, True),  # the negatives' e^(l/2)
+    ],
+)
+def test_warns_once_when_exponentials_underflow_for_close_pairs(divergence, sigma, saturates):
+    """Issue 27 item 9: Pearson/Tsallis/VLC at sigma 1e-3 had a flat loss and no warning."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keras_fmicl.FMICLLoss(divergence, sigma=sigma)
+    underflow = [w for w in caught if "underflows to 0" in str(w.message)]
+    assert len(underflow) == (1 if saturates else 0), [str(w.message) for w in caught]
+    if saturates:
+        assert underflow[0].filename == __file__  # points at the user's call
+
+
+def test_the_exact_range_warning_names_a_temperature_that_avoids_it():
+    """Pearson + cosine at T 0.01 reaches e^200: the warning says training can diverge and gives T >= 0.045."""
+    with pytest.warns(UserWarning, match=r"diverge.*temperature >= 0\.045"):
+        keras_fmicl.FMICLLoss("pearson", similarity="cosine", temperature=0.01)
+    with pytest.warns(UserWarning, match=r"sigma >= "):
+        keras_fmicl.FMICLLoss("squared_hellinger", sigma=0.05)
+
+
+@pytest.mark.parametrize("alpha", [1e39, float("inf"), float("nan"), 0.0, -1.0])
+def test_alpha_beyond_float32_or_not_positive_is_refused(alpha):
+    """Issue 27 item 9: alpha = 1e39 gave a loss of +inf (alpha is inf in float32)."""
+    with pytest.raises(ValueError, match="`alpha` must"):
+        keras_fmicl.FMICLLoss("js", alpha=alpha)
+    with pytest.raises(ValueError, match="`alpha` must"):
+        keras_fmicl.fmicl(None, np.zeros((4, 2, 3), "float32"), "js", alpha=alpha)

@@ -200,3 +200,33 @@ def test_evaluation_normalises_with_the_same_scale_invariant_l2_normalize(scale)
     for metric, args in ((keras_fmicl.alignment, (x, y)), (keras_fmicl.uniformity, (x,))):
         expected = float(metric(*args))
         assert float(metric(*(a * np.float32(scale) for a in args))) == pytest.approx(expected, rel=1e-5)
+
+
+def test_l2_normalize_treats_subnormal_rows_as_zero_rows_on_every_backend():
+    """Rows whose largest entry is below 2**-126 (float32's smallest normal)
+    are zero rows: XLA flushes subnormals to zero, PyTorch does not."""
+    x = np.array(
+        [[1e-40, -2e-40], [1e-39, 0.0], [0.0, 0.0], [3e-38, 4e-38], [3.0, 4.0]], "float32"
+    )
+    got = to_numpy(similarities.l2_normalize(x))
+    np.testing.assert_allclose(got[:3], 0.0, atol=1e-30)
+    np.testing.assert_allclose(got[3:], [[0.6, 0.8], [0.6, 0.8]], rtol=1e-6)
+
+
+def test_losses_of_subnormal_embeddings_equal_those_of_zero_embeddings():
+    """The same loss on every backend for 1e-40 embeddings: that of zeros.
+
+    With every embedding a zero vector every cosine is 0, so each of the 2N
+    anchors of InfoNCE sees 2N - 1 equal logits: a loss of log(2N - 1).
+    """
+    num_samples = 4
+    directions = np.random.default_rng(0).normal(size=(num_samples, 2, 3))
+    tiny = (directions * 1e-40).astype("float32")
+    zeros = np.zeros_like(tiny)
+    assert np.any(tiny != 0)  # subnormal, not underflowed
+    info_nce = to_numpy(keras_fmicl.info_nce(None, tiny))
+    np.testing.assert_allclose(info_nce, np.log(2 * num_samples - 1), rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(keras_fmicl.fmicl(None, tiny)), to_numpy(keras_fmicl.fmicl(None, zeros)),
+        rtol=1e-6,
+    )
