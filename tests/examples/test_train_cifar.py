@@ -116,6 +116,7 @@ def test_tiny_run_writes_every_output(tiny_run):
     assert features.shape == (2, 64)  # small_cnn width 16: 4 * 16 features
 
 
+@backend_independent  # CI time: once, under TensorFlow; the checkpoint's restore is unit-tested on every backend
 def test_killed_run_resumes_to_the_same_results(tiny_run, tmp_path):
     """Issue 26 item 4: a run SIGKILLed after its first epoch, started again
     with --resume, ends with the results of an uninterrupted run: the same
