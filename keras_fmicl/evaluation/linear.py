@@ -191,9 +191,7 @@ def linear_probe_accuracy(
         name="linear_classifier",
     )(inputs)
     classifier = keras.Model(inputs, logits, name="linear_probe")
-    optimizer = keras.optimizers.Adam(
-        learning_rate=learning_rate, weight_decay=weight_decay or None
-    )
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate, weight_decay=weight_decay or None)
     if weight_decay:
         optimizer.exclude_from_weight_decay(var_names=["bias"])
     classifier.compile(
@@ -201,10 +199,7 @@ def linear_probe_accuracy(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     if steps is None:
-        classifier.fit(
-            train, train_labels, epochs=epochs, batch_size=batch_size, shuffle=True,
-            verbose=verbose,
-        )
+        classifier.fit(train, train_labels, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=verbose)
     else:
         order_seed = int(np.random.default_rng().integers(2**31)) if seed is None else seed
         batches = _ShuffledBatches(train, train_labels, batch_size, steps, order_seed)

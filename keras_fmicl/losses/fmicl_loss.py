@@ -149,9 +149,10 @@ class FMICLLoss(ContrastiveLoss):
         similarity: `"gaussian"` (`l = -||z^_a - z^_b||^2 / (2 sigma^2)`),
             `"cosine"` (`l = cos / temperature`) or a
             `keras_fmicl.Similarity`. Defaults to `"gaussian"`.
-        sigma: Gaussian bandwidth, `> 0`. Defaults to `2 ** -0.5`, the
+        sigma: Gaussian bandwidth, `> 0`; defaults to `2 ** -0.5`, the
             paper's vision setting.
-        temperature: cosine temperature, `> 0`. Defaults to 1.0.
+        temperature: cosine temperature, `> 0`; defaults to 1.0 (f-MICL's best
+            of a validation sweep, section 8).
         alpha: weight of the negative (uniformity) term, `> 0` and finite
             in float32. Defaults to 40.0, the paper's vision setting (text:
             `alpha=409600`, `sigma=40 ** -0.5`).

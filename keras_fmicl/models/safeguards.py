@@ -171,8 +171,8 @@ def guard_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
     as they were; the step's loss and metrics are still reported. A
     `LossScaleOptimizer` (mixed precision) does this itself, adjusting its
     scale, and is left alone; so is the optimizer under a `tf.distribute`
-    strategy with several replicas (its update runs in a cross-replica
-    context). Wraps `apply` (TensorFlow, PyTorch) and `stateless_apply`
+    strategy, even of one replica (its update synchronises the replicas,
+    which TensorFlow does not allow inside a conditional). Wraps `apply` (TensorFlow, PyTorch) and `stateless_apply`
     (JAX), once.
     """
     if optimizer is None or isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
@@ -185,7 +185,7 @@ def guard_optimizer(optimizer: keras.optimizers.Optimizer) -> None:
 
     def guarded_apply(grads, trainable_variables=None):
         grads = list(grads)
-        if inside_stateless or utils_distributed.num_replicas() > 1:
+        if inside_stateless or utils_distributed.under_tf_strategy() or utils_distributed.num_replicas() > 1:
             return apply(grads, trainable_variables)
 
         def update():

@@ -24,6 +24,15 @@ def _tf_replica_context():
     return context
 
 
+def under_tf_strategy() -> bool:
+    """Whether a `tf.distribute` strategy is in scope (TensorFlow backend), whatever its replica count."""
+    if backend_ops.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy()
+
+
 # -------------------------------------------------------------------- torch
 
 def torch_world():

@@ -189,6 +189,7 @@ TWO_EPOCHS = ["--backbone=tiny", "--epochs=2", "--max_sentences=40", "--batch_si
               "--verbose=0"]
 
 
+@backend_independent  # CI time: once, under TensorFlow; the checkpoint's restore is unit-tested on every backend
 def test_killed_run_resumes_to_the_same_results(tmp_path):
     """Issue 26 item 4: SIGKILLed after its first epoch and started again
     with --resume, the run ends as an uninterrupted one does: the same keys,
