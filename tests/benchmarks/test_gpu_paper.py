@@ -248,6 +248,7 @@ def test_every_printed_command_is_checked_and_some_run_at_tiny_size(tmp_path):
         )
         assert result.returncode == 0, (script, result.stdout[-3000:], result.stderr[-5000:])
         assert result.stdout.count("checked ") == sum(not run["train"] for run in runs), result.stdout
+        print("\n".join(line[:200] for line in result.stdout.splitlines() if line.startswith(("running", "  "))))
         print(f"{script}: {sum(run['train'] for run in runs)} of {len(runs)} trained under {backend} "
               f"in {time.time() - start:.0f} s")
     runs = sorted(os.listdir(out))
