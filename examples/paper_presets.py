@@ -10,8 +10,8 @@ recipe (Chen, Xie and He, ICCV 2021, and facebookresearch/moco-v3). Keras-free
     python examples/paper_presets.py --list                            # the experiment names
 
 docs/paper-experiments.md shows every setting beside the paper's and states
-the deviations; tests/benchmarks/test_gpu_paper.py runs every command at
-tiny size.
+the deviations; tests/benchmarks/test_gpu_paper.py checks every command's
+flags and runs one per experiment at tiny size.
 """
 
 from __future__ import annotations
