@@ -499,12 +499,18 @@ def scores_saturate(
     `l` cannot be evaluated (a similarity without `log_ratio_from_cosine`,
     or while tracing).
     """
-    try:
-        log_ratio = float(
-            ops.convert_to_numpy(similarity.log_ratio_from_cosine(ops.convert_to_tensor(SATURATION_COSINE)))
-        )
-    except (NotImplementedError, TypeError, ValueError):
-        return False
+    offset = similarity.log_ratio_offset
+    if offset is not None:  # affine: l = cosine_scale * cos + offset, no tensor needed
+        log_ratio = similarity.cosine_scale * SATURATION_COSINE + offset
+    else:
+        try:
+            with warnings.catch_warnings():  # torch's tensor -> numpy DeprecationWarning under numpy 2
+                warnings.simplefilter("ignore", DeprecationWarning)
+                log_ratio = float(
+                    ops.convert_to_numpy(similarity.log_ratio_from_cosine(ops.convert_to_tensor(SATURATION_COSINE)))
+                )
+        except (NotImplementedError, TypeError, ValueError):
+            return False
     rates = list(divergence.exponents)
     form = negative_form(divergence)
     if form is not None:

@@ -393,6 +393,6 @@ def test_help_lists_the_per_dataset_defaults():
     """Issue 27 item 12: --help says each preset's value, not "see PRESETS"."""
     example = load_example()
     assert "digits 10" in example.flags.FLAGS["epochs"].help and "fashion_mnist 12" in example.flags.FLAGS["epochs"].help
-    assert "cifar10/cifar100/synthetic_cifar/stl10 0.1" in example.flags.FLAGS["learning_rate"].help
+    assert "cifar10/cifar100/synthetic_cifar/stl10/tiny_imagenet 0.1" in example.flags.FLAGS["learning_rate"].help
     for name in ("encoder", "width", "batch_size", "weight_decay", "knn_every", "linear_epochs"):
         assert "default per --dataset: " in example.flags.FLAGS[name].help, name
