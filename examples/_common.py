@@ -45,6 +45,15 @@ def check_positive(values: dict) -> None:
             raise FlagError(f"--{name} must be a finite number, got {value}.")
 
 
+def check_at_least_two(values: dict, samples: str) -> None:
+    """Each set `--name` of `values` is at least 2: a batch's other `samples` are each one's negatives."""
+    for name, value in values.items():
+        if value is not None and value < 2:
+            raise FlagError(
+                f"--{name} must be at least 2 (a batch's other {samples} are each one's negatives), got {value}."
+            )
+
+
 def check_finite(values: dict) -> None:
     """Each float `--name` of `values` is finite (inf and nan are no settings)."""
     for name, value in values.items():

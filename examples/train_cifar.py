@@ -71,6 +71,7 @@ from _common import HistoryCSV  # noqa: E402
 from _common import RunDiverged  # noqa: E402
 from _common import backend_version_and_device  # noqa: E402
 from _common import check_batch  # noqa: E402
+from _common import check_at_least_two  # noqa: E402
 from _common import check_finite  # noqa: E402
 from _common import check_positive  # noqa: E402
 from _common import default_output_dir  # noqa: E402
@@ -286,12 +287,7 @@ def check_flags():
                 "knn_k", "queue_size"]
     check_positive({name: getattr(FLAGS, name) for name in positive})
     check_finite({name: getattr(FLAGS, name) for name in _OWN_FLAGS})
-    for name in ("batch_size", "max_train_samples"):
-        if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 2:
-            raise FlagError(
-                f"--{name} must be at least 2 (a batch's other samples are each one's negatives), "
-                f"got {getattr(FLAGS, name)}."
-            )
+    check_at_least_two({name: getattr(FLAGS, name) for name in ("batch_size", "max_train_samples")}, "samples")
     for name in ("epochs", "warmup_epochs", "weight_decay", "knn_every"):
         value = getattr(FLAGS, name)
         if value is not None and value < 0:

@@ -74,6 +74,7 @@ from _common import FlagError  # noqa: E402
 from _common import RunDiverged  # noqa: E402
 from _common import backend_version_and_device  # noqa: E402
 from _common import check_batch  # noqa: E402
+from _common import check_at_least_two  # noqa: E402
 from _common import check_finite  # noqa: E402
 from _common import check_positive  # noqa: E402
 from _common import default_output_dir  # noqa: E402
@@ -173,12 +174,7 @@ def check_flags():
     check_positive({name: getattr(FLAGS, name) for name in (
         "sigma", "temperature", "alpha", "learning_rate", "batch_size", "epochs", "max_steps", "max_sentences")})
     check_finite({name: getattr(FLAGS, name) for name in _OWN_FLAGS})
-    for name in ("batch_size", "max_sentences"):
-        if getattr(FLAGS, name) is not None and getattr(FLAGS, name) < 2:
-            raise FlagError(
-                f"--{name} must be at least 2 (a batch's other sentences are each one's negatives), "
-                f"got {getattr(FLAGS, name)}."
-            )
+    check_at_least_two({name: getattr(FLAGS, name) for name in ("batch_size", "max_sentences")}, "sentences")
     if FLAGS.sequence_length < 2:
         raise FlagError(f"--sequence_length must be at least 2 ([CLS] and [SEP]), got {FLAGS.sequence_length}.")
     if FLAGS.divergence == "tsallis" and (FLAGS.tsallis_order <= 0 or FLAGS.tsallis_order == 1):
