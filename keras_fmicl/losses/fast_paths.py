@@ -439,7 +439,7 @@ def largest_exponent(divergence: losses_divergences.Divergence, similarity: loss
 
 
 def _parameter_bound(similarity: losses_similarities.Similarity, ratio: float) -> str:
-    """`", e.g. sigma >= 0.3"`: the parameter value that scales `l` by `1 / ratio`, or ``."""
+    """`" (sigma >= 0.3)"`: the similarity's parameter value that scales `l` by `1 / ratio`, or `""`."""
     parameter = getattr(similarity, "parameter", None)
     value = getattr(similarity, parameter, None) if parameter else None
     if not is_real(value):
