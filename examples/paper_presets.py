@@ -143,8 +143,8 @@ _SINGLE = {
                "--patch_size=16", "--batch_size=4096", "--epochs=300", "--momentum=0.99", "--knn_k=20"],
         data_flags=["--data_dir={data_dir}/imagenet"],
         infonce_flags=["--loss=infonce", "--similarity=cosine", "--temperature=0.2"],
-        losses=("infonce", "kl"),
-        paper={},
+        losses=("infonce", "kl", "js"),
+        paper={"infonce": "73.2 (MoCo v3)", "js": "76.5"},
         metric="linear top-1",
     ),
     "sts": dict(
