@@ -26,24 +26,10 @@ _NORM_EPSILON = 1e-7
 # backends and a unit vector on the third.
 _SMALLEST_NORMAL = 2.0**-126
 
-# sigma = 2 ** -0.5 (about 0.707), i.e. (2 sigma^2)^-1 = 1: the paper's
-# vision setting (Lu et al., TMLR 2023, arXiv 2402.10150, "Experimental
-# setup" table: mu = 1, (2 sigma^2)^-1 = 1, alpha = 40 for every vision data
-# set), confirmed by the validation sweeps of benchmarks/results/quality_alpha
-# and quality_sigma (Fashion-MNIST, SimCLR mode, 2 seeds: at alpha 40, sigma
-# 0.5 and 1.0 do not beat it by more than their 95 % CI).
-# It was 1.0 before issue 14 (the earlier sweep of sigma at alpha <= 2).
+# The paper's vision setting, (2 sigma^2)^-1 = 1; why: docs/fmicl-math.md, section 8.
 DEFAULT_SIGMA = 2**-0.5
 
-# The cosine temperature of f-MICL: the best of 0.1, 0.2, 0.5 and 1.0 at
-# alpha 40 in the temperature suite (benchmarks/results/quality_temperature,
-# Fashion-MNIST validation split, SimCLR mode, 2 seeds, paired differences
-# to 0.5): KL +1.06 [+0.93, +1.18] on 10 % labels and +1.48 [+0.65, +2.30]
-# on 1 %, +1.16 on the linear probe, +0.02 kNN; JS +0.50 kNN, +0.45 linear.
-# At 0.1 its kNN falls below the random-init encoder (at 0.2, KL's 1 %
-# label probe does); 2.0 (beyond the grid, 2 seeds) is level with 1.0 (kNN
-# KL -0.12, JS -0.27; linear +0.12 / -0.21): 1.0 starts the plateau. It was
-# 0.5 before issue 14 (the earlier sweep of 0.1, 0.2 and 0.5 at alpha <= 2).
+# f-MICL's best cosine temperature on a validation sweep; why: docs/results.md.
 DEFAULT_TEMPERATURE = 1.0
 
 
