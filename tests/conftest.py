@@ -1,10 +1,7 @@
 """Shared fixtures. The backend comes from KERAS_BACKEND, fixed per process."""
 
-import atexit
 import contextlib
 import os
-import shutil
-import tempfile
 from typing import Any
 from typing import NamedTuple
 
@@ -18,17 +15,6 @@ if os.environ.get("KERAS_BACKEND") == "jax":
     os.environ.setdefault(
         "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     )
-    # Many tests build the same small models (the names restart with every
-    # test's clear_session): JAX's compilation cache, one folder per pytest
-    # run shared by its workers and the example scripts they start, compiles
-    # each of those programs once (about a fifth off tests/models under JAX).
-    # It stores compiled programs keyed by their HLO and JAX's version: what
-    # the tests compute is unchanged. A user's own cache folder wins.
-    if "JAX_COMPILATION_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="keras_fmicl_jax_cache_")
-        atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # pytest-xdist workers share the machine's cores: PyTorch's OpenMP pool
 # (and MKL's) gets each worker's share (cores // workers threads), or the
 # pools of the workers together oversubscribe the cores and spin-wait on each
