@@ -19,12 +19,15 @@ if os.environ.get("KERAS_BACKEND") == "jax":
 # (and MKL's) gets each worker's share (cores // workers threads), or the
 # pools of the workers together oversubscribe the cores and spin-wait on each
 # other (on 2 cores with 2 workers, the PyTorch suite's 1000-step linear
-# probe test took 72 s instead of 17 s, the whole suite 383 s instead of 314 s). Thread
-# counts change how fast the tests run, not what they check. Subprocesses the
-# tests start inherit them; a user's own settings win.
+# probe test took 72 s instead of 17 s, the whole suite 383 s instead of
+# 282 s). Thread counts change how fast the tests run, not what they check.
+# Subprocesses the tests start inherit them; a user's own settings win.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        _cores = len(os.sched_getaffinity(0))
+    else:
+        _cores = os.cpu_count() or 1
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_name, str(max(1, _cores // _WORKERS)))
 
