@@ -62,6 +62,7 @@ METHODS = ("moco_small_queue", "moco_large_queue", "mocov3")
 LOSSES = ("infonce", "kl", "js")
 SEEDS = (0, 1)
 MOMENTUM = 0.99
+SGD_RATE = 0.06  # the grid's SGD peak learning rate per 256 samples (`--sgd_rate`)
 KNN_K, KNN_T = 200, 0.1
 
 
@@ -85,7 +86,8 @@ def load_split(keras_fmicl, dataset):
     return train_x, train_y, images[-count:], labels[-count:]
 
 
-def build_optimizer(keras, name, steps, batch_size):
+def build_optimizer(keras, name, steps, batch_size, sgd_rate=SGD_RATE):
+    """The grid's optimizers; `sgd_rate`: SGD's peak learning rate per 256 samples."""
     if name == "adamw":
         return keras.optimizers.AdamW(2e-3, weight_decay=1e-4)
     warmup = max(steps // 10, 1)
@@ -95,7 +97,7 @@ def build_optimizer(keras, name, steps, batch_size):
         )
         return keras.optimizers.AdamW(schedule, weight_decay=1e-4)
     if name == "sgd_cosine":  # MoCo v2's: 0.03 per 256 samples, momentum 0.9
-        schedule = keras.optimizers.schedules.CosineDecay(0.06 * batch_size / 256, steps)
+        schedule = keras.optimizers.schedules.CosineDecay(sgd_rate * batch_size / 256, steps)
         return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=1e-4)
     raise ValueError(name)
 
@@ -124,7 +126,7 @@ def knn(keras_fmicl, encoder, split):
     return float(keras_fmicl.knn_accuracy(train_f, train_y, val_f, val_y, k=KNN_K, temperature=KNN_T))
 
 
-def train_one(keras, keras_fmicl, dataset, optimizer, method, loss, seed, split):
+def train_one(keras, keras_fmicl, dataset, optimizer, method, loss, seed, split, sgd_rate=SGD_RATE):
     budget = DATASETS[dataset]
     train_x = split[0]
     keras.utils.set_random_seed(seed)
@@ -140,7 +142,7 @@ def train_one(keras, keras_fmicl, dataset, optimizer, method, loss, seed, split)
         ),
     )  # fmt: skip
     model.compile(
-        optimizer=build_optimizer(keras, optimizer, steps, budget["batch_size"]),
+        optimizer=build_optimizer(keras, optimizer, steps, budget["batch_size"], sgd_rate),
         loss=build_loss(keras_fmicl, loss),
     )
     start = time.time()
@@ -196,11 +198,12 @@ def run_grid(args):
             if optimizer is None:
                 record = random_init(keras, keras_fmicl, dataset, seed, split)
             else:
-                record = train_one(keras, keras_fmicl, dataset, optimizer, method, loss, seed, split)
+                record = train_one(keras, keras_fmicl, dataset, optimizer, method, loss, seed, split,
+                                   args.sgd_rate)
             record.update(
                 name=name, dataset=dataset, optimizer=optimizer, method=method, loss=loss, seed=seed,
                 backend=keras.backend.backend(), keras_fmicl=keras_fmicl.__version__,
-                machine=machine(), budget=DATASETS[dataset],
+                machine=machine(), budget=DATASETS[dataset], sgd_rate=args.sgd_rate,
             )  # fmt: skip
             print(f"    kNN {100 * record['knn']:.2f} %", flush=True)
             tmp = path + ".tmp"
@@ -285,7 +288,15 @@ def main(argv=None):
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=list(SEEDS))
     parser.add_argument("--output_dir", default=DEFAULT_OUTPUT)
     parser.add_argument("--report", action="store_true", help="only summarise the finished runs")
+    parser.add_argument("--sgd_rate", type=float, default=SGD_RATE,
+                        help=f"sgd_cosine's peak learning rate per 256 samples (default {SGD_RATE}); "
+                             "another value needs its own --output_dir")
     args = parser.parse_args(argv)
+    if not (math.isfinite(args.sgd_rate) and args.sgd_rate > 0):
+        parser.error(f"--sgd_rate must be a positive number. Received: {args.sgd_rate}")
+    if args.sgd_rate != SGD_RATE and os.path.abspath(args.output_dir) == os.path.abspath(DEFAULT_OUTPUT):
+        parser.error(f"--sgd_rate {args.sgd_rate:g} is not the grid's ({SGD_RATE:g}): give it an --output_dir "
+                     "of its own, so that the grid's records stay the grid's")
     for name, allowed in (("datasets", DATASETS), ("optimizers", OPTIMIZERS),
                           ("methods", METHODS), ("losses", LOSSES)):
         unknown = [v for v in getattr(args, name) if v not in allowed]
