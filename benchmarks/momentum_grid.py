@@ -96,7 +96,7 @@ def build_optimizer(keras, name, steps, batch_size, sgd_rate=SGD_RATE):
             0.0, steps - warmup, warmup_target=2e-3, warmup_steps=warmup
         )
         return keras.optimizers.AdamW(schedule, weight_decay=1e-4)
-    if name == "sgd_cosine":  # MoCo v2's: 0.03 per 256 samples, momentum 0.9
+    if name == "sgd_cosine":  # momentum 0.9 as MoCo v2 (its rate: 0.03 per 256; the grid: SGD_RATE)
         schedule = keras.optimizers.schedules.CosineDecay(sgd_rate * batch_size / 256, steps)
         return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=1e-4)
     raise ValueError(name)
